@@ -1,0 +1,10 @@
+"""se_hub: the Squeeze-and-Excitation model family for timm / torch.hub.
+
+``import se_hub`` registers every model with timm (``timm.create_model('se_resnet50')``).
+"""
+__version__ = '0.1.0'
+
+from . import layers, models
+from .layers import SqueezeExcite
+from .models import SEResNet
+from .weights import CheckpointLayoutError, load_checkpoint

@@ -1,0 +1,3 @@
+"""Importing this package registers every se_hub model with timm."""
+from . import se_residual
+from .se_residual import SEResNet

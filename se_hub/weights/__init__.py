@@ -1,0 +1,8 @@
+from .checkpoint import (
+    LAYOUTS,
+    CheckpointLayoutError,
+    checkpoint_filter_fn,
+    convert_state_dict,
+    detect_layout,
+    load_checkpoint,
+)

@@ -1,0 +1,197 @@
+"""The timm model contract for every registered se_hub model (timm's own test file, run by
+tests/test_timm_suite.py, checks the same on its side)."""
+import inspect
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.models import get_pretrained_cfg
+from timm.models._registry import _model_entrypoints, _model_to_module
+
+import se_hub
+from se_hub.layers import SqueezeExcite
+from se_hub.models import se_residual
+
+REPO = Path(__file__).resolve().parents[1]
+
+SE_MODELS = timm.list_models('se_*')
+SMALL = ['se_resnet18', 'se_resnet50', 'se_resnext26d_32x4d', 'se_resnet50_nosqueeze', 'se_resnet50_pre']
+
+
+def test_every_model_is_registered_under_se_names():
+    assert len(SE_MODELS) >= 36
+    for name in SE_MODELS:
+        assert _model_to_module[name] == 'se_residual'
+        assert inspect.getmodule(_model_entrypoints[name]).__name__.startswith('se_hub.')
+
+
+def test_no_name_collides_with_timm():
+    """Registering a timm name would silently delete timm's pretrained tags for it."""
+    import importlib.metadata
+    import re
+    timm_names = set()
+    for f in importlib.metadata.files('timm'):
+        if str(f).startswith('timm/models/') and str(f).endswith('.py'):
+            timm_names |= set(re.findall(r'^def (\w+)\(pretrained', f.read_text(), re.M))
+    assert timm_names, 'could not read timm sources'
+    assert not (timm_names & set(SE_MODELS))
+    assert not any(m.startswith('se_') and _model_to_module[m] != 'se_residual' for m in timm.list_models())
+
+
+def test_no_module_shadows_a_timm_module():
+    timm_modules = {m for m in timm.list_modules()} - {'se_residual'}
+    import pkgutil
+    ours = {m.name.rsplit('.', 1)[-1] for m in pkgutil.walk_packages(se_hub.__path__, 'se_hub.')}
+    assert not (ours & timm_modules), ours & timm_modules
+
+
+@pytest.mark.parametrize('name', SE_MODELS)
+def test_pretrained_cfg(name):
+    cfg = get_pretrained_cfg(name)
+    assert cfg.input_size == (3, 224, 224) and cfg.pool_size == (7, 7)
+    assert cfg.interpolation and cfg.crop_pct and cfg.mean and cfg.std
+    assert cfg.classifier == 'fc' and cfg.license and cfg.paper_ids
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    modules = dict(model.named_modules())
+    assert cfg.first_conv + '.weight' in dict(model.named_parameters())
+    assert modules[cfg.first_conv].in_channels == 3
+    assert modules[cfg.classifier].out_features == cfg.num_classes
+
+
+@pytest.mark.parametrize('name', SE_MODELS)
+def test_features_only_matches_feature_info(name):
+    model = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 64, 64))
+    info = model.feature_info
+    assert [f.shape[1] for f in feats] == info.channels()
+    assert [64 // f.shape[-1] for f in feats] == info.reduction()
+
+
+@pytest.mark.parametrize('name', SMALL)
+def test_heads_intermediates_and_pruning(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        pre = model.forward_head(feats, pre_logits=True)
+        out = model(x)
+        final, inter = model.forward_intermediates(x)
+        only = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+    assert pre.shape == (2, model.num_features) and model.head_hidden_size == model.num_features
+    torch.testing.assert_close(model.get_classifier()(pre), out)
+    torch.testing.assert_close(final, feats)
+    assert len(inter) == 5 and [t.shape[1] for t in inter] == [f['num_chs'] for f in model.feature_info]
+    torch.testing.assert_close(only[1], inter[2])
+
+    kept = model.prune_intermediate_layers(indices=[2], prune_head=True)
+    assert kept == [2] and model.num_classes == 0
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_intermediates(x, indices=[2], intermediates_only=True)[0], inter[2])
+        torch.testing.assert_close(model(x), inter[2])  # pruned: no pooling, no head
+
+
+def test_reset_classifier_and_global_pool():
+    model = timm.create_model('se_resnet18', num_classes=7, global_pool='max')
+    assert model.get_classifier().out_features == 7
+    model.reset_classifier(3, 'catavgmax')
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    assert model.get_classifier().in_features == 2 * model.num_features
+    model.reset_classifier(0)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2 * model.num_features)
+
+
+def test_in_chans_and_drop_rates():
+    model = timm.create_model('se_resnet18', in_chans=1, drop_rate=0.5, drop_path_rate=0.1)
+    assert model.conv1.in_channels == 1 and model.drop_rate == 0.5
+    assert model.layer4[1].drop_path.drop_prob == pytest.approx(0.1)
+    assert model.layer1[0].drop_path is None  # linear decay from 0
+    model.train()
+    x = torch.randn(2, 1, 64, 64)
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(x))  # dropout and stochastic depth are active in training
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+
+
+def test_unknown_kwargs_raise_type_error():
+    with pytest.raises(TypeError, match='no_such_option'):
+        timm.create_model('se_resnet50', no_such_option=1)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(se_placement='middle'), 'se_placement'), (dict(stem_type='quad'), 'stem_type'),
+    (dict(se_stages=(4,)), 'se_stages'), (dict(se_layer='gc'), 'se_layer'),
+])
+def test_bad_options_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model('se_resnet50', **kwargs)
+
+
+def test_3x3_placement_needs_bottlenecks():
+    with pytest.raises(ValueError, match='bottleneck'):
+        timm.create_model('se_resnet18', se_placement='3x3')
+
+
+@pytest.mark.parametrize('name', ['se_resnet50', 'se_resnet50_stage3'])
+@pytest.mark.parametrize('through', ['timm', 'entrypoint', 'torch.hub'])
+def test_se_layer_none_is_the_plain_network(name, through):
+    # timm.create_model drops None-valued kwargs: through it, 'none' is the way to say it
+    if through == 'timm':
+        model = timm.create_model(name, se_layer='none')
+    elif through == 'entrypoint':
+        model = getattr(se_residual, name)(se_layer=None)
+    else:
+        model = torch.hub.load(str(REPO), name, source='local', se_layer=None)
+    assert not any(isinstance(m, SqueezeExcite) for m in model.modules())
+    plain = timm.create_model('se_resnet50_none')
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
+
+
+def test_se_stages_select_stages():
+    model = timm.create_model('se_resnet50_stage3')
+    with_se = [i for i in range(1, 5) if getattr(model, f'layer{i}')[0].se is not None]
+    assert with_se == [2]
+
+
+def test_se_args_override_keeps_layout_rounding():
+    model = timm.create_model('se_resnet18', se_args=dict(gate='tanh'))
+    se = model.layer1[0].se
+    assert isinstance(se.gate, torch.nn.Tanh) and se.rd_channels == 4  # Caffe: floor(64 / 16)
+
+
+@pytest.mark.parametrize('name', ['se_resnet18', 'se_resnet50', 'se_resnet50_post'])
+def test_grad_checkpointing_gives_same_output_and_grads(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, drop_path_rate=0.).train()
+    x = torch.randn(2, 3, 64, 64)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model(x)
+    out.sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.load_state_dict(state)
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out2 = model(x)
+    out2.sum().backward()
+    torch.testing.assert_close(out2, out)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_group_matcher_and_no_weight_decay_drive_timm_optim():
+    import timm.optim
+    from timm.models import group_parameters
+    model = timm.create_model('se_resnet18')
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    assert len(groups) == 6  # stem, 4 stages, head
+    fine = group_parameters(model, model.group_matcher(coarse=False))
+    assert len(fine) == 1 + 8 + 1  # stem, 8 blocks, head
+    assert model.no_weight_decay() == set()
+    opt = timm.optim.create_optimizer_v2(model, 'adamw', lr=1e-3, layer_decay=0.7)
+    assert len(opt.param_groups) > 2
