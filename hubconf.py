@@ -10,7 +10,7 @@ dependencies = ['torch', 'torchvision', 'timm', 'huggingface_hub', 'safetensors'
 import timm as _timm  # noqa: E402
 
 import se_hub as _se_hub  # noqa: E402,F401  (registers the models)
-from se_hub.models.se_residual import ARCHS as _ARCHS  # noqa: E402
+from se_hub.models.catalog import MODELS as _MODELS  # noqa: E402
 
 
 def _hub_entrypoint(name):
@@ -23,5 +23,5 @@ def _hub_entrypoint(name):
     return load
 
 
-for _name in _ARCHS:
+for _name in _MODELS:
     globals()[_name] = _hub_entrypoint(_name)

@@ -1,19 +1,18 @@
 """SE overhead benchmark: se_hub's SE-ResNet-50 next to timm's and next to its SE-free baselines.
 
-Models, built through timm's registry (``import se_hub`` registers se_hub's). timm layout:
-se_hub ``se_resnet50b``, timm ``seresnet50``, SE-free baselines timm ``resnet50`` and se_hub
-``se_resnet50b(se_layer=None)``; Caffe layout: se_hub ``se_resnet50``, timm ``legacy_seresnet50``,
-SE-free baseline se_hub ``se_resnet50_none``.
+Models (via timm's registry; ``import se_hub`` registers se_hub's): timm layout se_hub
+``se_resnet50b`` / timm ``seresnet50`` / SE-free timm ``resnet50`` and se_hub ``se_resnet50b(se_layer=
+None)``; Caffe layout se_hub ``se_resnet50`` / timm ``legacy_seresnet50`` / SE-free ``se_resnet50_none``.
 
 Columns (CPU, 224x224): eval latency at batch 1 and throughput at batch 16 (``inference_mode``);
-train-step time at batch 8 (forward + backward + SGD step); memory saved for backward at batch 8,
-counting the UNIQUE storages autograd packs in a train-mode forward (``saved_tensors_hooks``, by
+train-step time at batch 8 (forward + backward + SGD step); memory saved for backward at batch 8
+(UNIQUE storages packed by autograd in a train-mode forward, via ``saved_tensors_hooks``, keyed by
 storage pointer, parameters and buffers excluded); SE overhead (%) over the same-layout baseline.
 
 Timing is interleaved (each round visits every model for each metric, one warm-up then ``--runs``
 timed iterations, 4x at batch 1; medians over all rounds) so drift hits all models alike. Other
-processes on the CPU make OpenMP steps 10-30x slower, so a visit during which the rest of the
-machine used over 10% of the cores (``/proc/stat``) is re-run once the machine is quiet.
+processes on our cores make OpenMP steps 10-30x slower, so a visit during which the rest of the
+machine used more than the cores we leave spare + 10% (``/proc/stat``) is re-run when it is quiet.
 
 Run (from the repository root):
     PYTHONPATH=. python bench/bench_se_overhead.py                  # full run, several minutes
@@ -43,16 +42,13 @@ MODELS = {
     'legacy_seresnet50': ('legacy_seresnet50', {}, 'se_resnet50_none'),
     'se_resnet50_none': ('se_resnet50_none', {}, None),
 }
-MIB = 2 ** 20
-BATCH, TRAIN_BATCH, SIZE = 16, 8, 224  # throughput batch; train-step and saved-memory batch
+BATCH, TRAIN_BATCH, SIZE, MIB = 16, 8, 224, 2 ** 20  # TRAIN_BATCH: train step and saved memory
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
 def create(label):
     name, kwargs, baseline = MODELS[label]
-    if any(v is None for v in kwargs.values()):
-        # timm.create_model drops None-valued kwargs, so se_layer=None would silently keep SE:
-        # call the registered entrypoint that create_model would call, with the kwarg kept.
+    if None in kwargs.values():  # create_model drops None kwargs (se_layer=None would keep SE)
         model = timm.models.model_entrypoint(name)(**kwargs)
     else:
         model = timm.create_model(name, **kwargs)
@@ -105,18 +101,22 @@ def others_cpu_s():
     return (user + nice + system + irq + softirq) / os.sysconf('SC_CLK_TCK') - own.user - own.system
 
 
-def wait_for_quiet(max_wait_s=120.):
-    """Sleep until a second passes in which the rest of the machine used under 10% of the cores."""
-    for _ in range(int(max_wait_s)):
+def others_allowed():
+    """Cores the rest of the machine may keep busy without taking ours: the spare ones + 10%."""
+    return max(CORES - torch.get_num_threads(), 0) + 0.1 * CORES
+
+
+def wait_for_quiet(max_wait_s=120):
+    for _ in range(max_wait_s):  # until a second in which the rest of the machine stayed in bounds
         c0 = others_cpu_s()
         time.sleep(1.)
-        if others_cpu_s() - c0 < 0.1 * CORES:
+        if others_cpu_s() - c0 < others_allowed():
             return
 
 
 def timed(fn, runs, retries, stats):
-    """One warm-up call (caches after the previous model), then ``runs`` timed calls; if other
-    processes took over 10% of the cores meanwhile, wait for a quiet machine and re-run the visit."""
+    """One warm-up call (caches after the previous model), then ``runs`` timed calls; re-run
+    (after waiting for quiet) if other processes took more than ``others_allowed()`` cores."""
     for attempt in range(retries + 1):
         fn()
         c0, t0, times = others_cpu_s(), time.perf_counter(), []
@@ -124,7 +124,7 @@ def timed(fn, runs, retries, stats):
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-        if others_cpu_s() - c0 < 0.1 * CORES * (time.perf_counter() - t0):
+        if others_cpu_s() - c0 < others_allowed() * (time.perf_counter() - t0):
             break
         stats['contended' if attempt == retries else 'rerun'] += 1
         if attempt < retries:

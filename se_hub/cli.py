@@ -5,24 +5,19 @@ from typing import Dict, List, Optional, Sequence
 
 import timm
 
-from . import models  # noqa: F401  (registers the models)
 from .complexity import model_complexity
+from .models.catalog import MODELS
 
 
-def _paper_info(name: str) -> Dict:
-    from .models.se_residual import ARCHS
-    return ARCHS[name]['paper'] if name in ARCHS else {}
-
-
-def model_rows(pattern: str = 'se_*') -> List[Dict]:
+def model_rows(pattern: str = 'se_*', exclude: Sequence[str] = ()) -> List[Dict]:
     """One row per registered se_hub model matching ``pattern``: measured and paper figures."""
     rows = []
-    for name in timm.list_models(pattern):
-        if not name.startswith('se_'):
+    for name in timm.list_models(pattern, exclude_filters=list(exclude)):
+        if name not in MODELS:
             continue
         cfg = timm.get_pretrained_cfg(name)
         params, macs = model_complexity(name)
-        paper = _paper_info(name)
+        paper = MODELS[name].paper
         err = (f"{paper['top1_err']:.2f} / {paper['top5_err']:.2f}" if 'top1_err' in paper else '')
         rows.append({
             'model': name,
@@ -55,7 +50,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     pattern = args.filter or 'se_*'
     if not any(ch in pattern for ch in '*?['):
         pattern = f'*{pattern}*'
-    print(format_table(model_rows(pattern), markdown=args.markdown))
+    print(format_table(model_rows(pattern, args.exclude), markdown=args.markdown))
     return 0
 
 
@@ -65,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('list', help='list the models with parameters, multiply-adds and the paper row')
     p.add_argument('filter', nargs='?', help="name or glob, e.g. 'se_resnet50*'")
+    p.add_argument('--exclude', action='append', default=[], metavar='GLOB', help='leave out matching models')
     p.add_argument('--markdown', action='store_true', help='print a markdown table (as in README.md)')
     p.set_defaults(func=cmd_list)
     return parser

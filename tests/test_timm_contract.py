@@ -12,6 +12,7 @@ from timm.models._registry import _model_entrypoints, _model_to_module
 import se_hub
 from se_hub.layers import SqueezeExcite
 from se_hub.models import se_residual
+from se_hub.models.catalog import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,10 +21,11 @@ SMALL = ['se_resnet18', 'se_resnet50', 'se_resnext26d_32x4d', 'se_resnet50_nosqu
 
 
 def test_every_model_is_registered_under_se_names():
-    assert len(SE_MODELS) >= 36
+    assert len(SE_MODELS) >= 36 and set(SE_MODELS) == set(MODELS)
     for name in SE_MODELS:
-        assert _model_to_module[name] == 'se_residual'
-        assert inspect.getmodule(_model_entrypoints[name]).__name__.startswith('se_hub.')
+        assert _model_to_module[name] == MODELS[name].family
+        assert inspect.getmodule(_model_entrypoints[name]).__name__ == f'se_hub.models.{MODELS[name].family}'
+        assert get_pretrained_cfg(name).architecture == name
 
 
 def test_no_name_collides_with_timm():
@@ -36,11 +38,11 @@ def test_no_name_collides_with_timm():
             timm_names |= set(re.findall(r'^def (\w+)\(pretrained', f.read_text(), re.M))
     assert timm_names, 'could not read timm sources'
     assert not (timm_names & set(SE_MODELS))
-    assert not any(m.startswith('se_') and _model_to_module[m] != 'se_residual' for m in timm.list_models())
+    assert not any(m.startswith('se_') and m not in MODELS for m in timm.list_models())
 
 
 def test_no_module_shadows_a_timm_module():
-    timm_modules = {m for m in timm.list_modules()} - {'se_residual'}
+    timm_modules = set(timm.list_modules()) - {info.family for info in MODELS.values()}
     import pkgutil
     ours = {m.name.rsplit('.', 1)[-1] for m in pkgutil.walk_packages(se_hub.__path__, 'se_hub.')}
     assert not (ours & timm_modules), ours & timm_modules

@@ -98,13 +98,14 @@ def test_training_gradients_equal_timm():
     ref_grads = dict(ref.named_parameters())
     for key, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref_grads[key].grad, rtol=1e-7, atol=1e-9, msg=key)
-    _, ref_state = convert_state_dict(ref.state_dict())
+    _, ref_state = convert_state_dict(ref.state_dict(), model)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, ref_state[key], msg=key)
 
 
 def test_unknown_layout_error_names_layouts():
-    with pytest.raises(CheckpointLayoutError, match=r"unknown checkpoint layout \(first keys: backbone.w.*cadene"):
+    expected = r"unknown checkpoint layout for se_resnet18 \(first keys: backbone.w.*Known layouts: se_hub.*cadene"
+    with pytest.raises(CheckpointLayoutError, match=expected):
         se_hub.load_checkpoint(timm.create_model('se_resnet18'), {'backbone.w': torch.zeros(1)})
 
 

@@ -13,6 +13,7 @@ layout are options of one class, not copies:
 * ``pre_se_act``      Cadene's SE-ResNet-18/34 apply a ReLU before the SE unit
 """
 import math
+import re
 from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -20,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, create_classifier, get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..layers import SeLayer, SqueezeExcite, batch_norm_with_stats, resolve_se_layer, scale_add_relu
-from ..weights.checkpoint import checkpoint_filter_fn
+from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
+from .catalog import arch, register_family
 
 __all__ = ['SEResNet']
 
@@ -420,51 +422,47 @@ _X32x4 = dict(cardinality=32, base_width=4)
 _SENET154 = dict(layers=_R152, cardinality=64, base_width=4, reduce_first=2, stem_type='deep', down_kernel_size=3)
 
 
-def _arch(description: str, paper: Optional[Dict[str, Any]] = None, upstream: str = '', **args) -> Dict[str, Any]:
-    return dict(args=args, description=description, paper=paper or {}, upstream=upstream)
-
-
 ARCHS: Dict[str, Dict[str, Any]] = {
     # paper / official-release layout
-    'se_resnet18': _arch('SE-ResNet-18 (Cadene layout)', upstream='legacy_seresnet18',
+    'se_resnet18': arch('SE-ResNet-18 (Cadene layout)', upstream='legacy_seresnet18',
                          layers=_R18, bottleneck=False, pre_se_act=True, **_CAFFE),
-    'se_resnet34': _arch('SE-ResNet-34 (Cadene layout)', upstream='legacy_seresnet34',
+    'se_resnet34': arch('SE-ResNet-34 (Cadene layout)', upstream='legacy_seresnet34',
                          layers=_R34, bottleneck=False, pre_se_act=True, **_CAFFE),
-    'se_resnet50': _arch('SE-ResNet-50', dict(row='Table 2 / ablations: SE-ResNet-50', params=28.1, gmacs=3.87,
+    'se_resnet50': arch('SE-ResNet-50', dict(row='Table 2 / ablations: SE-ResNet-50', params=28.1, gmacs=3.87,
                                               top1_err=22.28, top5_err=6.03),
                          upstream='legacy_seresnet50', layers=_R50, stride_in_1x1=True, **_CAFFE),
-    'se_resnet101': _arch('SE-ResNet-101', dict(row='Table 2: SE-ResNet-101', gmacs=7.60),
+    'se_resnet101': arch('SE-ResNet-101', dict(row='Table 2: SE-ResNet-101', gmacs=7.60),
                           upstream='legacy_seresnet101', layers=_R101, stride_in_1x1=True, **_CAFFE),
-    'se_resnet152': _arch('SE-ResNet-152', dict(row='Table 2: SE-ResNet-152', gmacs=11.32),
+    'se_resnet152': arch('SE-ResNet-152', dict(row='Table 2: SE-ResNet-152', gmacs=11.32),
                           upstream='legacy_seresnet152', layers=_R152, stride_in_1x1=True, **_CAFFE),
-    'se_resnext26_32x4d': _arch('SE-ResNeXt-26 (32x4d)', upstream='legacy_seresnext26_32x4d',
+    'se_resnext26_32x4d': arch('SE-ResNeXt-26 (32x4d)', upstream='legacy_seresnext26_32x4d',
                                 layers=_R18, **_X32x4, **_CAFFE),
-    'se_resnext50_32x4d': _arch('SE-ResNeXt-50 (32x4d)', dict(row='Table 2: SE-ResNeXt-50', gmacs=4.25),
+    'se_resnext50_32x4d': arch('SE-ResNeXt-50 (32x4d)', dict(row='Table 2: SE-ResNeXt-50', gmacs=4.25),
                                 upstream='legacy_seresnext50_32x4d', layers=_R50, **_X32x4, **_CAFFE),
-    'se_resnext101_32x4d': _arch('SE-ResNeXt-101 (32x4d)', dict(row='Table 2: SE-ResNeXt-101', gmacs=8.00),
+    'se_resnext101_32x4d': arch('SE-ResNeXt-101 (32x4d)', dict(row='Table 2: SE-ResNeXt-101', gmacs=8.00),
                                  upstream='legacy_seresnext101_32x4d', layers=_R101, **_X32x4, **_CAFFE),
-    'se_senet154': _arch('SENet-154', dict(row='ImageNet comparison: SENet-154', params=115.09),
+    'se_senet154': arch('SENet-154', dict(row='ImageNet comparison: SENet-154'),
                          upstream='legacy_senet154', drop_rate=0.2, **_SENET154, **_CAFFE),
     # torchvision / timm layout
-    'se_resnet18b': _arch('SE-ResNet-18, timm layout', upstream='seresnet18',
+    'se_resnet18b': arch('SE-ResNet-18, timm layout', upstream='seresnet18',
                           layers=_R18, bottleneck=False, **_TIMM),
-    'se_resnet34b': _arch('SE-ResNet-34, timm layout', upstream='seresnet34',
+    'se_resnet34b': arch('SE-ResNet-34, timm layout', upstream='seresnet34',
                           layers=_R34, bottleneck=False, **_TIMM),
-    'se_resnet50b': _arch('SE-ResNet-50, timm layout', upstream='seresnet50', layers=_R50, **_TIMM),
-    'se_resnet101b': _arch('SE-ResNet-101, timm layout', upstream='seresnet101', layers=_R101, **_TIMM),
-    'se_resnet152b': _arch('SE-ResNet-152, timm layout', upstream='seresnet152', layers=_R152, **_TIMM),
-    'se_resnet152d': _arch('SE-ResNet-152-D: deep 32-wide stem, avg-pool shortcut', upstream='seresnet152d',
+    'se_resnet50b': arch('SE-ResNet-50, timm layout', upstream='seresnet50', layers=_R50, **_TIMM),
+    'se_resnet101b': arch('SE-ResNet-101, timm layout', upstream='seresnet101', layers=_R101, **_TIMM),
+    'se_resnet152b': arch('SE-ResNet-152, timm layout', upstream='seresnet152', layers=_R152, **_TIMM),
+    'se_resnet152d': arch('SE-ResNet-152-D: deep 32-wide stem, avg-pool shortcut', upstream='seresnet152d',
                            layers=_R152, stem_type='deep', stem_width=32, avg_down=True, **_TIMM),
-    'se_resnext26d_32x4d': _arch('SE-ResNeXt-26-D (32x4d): deep stem, avg-pool shortcut',
+    'se_resnext26d_32x4d': arch('SE-ResNeXt-26-D (32x4d): deep stem, avg-pool shortcut',
                                  upstream='seresnext26d_32x4d', layers=_R18, stem_type='deep', stem_width=32,
                                  avg_down=True, **_X32x4, **_TIMM),
-    'se_resnext50b_32x4d': _arch('SE-ResNeXt-50 (32x4d), timm layout', upstream='seresnext50_32x4d',
+    'se_resnext50b_32x4d': arch('SE-ResNeXt-50 (32x4d), timm layout', upstream='seresnext50_32x4d',
                                  layers=_R50, **_X32x4, **_TIMM),
-    'se_resnext101b_32x4d': _arch('SE-ResNeXt-101 (32x4d), timm layout', upstream='seresnext101_32x4d',
+    'se_resnext101b_32x4d': arch('SE-ResNeXt-101 (32x4d), timm layout', upstream='seresnext101_32x4d',
                                   layers=_R101, **_X32x4, **_TIMM),
-    'se_resnext101b_32x8d': _arch('SE-ResNeXt-101 (32x8d), timm layout', upstream='seresnext101_32x8d',
+    'se_resnext101b_32x8d': arch('SE-ResNeXt-101 (32x8d), timm layout', upstream='seresnext101_32x8d',
                                   layers=_R101, cardinality=32, base_width=8, **_TIMM),
-    'se_senet154b': _arch('SENet-154, timm (Gluon) layout', upstream='senet154', **_SENET154, **_TIMM),
+    'se_senet154b': arch('SENet-154, timm (Gluon) layout', upstream='senet154', **_SENET154, **_TIMM),
 }
 
 # The SE-ResNet-50 ablations of the paper (Tables 3-7 in the TPAMI version), one model per row.
@@ -502,18 +500,42 @@ for _suffix, (_desc, _row, _change, _params, _gmacs) in _ABLATIONS.items():
     _args['se_args'] = dict(_SE50['se_args'], **_change.get('se_args', {}))
     _paper = dict(row=f'ablation, {_row}', top1_err=_ERR[_suffix][0], top5_err=_ERR[_suffix][1])
     _paper.update({k: v for k, v in (('params', _params), ('gmacs', _gmacs)) if v is not None})
-    ARCHS[f'se_resnet50_{_suffix}'] = _arch(f'SE-ResNet-50 ablation: {_desc}', _paper, **_args)
+    ARCHS[f'se_resnet50_{_suffix}'] = arch(f'SE-ResNet-50 ablation: {_desc}', _paper, **_args)
+
+
+_CADENE_STEM = {  # layer0 of the Caffe / Cadene SENets -> timm-style stem
+    'deep': {'conv1': 'conv1.0', 'bn1': 'conv1.1', 'conv2': 'conv1.3', 'bn2': 'conv1.4', 'conv3': 'conv1.6',
+             'bn3': 'bn1'},
+    '7x7': {'conv1': 'conv1', 'bn1': 'bn1'},
+}
+
+
+def _from_cadene(sd: StateDict) -> StateDict:
+    stem = _CADENE_STEM['deep' if 'layer0.conv2.weight' in sd else '7x7']
+    out = {}
+    for key, value in sd.items():
+        m = re.match(r'layer0\.(\w+)\.(.+)', key)
+        if m:
+            key = f'{stem.get(m.group(1), "layer0." + m.group(1))}.{m.group(2)}'
+        key = re.sub(r'^last_linear\.', 'fc.', key.replace('.se_module.', '.se.'))
+        out[key] = value
+    return out
+
+
+register_layout(
+    'cadene', 'Cadene pretrainedmodels / timm legacy_se* (layer0.*, se_module, last_linear)',
+    lambda keys: any(k.startswith(('layer0.', 'last_linear.')) for k in keys), _from_cadene)
 
 
 def _cfg(name: str) -> Dict[str, Any]:
-    arch = ARCHS[name]
+    spec = ARCHS[name]
     return {
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bilinear',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1.0' if arch['args'].get('stem_type') == 'deep' else 'conv1',
+        'first_conv': 'conv1.0' if spec['args'].get('stem_type') == 'deep' else 'conv1',
         'classifier': 'fc', 'license': 'apache-2.0',
-        'description': arch['description'],
+        'description': spec['description'],
         'paper_ids': 'arXiv:1709.01507', 'paper_name': 'Squeeze-and-Excitation Networks',
     }
 
@@ -523,7 +545,7 @@ default_cfgs = generate_default_cfgs({name: _cfg(name) for name in ARCHS})
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SEResNet:
     model_args = dict(ARCHS[variant]['args'])
-    if 'se_args' in kwargs:  # merge, so se_args=dict(se_args=dict(gate='tanh')) keeps the layout's rounding rule
+    if 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the layout's rounding rule
         model_args['se_args'] = dict(model_args.get('se_args') or {}, **kwargs.pop('se_args'))
     return build_model_with_cfg(
         SEResNet, variant, pretrained,
@@ -532,21 +554,4 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SEResNet:
     )
 
 
-def _entrypoint(name: str) -> Callable[..., SEResNet]:
-    def entrypoint(pretrained: bool = False, **kwargs) -> SEResNet:
-        return _create(name, pretrained, **kwargs)
-    arch = ARCHS[name]
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = (
-        f"{arch['description']}.\n\n"
-        + (f"Paper row: {arch['paper']['row']}.\n" if arch['paper'].get('row') else '')
-        + (f"Same function as timm's `{arch['upstream']}`.\n" if arch['upstream'] else '')
-        + "Accepts timm's create_model kwargs (num_classes, in_chans, global_pool, drop_rate, "
-          "drop_path_rate, features_only, ...) and se_layer= (None, 'se', 'eca', 'cbam' or a callable)."
-    )
-    return register_model(entrypoint)
-
-
-for _name in ARCHS:
-    globals()[_name] = _entrypoint(_name)
+register_family(__name__, ARCHS, _create)

@@ -5,4 +5,7 @@ from .checkpoint import (
     convert_state_dict,
     detect_layout,
     load_checkpoint,
+    read_checkpoint_file,
+    register_layout,
+    unwrap_state_dict,
 )

@@ -1,8 +1,13 @@
 """Checkpoint layouts: detect which upstream wrote a state dict, convert it to se_hub's keys,
-and load it with errors that say what did not fit."""
+and load it with errors that say what did not fit.
+
+Model families register the upstream layouts they can convert (``register_layout``). A
+checkpoint whose keys are the model's own is layout 'se_hub' (timm's own models of the same
+function share these keys).
+"""
 import os
-import re
-from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Dict, List, Mapping, Tuple, Union
 
 import torch
 from torch import nn
@@ -14,43 +19,24 @@ class CheckpointLayoutError(ValueError):
     """A checkpoint whose layout is unknown, or whose keys / shapes do not fit the model."""
 
 
-def _from_se_hub(sd: StateDict) -> StateDict:
-    return dict(sd)
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    description: str
+    matches: Callable[[Collection[str]], bool]  # on the checkpoint's keys
+    convert: Callable[[StateDict], StateDict]  # to se_hub keys
 
 
-_CADENE_STEM = {  # layer0 of the Cadene / Caffe SENets -> timm-style stem
-    'deep': {'conv1': 'conv1.0', 'bn1': 'conv1.1', 'conv2': 'conv1.3', 'bn2': 'conv1.4',
-             'conv3': 'conv1.6', 'bn3': 'bn1'},
-    '7x7': {'conv1': 'conv1', 'bn1': 'bn1'},
-}
+LAYOUTS: Dict[str, Layout] = {}
 
 
-def _from_cadene(sd: StateDict) -> StateDict:
-    stem = _CADENE_STEM['deep' if 'layer0.conv2.weight' in sd else '7x7']
-    out = {}
-    for key, value in sd.items():
-        m = re.match(r'layer0\.(\w+)\.(.+)', key)
-        if m:
-            key = f'{stem.get(m.group(1), "layer0." + m.group(1))}.{m.group(2)}'
-        key = key.replace('.se_module.', '.se.')
-        key = re.sub(r'^last_linear\.', 'fc.', key)
-        out[key] = value
-    return out
+def register_layout(name: str, description: str, matches: Callable[[Collection[str]], bool],
+                    convert: Callable[[StateDict], StateDict]) -> None:
+    LAYOUTS[name] = Layout(name, description, matches, convert)
 
 
-# name -> (what wrote it, test on the keys, converter to se_hub keys)
-LAYOUTS: Dict[str, Tuple[str, Callable[[Mapping[str, Any]], bool], Callable[[StateDict], StateDict]]] = {
-    'cadene': (
-        "Cadene pretrainedmodels / timm legacy_se* (layer0.*, se_module, last_linear)",
-        lambda sd: any(k.startswith(('layer0.', 'last_linear.')) for k in sd),
-        _from_cadene,
-    ),
-    'se_hub': (
-        "se_hub / timm ResNet family (conv1, layerN.M.se, fc)",
-        lambda sd: ('conv1.weight' in sd or 'conv1.0.weight' in sd) and any(k.startswith('layer1.') for k in sd),
-        _from_se_hub,
-    ),
-}
+NATIVE = Layout('se_hub', "se_hub's own keys (and timm's, for timm models of the same function)",
+                lambda keys: False, dict)
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> StateDict:
@@ -69,20 +55,26 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> StateDict:
     return sd
 
 
-def detect_layout(sd: Mapping[str, Any]) -> str:
-    for name, (_, matches, _) in LAYOUTS.items():
-        if matches(sd):
-            return name
-    keys = ', '.join(list(sd)[:5])
-    known = '; '.join(f'{name}: {desc}' for name, (desc, _, _) in LAYOUTS.items())
-    raise CheckpointLayoutError(f'unknown checkpoint layout (first keys: {keys}). Known layouts: {known}')
+def detect_layout(sd: Mapping[str, Any], model: nn.Module) -> Layout:
+    """The first registered upstream layout whose (distinctive) key test accepts the keys, else
+    the model's own layout when most of the model's keys are there."""
+    for layout in LAYOUTS.values():
+        if layout.matches(sd.keys()):
+            return layout
+    model_keys = set(model.state_dict())
+    if model_keys and len(model_keys & set(sd)) >= len(model_keys) // 2:
+        return NATIVE
+    known = '; '.join(f'{lay.name}: {lay.description}' for lay in (NATIVE, *LAYOUTS.values()))
+    raise CheckpointLayoutError(
+        f"unknown checkpoint layout for {_model_name(model)} (first keys: {', '.join(list(sd)[:5])}). "
+        f'Known layouts: {known}')
 
 
-def convert_state_dict(checkpoint: Mapping[str, Any]) -> Tuple[str, StateDict]:
-    """(detected layout, state dict with se_hub's keys)."""
+def convert_state_dict(checkpoint: Mapping[str, Any], model: nn.Module) -> Tuple[str, StateDict]:
+    """(detected layout name, state dict with se_hub's keys)."""
     sd = unwrap_state_dict(checkpoint)
-    layout = detect_layout(sd)
-    return layout, LAYOUTS[layout][2](sd)
+    layout = detect_layout(sd, model)
+    return layout.name, _fill_bn_counters(layout.convert(sd), model)
 
 
 def _fill_bn_counters(sd: StateDict, model: nn.Module) -> StateDict:
@@ -95,11 +87,16 @@ def _fill_bn_counters(sd: StateDict, model: nn.Module) -> StateDict:
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> StateDict:
     """timm's ``pretrained_filter_fn``: any supported layout in, se_hub keys out."""
-    _, sd = convert_state_dict(state_dict)
-    return _fill_bn_counters(sd, model)
+    return convert_state_dict(state_dict, model)[1]
 
 
-def _mismatch_report(sd: StateDict, model: nn.Module, first: int = 5) -> List[str]:
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return cfg.get('architecture') or type(model).__name__
+
+
+def _mismatches(sd: StateDict, model: nn.Module, first: int = 5) -> Tuple[List[str], bool]:
+    """Readable problems, and whether any is a shape mismatch (fatal even when not strict)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -110,7 +107,7 @@ def _mismatch_report(sd: StateDict, model: nn.Module, first: int = 5) -> List[st
         if items:
             more = f' (+{len(items) - first} more)' if len(items) > first else ''
             problems.append(f"{len(items)} {label}: {', '.join(items[:first])}{more}")
-    return problems
+    return problems, bool(shapes)
 
 
 def load_checkpoint(
@@ -126,14 +123,13 @@ def load_checkpoint(
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         checkpoint = read_checkpoint_file(checkpoint)
-    layout, sd = convert_state_dict(checkpoint)
-    sd = _fill_bn_counters(sd, model)
-    problems = _mismatch_report(sd, model)
-    if strict and problems or any(p.split(' ', 2)[1:2] == ['shape'] for p in problems):
-        name = getattr(getattr(model, 'pretrained_cfg', None) or {}, 'get', lambda *_: None)('architecture')
-        target = name or type(model).__name__
+    layout, sd = convert_state_dict(checkpoint, model)
+    problems, bad_shapes = _mismatches(sd, model)
+    if problems and (strict or bad_shapes):
+        description = LAYOUTS[layout].description if layout in LAYOUTS else NATIVE.description
         raise CheckpointLayoutError(
-            f"checkpoint in layout {layout!r} ({LAYOUTS[layout][0]}) does not fit {target}: " + '; '.join(problems))
+            f"checkpoint in layout {layout!r} ({description}) does not fit {_model_name(model)}: "
+            + '; '.join(problems))
     model.load_state_dict(sd, strict=strict)
     return layout
 
@@ -148,7 +144,7 @@ def read_checkpoint_file(path: Union[str, os.PathLike]) -> Mapping[str, Any]:
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        first_line = str(e).splitlines()[0] if str(e) else ''
         raise CheckpointLayoutError(
-            f'{path} could not be read as a tensors-only torch checkpoint ({type(e).__name__}: '
-            f'{str(e).splitlines()[0] if str(e) else ""}). se_hub never unpickles code; '
-            'convert the file to safetensors or a plain state dict.') from e
+            f'{path} could not be read as a tensors-only torch checkpoint ({type(e).__name__}: {first_line}). '
+            'se_hub never unpickles code; convert the file to safetensors or a plain state dict.') from e
