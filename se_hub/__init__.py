@@ -5,6 +5,8 @@
 __version__ = '0.1.0'
 
 from . import layers, models
+from .hub import push_to_hub
 from .layers import SqueezeExcite
-from .models import SEResNet
+from .models import MODELS, SEResNet
 from .weights import CheckpointLayoutError, load_checkpoint
+from .weights.manifest import manifest

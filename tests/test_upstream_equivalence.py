@@ -148,3 +148,25 @@ def test_pickled_code_is_refused(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         se_hub.load_checkpoint(timm.create_model('se_resnet18'), tmp_path / 'nope.pth')
+
+
+def test_frozen_batchnorm_in_a_training_model_keeps_its_statistics():
+    """A BatchNorm put in eval mode inside a training model (frozen BN for fine-tuning) must
+    normalise with its running statistics and leave them alone, on the fused SE tail too."""
+    model = randomize_batchnorm(timm.create_model('se_resnet18b')).train()
+    reference = timm.create_model('se_resnet18b')
+    reference.load_state_dict(model.state_dict())
+    for m in (model, reference):
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.eval()
+    for block in reference.modules():
+        if hasattr(block, 'lean_tail'):
+            block.lean_tail = False  # the plain path as the reference
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, reference(x))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)

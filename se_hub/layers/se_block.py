@@ -5,12 +5,13 @@ squeeze  : 'avg' (global average pooling, the paper's choice), 'max' (global max
 reduction: ratio r (``rd_ratio = 1/r``) or an explicit ``rd_channels``; ``rd_divisor=1`` floors
            ``C/r`` as the Caffe prototxts do, ``rd_divisor=8`` rounds to a multiple of 8 as timm does
 gate     : 'sigmoid' (paper), 'hard_sigmoid', 'tanh', 'relu'
+act      : the activation between the two FCs, ReLU (paper); MBConv blocks use their own (SiLU)
 """
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import make_divisible
+from timm.layers import create_act_layer, make_divisible
 from torch import nn
 
 SQUEEZE_TYPES = ('avg', 'max', 'none')
@@ -30,7 +31,7 @@ def reduced_channels(channels: int, rd_ratio: float, rd_divisor: int = 1) -> int
 
 
 class SqueezeExcite(nn.Module):
-    """SE unit: ``x * gate(fc2(relu(fc1(squeeze(x)))))``.
+    """SE unit: ``x * gate(fc2(act(fc1(squeeze(x)))))``, ``act`` ReLU unless ``act_layer`` says otherwise.
 
     The excitation weights are stored as 1x1 convolutions (the layout of the Caffe release,
     Cadene's port and timm), so checkpoints map onto ``fc1`` / ``fc2`` without reshaping.
@@ -45,6 +46,7 @@ class SqueezeExcite(nn.Module):
             squeeze: str = 'avg',
             gate: str = 'sigmoid',
             bias: bool = True,
+            act_layer: Union[str, Callable[..., nn.Module]] = nn.ReLU,
     ):
         super().__init__()
         if squeeze not in SQUEEZE_TYPES:
@@ -57,7 +59,7 @@ class SqueezeExcite(nn.Module):
         self.channels = channels
         self.rd_channels = rd_channels
         self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=bias)
-        self.act = nn.ReLU(inplace=True)
+        self.act = create_act_layer(act_layer, inplace=True)
         self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=bias)
         self.gate = GATE_TYPES[gate]()
 

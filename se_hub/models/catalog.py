@@ -5,7 +5,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict
 
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
+
+from ..weights.pretrained import tagged_cfgs, with_pretrained_state
 
 
 @dataclass(frozen=True)
@@ -27,15 +29,27 @@ def arch(description: str, paper: Dict[str, Any] = None, upstream: str = '', **a
 
 def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
     def entrypoint(pretrained: bool = False, **kwargs):
-        return create(name, pretrained, **kwargs)
+        if not pretrained:
+            return create(name, pretrained, **kwargs)
+        kwargs, loaded = with_pretrained_state(name, kwargs)
+        model = create(name, pretrained, **kwargs)
+        if loaded:
+            model.loaded_weights = loaded
+        for cfg in (getattr(model, 'pretrained_cfg', None), getattr(model, 'default_cfg', None)):
+            if isinstance(cfg, dict):
+                cfg.pop('state_dict', None)  # loaded; don't keep a second copy of the weights alive
+        return model
     return entrypoint
 
 
 def register_family(module_name: str, archs: Dict[str, Dict[str, Any]], create: Callable[..., Any]) -> None:
     """Register a thin timm entrypoint per configuration of ``archs`` in module ``module_name``
-    (which must already define ``default_cfgs``) and record each model's ModelInfo."""
+    (which must already define ``default_cfgs``, one untagged cfg per model) and record each
+    model's ModelInfo. The manifest's weights become the models' pretrained tags."""
     module = sys.modules[module_name]
     for name, spec in archs.items():
+        base = module.default_cfgs[name].cfgs[''].to_dict()
+        module.default_cfgs.update(generate_default_cfgs(tagged_cfgs(name, base)))
         info = ModelInfo(name, module_name.rsplit('.', 1)[-1], spec['description'], spec['paper'], spec['upstream'])
         entrypoint = _entrypoint(create, name)
         entrypoint.__name__ = entrypoint.__qualname__ = name

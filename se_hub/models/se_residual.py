@@ -83,7 +83,7 @@ class ResidualBlock(nn.Module):
         z = self.residual(x)
         shortcut = self._shortcut(x)
         bn = self.last_bn()
-        if self.training and torch.is_grad_enabled() and type(bn) is nn.BatchNorm2d:
+        if bn.training and torch.is_grad_enabled() and type(bn) is nn.BatchNorm2d:  # batch statistics
             y, mean, invstd = batch_norm_with_stats(z, bn)
             return scale_add_relu(y, self.se.excite(y), shortcut, z, bn.weight, bn.bias, mean, invstd)
         y = bn(z)

@@ -1,0 +1,416 @@
+"""The paper's CIFAR networks: SE-ResNet-20/32/56/110, SE-ResNet-164 and SE-WRN-16-8, one class.
+
+Three stages at 32x32, 16x16 and 8x8 (widths 16 / 32 / 64, times ``widen_factor``), a 3x3 stem
+conv to 16 channels, global average pooling over the final 8x8 map and a linear classifier.
+The block types are options of :class:`SECifarResNet`:
+
+* ``block='basic'``        post-activation basic block (He et al., "Deep Residual Learning",
+  Sec. 4.2): conv-BN-ReLU-conv-BN -> SE -> add -> ReLU; depth = 6n + 2 (ResNet-20/32/56/110).
+  This is the residual family's :class:`~se_hub.models.se_residual.BasicBlock` itself, memory-lean
+  SE tail included.
+* ``block='preact_bottleneck'``  pre-activation bottleneck (He et al., "Identity Mappings in
+  Deep Residual Networks"): BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1 (expansion 4) -> SE -> add;
+  depth = 9n + 2 (ResNet-164: n = 18). A final BN-ReLU (``norm``) follows the last stage.
+* ``block='preact_basic'`` pre-activation basic block of the Wide ResNets (Zagoruyko & Komodakis):
+  BN-ReLU-3x3, BN-ReLU-3x3 -> SE -> add; WRN-d-k has n = (d - 4) / 6 blocks per stage, width k x.
+
+The SE unit sits on the residual branch, before the addition, as in the paper's SE-ResNet
+module (Fig. 3), with reduction 16 floored (``SqueezeExcite(rd_divisor=1)``), at least 1 wide.
+
+Shortcuts (``shortcut=``), chosen per network by the literature's parameter counts where they
+decide, else by the original paper's text:
+
+* ``'A'`` parameter-free: the identity subsampled with stride 2 (the top-left pixel of each
+  2x2 cell) and zero channels appended. He et al. use it for all their CIFAR ResNets ("Deep
+  Residual Learning", Sec. 4.2). ResNet-20 has 269,722 parameters (literature: 0.27M), ResNet-110
+  1,727,962 (1.73M). The counts alone do not decide here: 1x1 conv + BN projections would give
+  272,474 / 1,730,714, which round the same; the paper's text does.
+* ``'B'`` a 1x1 projection where the shape changes, identity elsewhere. For the pre-activation
+  blocks the projection takes the pre-activated input and has no BN after it (He et al. 2016,
+  Zagoruyko & Komodakis). ResNet-164: 1,703,258 (literature: 1.70M; option A would give
+  1,661,274 = 1.66M); WRN-16-8: 10,961,370 (10.96M; option A: 10,795,482 = 10.80M).
+  For post-activation blocks option B is a 1x1 conv + BN (He et al. 2015).
+
+All counts with 10 classes, no SE (``se_layer='none'``).
+
+Weights are initialised as in He et al.: Kaiming-normal (fan-out) convolutions, unit BN scale.
+"""
+from contextlib import nullcontext
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d, DropPath, create_classifier, get_device_dtype
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from ..layers import SeLayer, resolve_se_layer
+from ..weights.checkpoint import checkpoint_filter_fn
+from .catalog import arch, register_family
+from .se_residual import BasicBlock
+
+__all__ = ['SECifarResNet']
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)  # per-channel std of the CIFAR-10 training pixels
+
+BLOCK_TYPES = ('basic', 'preact_basic', 'preact_bottleneck')
+SHORTCUT_TYPES = ('A', 'B')
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: stride-``s`` subsampled identity with zero channels appended."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        if out_chs < in_chs:
+            raise ValueError(f'a zero-padded shortcut cannot narrow {in_chs} to {out_chs} channels')
+        self.stride = stride
+        self.pad = out_chs - in_chs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, ::self.stride, ::self.stride]
+        return F.pad(x, [0, 0, 0, 0, 0, self.pad])
+
+    def extra_repr(self) -> str:
+        return f'stride={self.stride}, pad={self.pad}'
+
+
+class PreActBlock(nn.Module):
+    """A pre-activation residual unit: ``x + SE(branch(relu(bn(x))))``. A 1x1 projection
+    shortcut takes the pre-activated input; an option-A or identity shortcut takes ``x``."""
+
+    def _init_tail(self, outplanes: int, downsample: Optional[nn.Module], attn_layer, drop_path_rate: float):
+        self.se = attn_layer(outplanes) if attn_layer is not None else None
+        self.downsample = downsample
+        self.shortcut_preact = isinstance(downsample, nn.Conv2d)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else None
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch after the first pre-activation."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_pre = self.act1(self.bn1(x))
+        if self.downsample is None:
+            shortcut = x
+        elif self.shortcut_preact:
+            shortcut = self.downsample(x_pre)
+        else:
+            shortcut = self.downsample(x)
+        out = self.residual(x_pre)
+        if self.se is not None:
+            out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
+        return out + shortcut
+
+
+class PreActBasicBlock(PreActBlock):
+    """BN-ReLU-3x3, BN-ReLU-3x3 (Wide ResNet block)."""
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 attn_layer=None, drop_path_rate: float = 0.):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self._init_tail(planes, downsample, attn_layer, drop_path_rate)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act2(self.bn2(self.conv1(x))))
+
+
+class PreActBottleneck(PreActBlock):
+    """BN-ReLU-1x1, BN-ReLU-3x3 (strided), BN-ReLU-1x1 to 4x the width (ResNet-164 block)."""
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
+                 attn_layer=None, drop_path_rate: float = 0.):
+        super().__init__()
+        outplanes = planes * self.expansion
+        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.act3 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(planes, outplanes, 1, bias=False)
+        self._init_tail(outplanes, downsample, attn_layer, drop_path_rate)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act2(self.bn2(self.conv1(x)))
+        x = self.act3(self.bn3(self.conv2(x)))
+        return self.conv3(x)
+
+
+def make_shortcut(kind: str, inplanes: int, outplanes: int, stride: int, preact: bool) -> Optional[nn.Module]:
+    """None (identity) where the shape is kept; option A or B where it changes."""
+    if stride == 1 and inplanes == outplanes:
+        return None
+    if kind == 'A':
+        return PadShortcut(inplanes, outplanes, stride)
+    conv = nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False)
+    return conv if preact else nn.Sequential(conv, nn.BatchNorm2d(outplanes))
+
+
+class SECifarResNet(nn.Module):
+    """SE-ResNet / SE-WRN for 32x32 inputs: stem (conv1, bn1, act1), layer1-3, norm, head (fc).
+
+    Feature taps: 0 the stem output (``act1``; in pre-activation networks ``bn1`` / ``act1`` are
+    identities: the stem is ``conv1`` alone), 1-3 the stages. In pre-activation networks the last
+    tap's module is the final BN-ReLU (``norm``), as in timm's ResNetV2, and
+    ``forward_intermediates(norm=True)`` applies it to the last tap; post-activation networks
+    have no final norm (``norm`` is an identity).
+    """
+
+    def __init__(
+            self,
+            layers: Sequence[int],
+            block: str = 'basic',
+            widths: Sequence[int] = (16, 32, 64),
+            widen_factor: int = 1,
+            stem_width: int = 16,
+            shortcut: str = 'A',
+            num_classes: int = 10,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            se_layer: SeLayer = 'se',
+            se_args: Optional[Dict[str, Any]] = None,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        with torch.device(device) if device is not None else nullcontext():
+            if block not in BLOCK_TYPES:
+                raise ValueError(f'block={block!r} is not one of {BLOCK_TYPES}')
+            if shortcut not in SHORTCUT_TYPES:
+                raise ValueError(f'shortcut={shortcut!r} is not one of {SHORTCUT_TYPES}')
+            if len(layers) != 3 or len(widths) != 3:
+                raise ValueError(f'layers={tuple(layers)} and widths={tuple(widths)} must name 3 stages')
+            self.num_classes = num_classes
+            self.in_chans = in_chans
+            self.drop_rate = drop_rate
+            self.grad_checkpointing = False
+            self.preact = block != 'basic'
+            attn_layer = resolve_se_layer(se_layer, se_args)
+
+            self.conv1 = nn.Conv2d(in_chans, stem_width, 3, padding=1, bias=False)
+            # pre-activation: the first unit's BN-ReLU normalises the stem, which is the conv alone
+            self.bn1 = nn.Identity() if self.preact else nn.BatchNorm2d(stem_width)
+            self.act1 = nn.Identity() if self.preact else nn.ReLU(inplace=True)
+            self.feature_info = [dict(num_chs=stem_width, reduction=1, module='act1')]
+
+            block_cls = {'preact_basic': PreActBasicBlock, 'preact_bottleneck': PreActBottleneck}.get(block)
+            expansion = 4 if block == 'preact_bottleneck' else 1
+            inplanes, net_stride, block_idx, total_blocks = stem_width, 1, 0, sum(layers)
+            for stage_idx, (width, num_blocks) in enumerate(zip(widths, layers)):
+                stride = 1 if stage_idx == 0 else 2
+                net_stride *= stride
+                planes = width * widen_factor
+                outplanes = planes * expansion
+                blocks = []
+                for i in range(num_blocks):
+                    block_stride = stride if i == 0 else 1
+                    downsample = make_shortcut(shortcut, inplanes, outplanes, block_stride, self.preact)
+                    dpr = drop_path_rate * block_idx / max(total_blocks - 1, 1)
+                    if block_cls is None:
+                        blocks.append(BasicBlock(
+                            inplanes, planes, stride=block_stride, downsample=downsample, attn_layer=attn_layer,
+                            drop_path_rate=dpr))
+                    else:
+                        blocks.append(block_cls(
+                            inplanes, planes, stride=block_stride, downsample=downsample, attn_layer=attn_layer,
+                            drop_path_rate=dpr))
+                    inplanes = outplanes
+                    block_idx += 1
+                self.add_module(f'layer{stage_idx + 1}', nn.Sequential(*blocks))
+                self.feature_info.append(dict(num_chs=outplanes, reduction=net_stride, module=f'layer{stage_idx + 1}'))
+
+            if self.preact:
+                self.norm = BatchNormAct2d(inplanes, act_layer=nn.ReLU)
+                self.feature_info[-1]['module'] = 'norm'
+            else:
+                self.norm = nn.Identity()
+            self.num_features = inplanes
+            self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+            self.init_weights()
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    @torch.jit.ignore
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^conv1|bn1',
+            blocks=[(r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        return 'fc' if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        dd = get_device_dtype(self)
+        self.num_classes = num_classes
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act1(self.bn1(self.conv1(x)))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Index 0 is the stem output, 1-3 the outputs of layer1-3 (the last one through the
+        final BN-ReLU of a pre-activation network when ``norm=True``)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' is supported")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(4, indices)
+        x = self._stem(x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        stages = [self.layer1, self.layer2, self.layer3]
+        if stop_early:
+            stages = stages[:max_index]
+        last_idx = len(stages)
+        for feat_idx, stage in enumerate(stages, start=1):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(self.norm(x) if norm and feat_idx == 3 else x)
+        if intermediates_only:
+            return intermediates
+        if last_idx == 3:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        take_indices, max_index = feature_take_indices(4, indices)
+        for name in ('layer1', 'layer2', 'layer3')[max_index:]:
+            setattr(self, name, nn.Sequential())
+        prune_end = max_index < 3
+        if prune_norm or prune_end:  # the final norm belongs to the last stage
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
+        else:
+            x = self.layer1(x)
+            x = self.layer2(x)
+            x = self.layer3(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Configurations. CIFAR SE unit: reduction 16, floored (Caffe rounding), at least 1 channel.
+_SE = dict(se_args=dict(rd_ratio=1 / 16, rd_divisor=1))
+_POST_A = dict(block='basic', shortcut='A', **_SE)  # ResNet-6n+2 of "Deep Residual Learning"
+
+
+def _paper(row: str, err10: Tuple[float, float], err100: Tuple[float, float]) -> Dict[str, Any]:
+    """The paper's CIFAR table: (baseline, SE) top-1 error (%) on CIFAR-10 and CIFAR-100."""
+    return dict(row=f'CIFAR: {row}', cifar10_err=dict(base=err10[0], se=err10[1]),
+                cifar100_err=dict(base=err100[0], se=err100[1]), top1_err=err10[1])
+
+
+ARCHS: Dict[str, Dict[str, Any]] = {
+    'se_resnet20_cifar': arch('SE-ResNet-20 for CIFAR (n=3, option-A shortcuts)', layers=(3, 3, 3), **_POST_A),
+    'se_resnet32_cifar': arch('SE-ResNet-32 for CIFAR (n=5, option-A shortcuts)', layers=(5, 5, 5), **_POST_A),
+    'se_resnet56_cifar': arch('SE-ResNet-56 for CIFAR (n=9, option-A shortcuts)', layers=(9, 9, 9), **_POST_A),
+    'se_resnet110_cifar': arch('SE-ResNet-110 for CIFAR (n=18, option-A shortcuts)',
+                               _paper('ResNet-110', (6.37, 5.21), (26.88, 23.85)), layers=(18, 18, 18), **_POST_A),
+    'se_resnet164_cifar': arch('SE-ResNet-164 for CIFAR (pre-activation bottleneck, n=18)',
+                               _paper('ResNet-164', (5.46, 4.39), (24.33, 21.31)), layers=(18, 18, 18),
+                               block='preact_bottleneck', shortcut='B', **_SE),
+    'se_wrn16_8_cifar': arch('SE-WRN-16-8 for CIFAR (pre-activation, width x8)',
+                             _paper('WRN-16-8', (4.27, 3.88), (20.43, 19.14)), layers=(2, 2, 2),
+                             block='preact_basic', widen_factor=8, shortcut='B', **_SE),
+}
+
+
+def _cfg(name: str) -> Dict[str, Any]:
+    return {
+        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (8, 8),
+        'crop_pct': 1.0, 'interpolation': 'bilinear',
+        'mean': CIFAR10_MEAN, 'std': CIFAR10_STD,
+        'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0',
+        'description': ARCHS[name]['description'],
+        'paper_ids': 'arXiv:1709.01507', 'paper_name': 'Squeeze-and-Excitation Networks',
+    }
+
+
+default_cfgs = generate_default_cfgs({name: _cfg(name) for name in ARCHS})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> SECifarResNet:
+    model_args = dict(ARCHS[variant]['args'])
+    if 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the CIFAR reduction rule
+        model_args['se_args'] = dict(model_args.get('se_args') or {}, **kwargs.pop('se_args'))
+    return build_model_with_cfg(
+        SECifarResNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3)),  # stem + 3 stages (timm's default asks for 5)
+        **dict(model_args, **kwargs),
+    )
+
+
+register_family(__name__, ARCHS, _create)

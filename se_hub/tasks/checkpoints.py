@@ -1,0 +1,95 @@
+"""Training checkpoints that are never half-written: each file is written to a temporary file in
+the same directory, flushed to disk, then moved over the old one with ``os.replace`` (atomic on
+POSIX and Windows). A failed write (full disk, ...) removes the temporary file and leaves the
+previous checkpoint as it was."""
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import torch
+
+TMP_MARK = '.tmp-'
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous one at that path is intact."""
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f'.{path.name}{TMP_MARK}{os.getpid()}')
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not possible on every platform (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Union[str, os.PathLike], write) -> Path:
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            reason = 'the disk is full' if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            kept = f'the previous {path.name} is intact' if path.exists() else f'no {path.name} was written'
+            raise CheckpointWriteError(e.errno, f'could not write checkpoint {path}: {reason}; {kept}') from e
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_atomic(obj: Dict[str, Any], path: Union[str, os.PathLike]) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    return _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def copy_atomic(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> Path:
+    """Copy ``src`` to ``dst`` atomically."""
+    def write(f):
+        with open(src, 'rb') as s:
+            shutil.copyfileobj(s, f, 1 << 20)
+    return _write_atomic(dst, write)
+
+
+def write_text_atomic(path: Union[str, os.PathLike], text: str) -> Path:
+    return _write_atomic(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def remove_stale_temporaries(directory: Union[str, os.PathLike]) -> None:
+    """Temporary files left by a process killed while writing."""
+    for p in Path(directory).glob(f'.*{TMP_MARK}*'):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def load(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """A training checkpoint written by :func:`save_atomic` (tensors and plain data only)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'checkpoint not found: {path}') from None
+    except Exception as e:  # noqa: BLE001 - named file, one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f'cannot read checkpoint {path}: {first}') from e

@@ -1,0 +1,146 @@
+"""Small charts drawn with PIL only (no matplotlib): training curves and a confusion matrix."""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from PIL import Image, ImageDraw, ImageFont
+
+WHITE, BLACK, GREY, LIGHT = (255, 255, 255), (0, 0, 0), (110, 110, 110), (225, 225, 225)
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+Series = Tuple[str, Sequence[float], Sequence[float]]  # (label, xs, ys)
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> List[float]:
+    """Round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [0.0, 1.0]
+    if hi <= lo:
+        hi = lo + (abs(lo) or 1.0)
+    raw = (hi - lo) / max(1, count - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first = math.floor(lo / step) * step
+    ticks = []
+    v = first
+    while v < hi + step * 0.999:
+        ticks.append(round(v, 10))
+        v += step
+    return ticks
+
+
+def _label(v: float) -> str:
+    return f'{v:g}' if abs(v) >= 1e-3 or v == 0 else f'{v:.0e}'
+
+
+def _panel(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], title: str, series: Sequence[Series],
+           font, y_range: Optional[Tuple[float, float]] = None) -> None:
+    x0, y0, x1, y1 = box  # the plot area, axes on its left and bottom edges
+    draw.text((x0, y0 - 16), title, fill=BLACK, font=font)
+    xs = [x for _, sx, _ in series for x in sx]
+    ys = [y for _, _, sy in series for y in sy if y is not None and math.isfinite(y)]
+    if not xs or not ys:
+        draw.rectangle(box, outline=BLACK)
+        return
+    x_lo, x_hi = min(xs), max(xs)
+    if x_hi == x_lo:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    yt = nice_ticks(*(y_range or (min(ys), max(ys))))
+    y_lo, y_hi = yt[0], yt[-1]
+    px = lambda x: x0 + (x - x_lo) / (x_hi - x_lo) * (x1 - x0)
+    py = lambda y: y1 - (y - y_lo) / (y_hi - y_lo) * (y1 - y0)
+    for t in yt:  # horizontal grid and y ticks
+        y = py(t)
+        draw.line([(x0, y), (x1, y)], fill=LIGHT)
+        draw.line([(x0 - 4, y), (x0, y)], fill=BLACK)
+        text = _label(t)
+        draw.text((x0 - 6 - draw.textlength(text, font=font), y - 6), text, fill=BLACK, font=font)
+    step = max(1, math.ceil((x_hi - x_lo) / 8))
+    t = math.ceil(x_lo)
+    while t <= x_hi:  # integer x ticks (epochs)
+        x = px(t)
+        draw.line([(x, y1), (x, y1 + 4)], fill=BLACK)
+        text = str(int(t))
+        draw.text((x - draw.textlength(text, font=font) / 2, y1 + 6), text, fill=BLACK, font=font)
+        t += step
+    draw.line([(x0, y0), (x0, y1), (x1, y1)], fill=BLACK)
+    lx = x1  # legend: one row above the plot, right-aligned
+    for i, (name, sx, sy) in reversed(list(enumerate(series))):
+        colour = COLOURS[i % len(COLOURS)]
+        points = [(px(x), py(y)) for x, y in zip(sx, sy) if y is not None and math.isfinite(y)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
+        lx -= draw.textlength(name, font=font) + 24
+        draw.line([(lx, y0 - 10), (lx + 16, y0 - 10)], fill=colour, width=3)
+        draw.text((lx + 20, y0 - 16), name, fill=BLACK, font=font)
+        lx -= 10
+
+
+def draw_curves(history: Sequence[Dict], path, title: str = '') -> None:
+    """Loss (train, val) and accuracy (top-1, top-5 and EMA top-1 if there) per epoch, as a PNG."""
+    font = ImageFont.load_default()
+    epochs = [h['epoch'] for h in history]
+    img = Image.new('RGB', (760, 300), WHITE)
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((10, 4), title, fill=GREY, font=font)
+    loss = [(name, epochs, [h.get(key) for h in history])
+            for name, key in (('train loss', 'train_loss'), ('val loss', 'val_loss'))]
+    acc = [(name, epochs, [h.get(key) for h in history])
+           for name, key in (('val top-1', 'top1'), ('val top-5', 'top5'), ('EMA top-1', 'ema_top1'))
+           if any(h.get(key) is not None for h in history)]
+    _panel(draw, (55, 40, 360, 260), 'loss', loss, font)
+    _panel(draw, (435, 40, 740, 260), 'accuracy (%)', acc, font, y_range=(0, 100))
+    for x in (207, 587):
+        draw.text((x - 15, 280), 'epoch', fill=GREY, font=font)
+    img.save(path, format='PNG')
+
+
+def draw_confusion(matrix: Sequence[Sequence[int]], true_names: Sequence[str], pred_names: Sequence[str],
+                   path, title: str = '') -> None:
+    """A confusion matrix (rows: true class, columns: predicted class) as a PNG heat map with counts."""
+    font = ImageFont.load_default()
+    rows, cols = len(matrix), len(matrix[0]) if matrix else 0
+    cell = max(18, min(48, 640 // max(1, rows, cols)))
+    short = lambda s: s if len(s) <= 16 else s[:15] + '…'
+    left = 14 + max([len(short(n)) for n in true_names] + [4]) * 6
+    top = 34 + max([len(short(n)) for n in pred_names] + [4]) * 6
+    title = title or 'confusion matrix (rows: true, columns: predicted)'
+    width = max(left + cols * cell + 20, int(font.getlength(title)) + 12)
+    img = Image.new('RGB', (width, top + rows * cell + 20), WHITE)
+    draw = ImageDraw.Draw(img)
+    draw.text((6, 4), title, fill=BLACK, font=font)
+    peak = max([v for r in matrix for v in r] + [1])
+    for i, row in enumerate(matrix):
+        total = sum(row) or 1
+        for j, v in enumerate(row):
+            shade = int(255 * (1 - v / total * 0.85)) if v else 255
+            colour = (shade, shade, 255) if i != j else (shade, 255, shade)
+            box = [left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
+            draw.rectangle(box, fill=colour, outline=LIGHT)
+            if cell >= 18 and (v or peak < 1000):
+                text = str(v)
+                draw.text((box[0] + (cell - draw.textlength(text, font=font)) / 2, box[1] + cell / 2 - 6), text,
+                          fill=BLACK, font=font)
+    for i, name in enumerate(true_names):
+        text = short(name)
+        draw.text((left - 6 - draw.textlength(text, font=font), top + i * cell + cell / 2 - 6), text,
+                  fill=BLACK, font=font)
+    for j, name in enumerate(pred_names):  # column labels, written vertically
+        text = short(name)
+        label = Image.new('RGB', (int(draw.textlength(text, font=font)) + 4, 14), WHITE)
+        ImageDraw.Draw(label).text((2, 0), text, fill=BLACK, font=font)
+        label = label.rotate(90, expand=True)
+        img.paste(label, (left + j * cell + (cell - label.width) // 2, top - 4 - label.height))
+    img.save(path, format='PNG')
+
+
+def format_confusion(matrix: Sequence[Sequence[int]], true_names: Sequence[str], pred_names: Sequence[str]) -> str:
+    """The confusion matrix as a text table (rows: true class, columns: predicted class)."""
+    head = ['true \\ predicted'] + list(pred_names)
+    body = [[name] + [str(v) for v in row] for name, row in zip(true_names, matrix)]
+    widths = [max(len(r[k]) for r in [head] + body) for k in range(len(head))]
+    lines = ['  '.join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in [head] + body]
+    return '\n'.join(lines)

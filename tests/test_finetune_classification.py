@@ -1,0 +1,397 @@
+"""Classification fine-tuning (se_hub.tasks): real images written here, a real SE model, a real
+optimizer. The task (which colour dominates the shape) is easy, so a few epochs must learn it.
+
+Runs on one CPU thread per process: on a shared 2-core machine, two threads per process can be
+50x slower than one.
+"""
+import errno
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from hub_server import point_client_at
+from PIL import Image, ImageDraw
+
+from se_hub.cli import main
+from se_hub.tasks import checkpoints
+from se_hub.tasks.classification import EvalResult, evaluate, finetune
+from se_hub.tasks.curves import COLOURS, draw_curves, nice_ticks
+from se_hub.tasks.data import DataError, find_splits
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS_OF = {'red': (220, 40, 40), 'green': (40, 200, 60), 'blue': (40, 60, 220)}
+CLASSES = sorted(COLOURS_OF)
+MODEL = 'se_resnet20_cifar'  # 0.27M parameters, 32x32 input
+FAST = dict(pretrained=False, batch_size=8, lr=3e-3, num_workers=0, progress=False)
+CLI_FAST = ['--model', MODEL, '--no-pretrained', '--batch-size', '8', '--lr', '3e-3', '--workers', '0',
+            '--no-progress']
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _subprocess_env():
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO), HF_HUB_OFFLINE='1',
+               HF_HUB_DISABLE_TELEMETRY='1')
+    return env
+
+
+def draw_sample(rng: random.Random, colour, size: int = 32) -> Image.Image:
+    """A grey-ish background with an ellipse or rectangle of (a jittered) ``colour``."""
+    img = Image.new('RGB', (size, size), tuple(rng.randint(90, 160) for _ in range(3)))
+    x0, y0 = rng.randint(0, size // 3), rng.randint(0, size // 3)
+    x1, y1 = rng.randint(size * 2 // 3, size - 1), rng.randint(size * 2 // 3, size - 1)
+    fill = tuple(max(0, min(255, v + rng.randint(-25, 25))) for v in colour)
+    draw = ImageDraw.Draw(img)
+    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=fill)
+    return img
+
+
+def make_folders(root: Path, n_train: int = 16, n_val: int = 8, classes=CLASSES, seed: int = 0) -> Path:
+    """root/train/<class>/*.png and root/val/<class>/*.jpg."""
+    rng = random.Random(seed)
+    for split, n, ext in (('train', n_train, 'png'), ('val', n_val, 'jpg')):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                draw_sample(rng, COLOURS_OF.get(c, (230, 230, 40))).save(root / split / c / f'{c}_{i}.{ext}',
+                                                                          quality=95)
+    return root
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return make_folders(tmp_path_factory.mktemp('shapes'))
+
+
+@pytest.fixture(scope='module')
+def trained(data_dir, tmp_path_factory):
+    """One fine-tuning run of 4 epochs, shared by the tests that read its outputs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp('run') / 'out'
+    try:
+        yield finetune(MODEL, data_dir, epochs=4, output=out, seed=0, **FAST)
+    finally:
+        torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------ training and export
+
+def test_finetune_learns_and_writes_every_output(trained, data_dir):
+    out = trained.output
+    for name in ('metrics.jsonl', 'curves.png', 'last.pth', 'best.pth', 'config.json', 'model.safetensors',
+                 'README.md'):
+        assert (out / name).is_file(), name
+    assert not list(out.glob('.*')), 'no temporary files left'
+    rows = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in rows] == [1, 2, 3, 4]
+    assert all(r['val_images'] == 24 for r in rows)
+    assert rows == trained.history
+    # it learns: chance is 33.3 %
+    assert trained.best_top1 >= 80, rows
+    assert rows[-1]['top1'] >= 70, rows
+    assert rows[-1]['train_loss'] < rows[0]['train_loss']
+    assert trained.classes == CLASSES
+
+    last, best = checkpoints.load(out / 'last.pth'), checkpoints.load(out / 'best.pth')
+    assert last['epoch'] == 4 and last['classes'] == CLASSES
+    assert best['epoch'] == trained.best_epoch
+    assert rows[best['epoch'] - 1]['top1'] == max(r['top1'] for r in rows)
+
+    with Image.open(out / 'curves.png') as img:
+        assert img.format == 'PNG' and img.size == (760, 300)
+        colours = {img.getpixel((x, y)) for x in range(img.width) for y in range(img.height)}
+    assert COLOURS[0] in colours and COLOURS[1] in colours  # both series drawn
+
+
+def test_export_reloads_with_timm_and_gives_the_same_logits(trained):
+    reloaded = timm.create_model(f'local-dir:{trained.output}', pretrained=True).eval()
+    assert reloaded.num_classes == 3
+    assert list(reloaded.pretrained_cfg['label_names']) == CLASSES
+    assert tuple(reloaded.pretrained_cfg['input_size']) == (3, 32, 32)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trained.model.eval()(x)
+        assert torch.equal(reloaded(x), expected)
+    # the export holds the best epoch's weights
+    best = checkpoints.load(trained.output / 'best.pth')['model']
+    for k, v in reloaded.state_dict().items():
+        assert torch.equal(v, best[k]), k
+
+
+def test_evaluate_reproduces_the_validation_metrics(trained, data_dir, tmp_path, capsys):
+    r = evaluate(f'local-dir:{trained.output}', data_dir, batch_size=16, num_workers=0, progress=False,
+                 output=tmp_path)
+    assert isinstance(r, EvalResult) and r.count == 24 and r.topk == 3
+    row = trained.history[trained.best_epoch - 1]
+    assert r.top1 == pytest.approx(row['top1'])
+    assert r.loss == pytest.approx(row['val_loss'], rel=1e-5)
+    assert sum(map(sum, r.confusion)) == 24
+    assert 100 * sum(r.confusion[i][i] for i in range(3)) / 24 == pytest.approx(r.top1)
+    assert [sum(row) for row in r.confusion] == [8, 8, 8]
+    for name in ('confusion.png', 'confusion.txt', 'evaluation.json'):
+        assert (tmp_path / name).is_file()
+    with Image.open(tmp_path / 'confusion.png') as img:
+        assert img.format == 'PNG'
+
+    assert main(['evaluate', '--model', str(trained.output), '--data', str(data_dir), '--workers', '0',
+                 '--no-progress']) == 0
+    text = capsys.readouterr().out
+    assert f'top-1 {r.top1:.2f}%' in text
+    assert 'true \\ predicted' in text and 'blue' in text
+
+
+def test_evaluate_matches_classes_by_name(trained, tmp_path):
+    """Data holding a subset of the model's classes: rows are the data's, columns the model's."""
+    make_folders(tmp_path / 'd', n_train=1, n_val=3, classes=['red', 'blue'], seed=5)
+    r = evaluate(f'local-dir:{trained.output}', tmp_path / 'd', num_workers=0, progress=False)
+    assert r.classes == ['blue', 'red'] and r.predicted_classes == CLASSES
+    assert len(r.confusion) == 2 and len(r.confusion[0]) == 3
+    make_folders(tmp_path / 'e', n_train=1, n_val=1, classes=['red', 'yellow'], seed=5)
+    with pytest.raises(ValueError, match='yellow'):
+        evaluate(f'local-dir:{trained.output}', tmp_path / 'e', num_workers=0, progress=False)
+
+
+def test_frozen_backbone_and_bn_from_the_exported_model_then_push(trained, data_dir, tmp_path, local_hub,
+                                                                   monkeypatch):
+    """Fine-tune the previous export with the backbone and BatchNorm frozen: only the classifier
+    moves. The result is published to a (local) Hub."""
+    start = timm.create_model(f'local-dir:{trained.output}', pretrained=True).state_dict()
+    point_client_at(monkeypatch, local_hub.endpoint)
+    monkeypatch.setenv('HF_ENDPOINT', local_hub.endpoint)
+    out = tmp_path / 'frozen'
+    result = finetune(f'local-dir:{trained.output}', data_dir, epochs=1, output=out, push='tester/shapes',
+                      **dict(FAST, pretrained=True, freeze_backbone=True, freeze_bn=True, lr=0.05))
+    after = checkpoints.load(out / 'last.pth')['model']
+    for k, v in start.items():
+        if k.startswith('fc.'):
+            assert not torch.equal(v, after[k]), k
+        else:
+            assert torch.equal(v, after[k]), k  # weights and BN running statistics
+    assert result.pushed
+    files = local_hub.files('tester/shapes')
+    assert {'config.json', 'model.safetensors', 'README.md'} <= set(files)
+    assert files['model.safetensors'] == (out / 'model.safetensors').read_bytes()
+    assert json.loads(files['config.json'])['label_names'] == CLASSES
+
+
+def test_sgd_layer_decay_ema_and_cpu_bf16(data_dir, tmp_path):
+    out = tmp_path / 'ema'
+    result = finetune(MODEL, data_dir, epochs=1, output=out, optimizer='sgd', layer_decay=0.5, ema=True,
+                      ema_decay=0.9, label_smoothing=0.2, grad_clip=5.0, amp='bf16', **dict(FAST, lr=0.05))
+    ckpt = checkpoints.load(out / 'last.pth')
+    scales = sorted({g['lr_scale'] for g in ckpt['optimizer']['param_groups']})
+    assert len(scales) >= 4 and scales[-1] == 1.0 and scales[0] < 0.1  # stem << head
+    assert ckpt['ema'] is not None and 'ema_top1' in result.history[0]
+    exported = result.model.state_dict()
+    for k, v in ckpt['ema'].items():  # the EMA weights are exported
+        assert torch.equal(exported[k], v), k
+    assert any(not torch.equal(ckpt['ema'][k], ckpt['model'][k]) for k in ckpt['model'])
+
+
+def test_csv_layout(tmp_path):
+    root = make_folders(tmp_path / 'csv', n_train=2, n_val=1)
+    for split in ('train', 'val'):
+        rows = ['path,label'] + [f'{p.relative_to(root).as_posix()},{p.parent.name}'
+                                 for p in sorted((root / split).rglob('*.*'))]
+        shutil.move(root / split, root / f'images_{split}')
+        rows = [r.replace(f'{split}/', f'images_{split}/', 1) for r in rows]
+        (root / f'{split}.csv').write_text('\n'.join(rows) + '\n')
+    splits = find_splits(root)
+    assert splits.layout == 'csv' and splits.classes == CLASSES
+    assert len(splits.train) == 6 and len(splits.val) == 3
+    img, label = splits.val[0]
+    assert img.size == (32, 32) and splits.classes[label] == 'blue'
+    (root / 'val.csv').write_text('images_val/red/missing.jpg,red\n')
+    with pytest.raises(DataError, match='missing.jpg'):
+        find_splits(root)
+    (root / 'val.csv').write_text('images_val/red/red_0.jpg,purple\n')
+    with pytest.raises(DataError, match='purple'):
+        find_splits(root)
+
+
+# ----------------------------------------------------------------------------- bad input loses nothing
+
+def test_data_errors_name_the_problem(tmp_path, capsys):
+    with pytest.raises(DataError, match='train/ and val/'):
+        find_splits(tmp_path)
+    (tmp_path / 'train' / 'a').mkdir(parents=True)
+    (tmp_path / 'val' / 'a').mkdir(parents=True)
+    with pytest.raises(DataError, match='has no images'):
+        find_splits(tmp_path)
+    make_folders(tmp_path, n_train=1, n_val=1)
+    bad = tmp_path / 'val' / 'red' / 'broken.png'
+    bad.write_bytes(b'\x89PNG\r\n\x1a\n this is not a PNG')
+    with pytest.raises(DataError, match='broken.png'):
+        find_splits(tmp_path)
+    # the command line: one line naming the file, no traceback, nothing written
+    out = tmp_path / 'out'
+    assert main(['finetune', *CLI_FAST, '--data', str(tmp_path), '--epochs', '1', '--output', str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('se-hub: error:') and str(bad) in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unreadable_image_met_while_training(tmp_path):
+    """An image whose header is fine but whose data is cut: found by a DataLoader worker process."""
+    root = make_folders(tmp_path / 'd', n_train=2, n_val=1)
+    good = root / 'train' / 'red' / 'big.png'
+    Image.effect_noise((64, 64), 50).convert('RGB').save(good)
+    data = good.read_bytes()
+    good.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match='big.png'):
+        finetune(MODEL, root, epochs=1, output=tmp_path / 'out', check_images=False,
+                 **dict(FAST, num_workers=1))
+
+
+def test_resume_with_other_labels_is_refused_and_checkpoint_untouched(trained, tmp_path):
+    out = trained.output
+    before = {p.name: (sha(p), p.stat().st_mtime_ns) for p in out.iterdir()}
+    other = make_folders(tmp_path / 'four', n_train=1, n_val=1, classes=[*CLASSES, 'yellow'])
+    with pytest.raises(ValueError, match='yellow'):
+        finetune(MODEL, other, epochs=5, output=out, resume=True, **FAST)
+    # and without --resume, an existing run is never overwritten
+    with pytest.raises(FileExistsError, match='--resume'):
+        finetune(MODEL, other, epochs=1, output=out, **FAST)
+    assert {p.name: (sha(p), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+
+
+def test_full_disk_while_writing_a_checkpoint_keeps_the_last_good_one(trained, data_dir, tmp_path, monkeypatch):
+    out = tmp_path / 'copy'
+    shutil.copytree(trained.output, out)
+    good = sha(out / 'last.pth')
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b'\0' * 4096)  # part of the file, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, 'save', full_disk)
+    with pytest.raises(checkpoints.CheckpointWriteError, match='disk is full.*intact') as e:
+        finetune(MODEL, data_dir, epochs=5, output=out, resume=True, **FAST)
+    assert e.value.errno == errno.ENOSPC
+    assert sha(out / 'last.pth') == good and checkpoints.load(out / 'last.pth')['epoch'] == 4
+    assert not list(out.glob('.*')), 'the partial temporary file is removed'
+    monkeypatch.undo()
+    # once there is room again the run continues from the intact checkpoint
+    result = finetune(MODEL, data_dir, epochs=5, output=out, resume=True, **FAST)
+    assert [r['epoch'] for r in result.history] == [1, 2, 3, 4, 5]
+    assert result.history[:4] == trained.history
+
+
+def test_places365_hook_is_used_when_it_recognises_the_directory(tmp_path, monkeypatch):
+    import se_hub.tasks.places365 as places365  # written separately; the hook imports it by name
+    from se_hub.tasks.data import ImageListDataset
+    make_folders(tmp_path, n_train=1, n_val=1)
+    calls = []
+
+    def detect(root):
+        calls.append(root)
+        return ImageListDataset([], ['x']), ImageListDataset([], ['x']), ['x']
+    monkeypatch.setattr(places365, 'detect_places365', detect)
+    splits = find_splits(tmp_path)
+    assert calls == [tmp_path] and splits.layout == 'places365' and splits.classes == ['x']
+    monkeypatch.setattr(places365, 'detect_places365', lambda root: None)
+    assert find_splits(tmp_path).layout == 'folders'
+
+
+def test_curves_drawing():
+    assert nice_ticks(0, 100) == [0, 25, 50, 75, 100]
+    assert nice_ticks(0.13, 0.87) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_curves_png_single_epoch(tmp_path):
+    draw_curves([{'epoch': 1, 'train_loss': 1.0, 'val_loss': 0.5, 'top1': 50.0, 'top5': 100.0}],
+                tmp_path / 'c.png')
+    with Image.open(tmp_path / 'c.png') as img:
+        assert img.size == (760, 300)
+
+
+# ------------------------------------------------------------------------ processes: kill / resume, DDP
+
+def _cli(*args):
+    return [sys.executable, '-m', 'se_hub.cli', 'finetune', *CLI_FAST, *args]
+
+
+def test_sigkilled_run_resumes_to_the_same_weights(data_dir, tmp_path):
+    common = ['--data', str(data_dir), '--epochs', '3', '--seed', '1', '--deterministic']
+    env = _subprocess_env()
+    straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+    run = subprocess.run(_cli(*common, '--output', str(straight)), env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+    proc = subprocess.Popen(_cli(*common, '--output', str(killed)), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (killed / 'last.pth').exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    kept = checkpoints.load(killed / 'last.pth')['epoch']
+    assert 1 <= kept < 3 and not (killed / 'model.safetensors').exists()
+
+    run = subprocess.run(_cli(*common, '--output', str(killed), '--resume'), env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f'resuming {killed} after epoch {kept} of 3' in run.stdout
+
+    a, b = checkpoints.load(straight / 'last.pth'), checkpoints.load(killed / 'last.pth')
+    assert a['epoch'] == b['epoch'] == 3 and a['step'] == b['step']
+    for k in a['model']:
+        assert torch.equal(a['model'][k], b['model'][k]), k
+    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    timing = ('train_images_per_s', 'train_time_s')
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
+    read = lambda p: [json.loads(line) for line in (p / 'metrics.jsonl').read_text().splitlines()]
+    assert strip(read(straight)) == strip(read(killed)) == strip(b['history'])
+    assert sha(straight / 'model.safetensors') == sha(killed / 'model.safetensors')
+
+
+def test_two_processes_with_ddp(tmp_path):
+    data = make_folders(tmp_path / 'd', n_train=8, n_val=7)  # 21 val images: not divisible by 2
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           '-m', 'se_hub.cli', 'finetune', *CLI_FAST, '--data', str(data), '--epochs', '2', '--output', str(out)]
+    run = subprocess.run(cmd, env=_subprocess_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    # only rank 0 reports and writes
+    assert run.stdout.count('epoch 1/2 ') == 1 and run.stdout.count('exported the') == 1
+    assert '2 process(es)' in run.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ['README.md', 'best.pth', 'config.json', 'curves.png', 'last.pth', 'metrics.jsonl', 'model.safetensors'])
+    rows = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['val_images'] for r in rows] == [21, 21]  # the whole val set, each image once
+    ckpt = checkpoints.load(out / 'last.pth')
+    assert len(ckpt['rng']) == 2  # the random state of both processes
+    assert ckpt['step'] == 2 * 2  # 24 train images / 2 processes = 12 each: 2 batches of 8 per epoch
+    # the reduced metrics are those of the whole val set: one process evaluating the export agrees
+    best = checkpoints.load(out / 'best.pth')
+    r = evaluate(f'local-dir:{out}', data, num_workers=0, progress=False)
+    assert r.count == 21
+    assert r.top1 == pytest.approx(rows[best['epoch'] - 1]['top1'])
+    assert r.loss == pytest.approx(rows[best['epoch'] - 1]['val_loss'], rel=1e-4)

@@ -1,0 +1,196 @@
+"""Places-365 reader on miniature trees in the real layouts (torchvision/devkit file lists, class folders)."""
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from se_hub.tasks.places365 import (
+    OFFICIAL_MD5,
+    Places365Dataset,
+    Places365Error,
+    detect_places365,
+    file_md5,
+    read_categories,
+    scene_name,
+)
+
+# real category lines of categories_places365.txt (a handful of the 365)
+CATEGORIES = ['/a/airfield', '/a/apartment_building/outdoor', '/b/bedroom', '/c/coast', '/k/kitchen']
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
+
+
+def _jpeg(path: Path, colour) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new('RGB', (24, 20), colour).save(path, format='JPEG')
+
+
+def _write_categories(root: Path, categories=CATEGORIES) -> None:
+    (root / 'categories_places365.txt').write_text(''.join(f'{c} {i}\n' for i, c in enumerate(categories)))
+
+
+def make_devkit_tree(root: Path, per_class: int = 2, small: bool = True) -> Path:
+    """The torchvision layout: categories file, the two list files, data_256_standard/ and val_256/."""
+    size = '256' if small else 'large'
+    root.mkdir(parents=True, exist_ok=True)
+    _write_categories(root)
+    train_lines, val_lines, n_val = [], [], 0
+    for label, cat in enumerate(CATEGORIES):
+        for k in range(per_class):
+            rel = f'{cat}/{k + 1:08d}.jpg'  # '/a/airfield/00000001.jpg'
+            _jpeg(root / f'data_{size}_standard' / rel.lstrip('/'), COLOURS[label])
+            train_lines.append(f'{rel} {label}\n')
+            n_val += 1
+            name = f'Places365_val_{n_val:08d}.jpg'
+            _jpeg(root / f'val_{size}' / name, COLOURS[label])
+            val_lines.append(f'{name} {label}\n')
+    (root / 'places365_train_standard.txt').write_text(''.join(train_lines))
+    (root / 'places365_val.txt').write_text(''.join(val_lines))
+    return root
+
+
+def test_scene_names():
+    assert scene_name('/a/airfield') == 'airfield'
+    assert scene_name('/a/apartment_building/outdoor') == 'apartment_building/outdoor'
+    assert scene_name('/b/bedroom') == 'bedroom'
+
+
+def test_devkit_layout(tmp_path):
+    root = make_devkit_tree(tmp_path)
+    train, val, classes = detect_places365(root, train_transform=lambda im: im.size)
+    assert classes == ['airfield', 'apartment_building/outdoor', 'bedroom', 'coast', 'kitchen']
+    assert len(train) == len(val) == 10
+    assert train.targets == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4] == val.targets
+    assert train.samples[2][0] == str(root / 'data_256_standard' / 'a' / 'apartment_building' / 'outdoor'
+                                      / '00000001.jpg')
+    assert train[4] == ((24, 20), 2)  # transform applied
+    image, label = val[9]
+    assert isinstance(image, Image.Image) and image.mode == 'RGB' and label == 4
+    # the pixels are those of the listed file (JPEG: close to the colour written)
+    r, g, b = image.getpixel((10, 10))
+    assert abs(r - 30) < 8 and abs(g - 200) < 8 and abs(b - 200) < 8
+
+
+def test_devkit_layout_large_images_and_official_archive_name(tmp_path):
+    root = make_devkit_tree(tmp_path, small=False)
+    (root / 'data_large_standard').rename(root / 'data_large')  # as the official archive extracts
+    train, val, _ = detect_places365(root)
+    assert '/data_large/' in train.samples[0][0] and '/val_large/' in val.samples[0][0]
+    assert train[0][1] == 0
+
+
+def test_md5_checked_only_on_request(tmp_path):
+    root = make_devkit_tree(tmp_path)
+    assert detect_places365(root, verify_md5=False) is not None
+    with pytest.raises(Places365Error, match='categories_places365.txt is not the official.*06c963b8'):
+        detect_places365(root, verify_md5=True)
+    assert OFFICIAL_MD5['places365_val.txt'] == 'e9f2fd57bfd9d07630173f4e8708e4b1'
+    assert file_md5(root / 'places365_val.txt') != OFFICIAL_MD5['places365_val.txt']
+
+
+def test_missing_and_unreadable_images_are_named(tmp_path):
+    root = make_devkit_tree(tmp_path)
+    train, val, _ = detect_places365(root)
+    missing = Path(val.samples[3][0])
+    missing.unlink()
+    with pytest.raises(Places365Error, match=f'missing: {missing}'):
+        val[3]
+    with pytest.raises(Places365Error, match=f'missing: {missing}'):
+        detect_places365(root, check_files=True)
+    broken = Path(train.samples[1][0])
+    broken.write_bytes(b'not a jpeg at all')
+    with pytest.raises(Places365Error, match=f'cannot be read: {broken}'):
+        train[1]
+
+
+def test_category_file_errors(tmp_path):
+    root = make_devkit_tree(tmp_path)
+    with pytest.raises(Places365Error, match='has 5 category lines, expected 365'):
+        detect_places365(root, num_classes=365)
+    # a line lost: 4 lines numbered 0..4 -> index 4 is out of range for a 4-line file
+    lines = (root / 'categories_places365.txt').read_text().splitlines()
+    (root / 'categories_places365.txt').write_text('\n'.join(lines[:2] + lines[3:]) + '\n')
+    with pytest.raises(Places365Error, match='line 4: index 4 out of range for a file of 4 category lines'):
+        detect_places365(root)
+    (root / 'categories_places365.txt').write_text('/a/airfield 0\n/b/bedroom 0\n')
+    with pytest.raises(Places365Error, match="line 2: index 0 already given to '/a/airfield'"):
+        read_categories(root / 'categories_places365.txt')
+    (root / 'categories_places365.txt').write_text('/a/airfield\n')
+    with pytest.raises(Places365Error, match="line 1: expected 'CATEGORY INDEX'"):
+        read_categories(root / 'categories_places365.txt')
+
+
+def test_label_out_of_range(tmp_path):
+    root = make_devkit_tree(tmp_path)
+    with open(root / 'places365_val.txt', 'a') as f:
+        f.write('Places365_val_00000011.jpg 5\n')
+    with pytest.raises(Places365Error, match=r'places365_val.txt line 11: label 5 out of range.*has 5 categories'):
+        detect_places365(root)
+    with pytest.raises(Places365Error, match='label 7 out of range for 5 classes'):
+        Places365Dataset([('x.jpg', 7)], ['a', 'b', 'c', 'd', 'e'])
+
+
+def test_incomplete_devkit_tree(tmp_path):
+    root = make_devkit_tree(tmp_path)
+    (root / 'places365_val.txt').unlink()
+    with pytest.raises(Places365Error, match='file is missing: .*places365_val.txt'):
+        detect_places365(root)
+    root = make_devkit_tree(tmp_path / 'other')
+    (root / 'val_256').rename(root / 'elsewhere')
+    with pytest.raises(Places365Error, match='val images not found.*val_256'):
+        detect_places365(root)
+
+
+def make_class_folder_tree(root: Path, categories=CATEGORIES, dash: bool = False) -> Path:
+    for split, n in (('train', 3), ('val', 1)):
+        for label, cat in enumerate(categories):
+            folder = scene_name(cat).replace('/', '-') if dash else scene_name(cat)
+            for k in range(n):
+                _jpeg(root / split / folder / f'{k}.jpg', COLOURS[label % len(COLOURS)])
+    return root
+
+
+def test_class_folder_layout_with_categories_file(tmp_path):
+    root = make_class_folder_tree(tmp_path, dash=True)
+    _write_categories(root, list(reversed(CATEGORIES)))  # the file fixes the label order, not the folder order
+    train, val, classes = detect_places365(root)
+    assert classes == ['kitchen', 'coast', 'bedroom', 'apartment_building/outdoor', 'airfield']
+    assert len(train) == 15 and len(val) == 5
+    by_folder = {Path(p).parent.name: label for p, label in train.samples}
+    assert by_folder == {'kitchen': 0, 'coast': 1, 'bedroom': 2, 'apartment_building-outdoor': 3, 'airfield': 4}
+    image, label = val[0]
+    assert isinstance(image, Image.Image) and classes[label] == scene_name(Path(val.samples[0][0]).parent.name)
+
+
+def test_class_folder_layout_nested_scene_folders(tmp_path):
+    root = make_class_folder_tree(tmp_path)
+    _write_categories(root)
+    train, val, classes = detect_places365(root)
+    assert classes[1] == 'apartment_building/outdoor'
+    assert sorted(set(train.targets)) == [0, 1, 2, 3, 4]
+    assert [label for p, label in val.samples if '/apartment_building/outdoor/' in p] == [1]
+
+
+def test_class_folder_unknown_scene_is_an_error(tmp_path):
+    root = make_class_folder_tree(tmp_path)
+    _write_categories(root)
+    _jpeg(root / 'val' / 'volcano' / '0.jpg', (0, 0, 0))
+    with pytest.raises(Places365Error, match="scene folder 'volcano' is not one of the 5 categories"):
+        detect_places365(root)
+
+
+def test_not_a_places_tree(tmp_path):
+    assert detect_places365(tmp_path / 'nowhere') is None
+    assert detect_places365(tmp_path) is None
+    # an ordinary class-folder data set (3 classes, no categories file) is not Places-365
+    plain = make_class_folder_tree(tmp_path / 'plain', ['/c/cat', '/d/dog', '/f/fox'])
+    assert detect_places365(plain) is None
+
+
+def test_full_class_folder_tree_without_categories_file(tmp_path):
+    cats = [f'/s/scene_{i:03d}' for i in range(365)]
+    for i, cat in enumerate(cats):
+        for split in ('train', 'val'):
+            _jpeg(tmp_path / split / scene_name(cat) / '0.jpg', (i % 256, 0, 0))
+    train, val, classes = detect_places365(tmp_path)
+    assert len(classes) == 365 and classes[0] == 'scene_000' and classes[-1] == 'scene_364'
+    assert train.targets == list(range(365)) == val.targets
