@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
     p.set_defaults(func=clf.evaluate_command)
     # --- end of classification fine-tuning
+    # --- detection fine-tuning: `finetune-detect`, defined and run by se_hub/tasks/detection.py
+    from .tasks.detection import add_cli_parser as add_detection_parser
+    add_detection_parser(sub)
     return parser
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 import timm
+import torch
 from timm.models import get_pretrained_cfg
 
 import se_hub
 from se_hub.models.catalog import MODELS
-from se_hub.weights import LAYOUTS
+from se_hub.weights import LAYOUTS, detect_layout
 from se_hub.weights.manifest import (
     MANIFEST_PATH,
     SCHEMA_PATH,
@@ -88,8 +89,12 @@ def test_entry_is_consistent(entry):
             assert re.search(rf"-{source['hash_prefix']}\.\w+$", source['url'])
     if 'upstream' not in entry:
         return
-    # the same repo ids, URLs and preprocessing as timm's own cfg for the counterpart
+    # the same repo ids, URLs and preprocessing as timm's own cfg for the counterpart, and the
+    # layout se_hub detects in the counterpart's state dict
     upstream, _, tag = entry['upstream'].partition('.')
+    with torch.device('meta'):
+        assert detect_layout(timm.create_model(upstream).state_dict(), timm.create_model(entry['model'])).name \
+            == entry['layout']
     assert upstream == MODELS[entry['model']].upstream and tag == entry['tag']
     cfg = get_pretrained_cfg(entry['upstream'])
     hub = [s for s in entry['sources'] if s['kind'] == 'hf_hub']

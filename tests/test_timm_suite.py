@@ -34,24 +34,39 @@ def _load_suite():
 
 suite = _load_suite()
 SE_MODELS = timm.list_models('se_*')
-# Scripting compiles every block: one model per distinct block / stem / SE code path.
+# The heavier tests run on one model per distinct code path (block type, stem, SE variant and
+# placement, padding, family); the others differ from one of these only in depth / width / input
+# size, which the forward, features and cfg tests cover on every model.
+CODE_PATHS = [
+    'se_resnet18', 'se_resnet34b', 'se_resnet50', 'se_resnet50b', 'se_resnext26d_32x4d', 'se_senet154',
+    'se_resnet50_none', 'se_resnet50_gmp', 'se_resnet50_nosqueeze', 'se_resnet50_tanh', 'se_resnet50_pre',
+    'se_resnet50_post', 'se_resnet50_identity', 'se_resnet50_3x3', 'se_resnet50_stage3',
+    'se_bn_inception', 'se_inception_v3', 'se_inception_resnet_v2',
+    'se_efficientnet_b0', 'se_efficientnet_b3', 'se_tf_efficientnet_b0', 'se_efficientnet_lite0',
+    'se_resnet20_cifar', 'se_resnet164_cifar', 'se_wrn16_8_cifar',
+]
+# Scripting compiles every block: fewer still.
 SCRIPT_MODELS = ['se_resnet18', 'se_resnet34b', 'se_resnet50', 'se_resnext26d_32x4d', 'se_resnet50_nosqueeze',
                  'se_resnet50_pre', 'se_resnet50_post', 'se_resnet50_identity', 'se_resnet50_3x3',
                  'se_resnet50_none', 'se_resnet50_gmp', 'se_inception_v3', 'se_resnet20_cifar',
                  'se_efficientnet_b0', 'se_tf_efficientnet_b0']
 
 CASES = [
-    ('test_model_forward', SE_MODELS, dict(batch_size=1)),
-    ('test_model_backward', SE_MODELS, dict(batch_size=2)),
     ('test_model_default_cfgs', SE_MODELS, dict(batch_size=1, cfg_device='meta')),
+    ('test_model_forward', SE_MODELS, dict(batch_size=1)),
     ('test_model_forward_features', SE_MODELS, dict(batch_size=1)),
-    ('test_model_forward_intermediates_features', SE_MODELS, dict(batch_size=1)),
     ('test_model_forward_intermediates', SE_MODELS, dict(batch_size=1)),
-    ('test_prune_intermediate_layers_contract', SE_MODELS, dict()),
-    ('test_model_forward_fx', SE_MODELS, dict(batch_size=1)),
-    ('test_model_backward_fx', SE_MODELS, dict(batch_size=2)),
+    ('test_model_backward', CODE_PATHS, dict(batch_size=2)),
+    ('test_model_forward_intermediates_features', CODE_PATHS, dict(batch_size=1)),
+    ('test_prune_intermediate_layers_contract', CODE_PATHS, dict()),
+    ('test_model_forward_fx', CODE_PATHS, dict(batch_size=1)),
+    ('test_model_backward_fx', CODE_PATHS, dict(batch_size=2)),
     ('test_model_forward_torchscript', SCRIPT_MODELS, dict(batch_size=1)),
 ]
+
+
+def test_code_path_models_are_registered():
+    assert set(CODE_PATHS + SCRIPT_MODELS) <= set(SE_MODELS)
 
 
 @pytest.mark.timm_suite

@@ -184,7 +184,7 @@ def test_cli_download_verify_and_damage_on_disk(hub, upstream):
     assert got.returncode == 0, got.stderr
     path = Path(got.stdout.split(': ', 1)[1].strip())
     ok = run('verify')
-    assert ok.returncode == 0 and f'{MODEL}.{TAG}' in ok.stdout and '1 cached file(s) checked, 0 damaged' in ok.stdout
+    assert ok.returncode == 0 and f'{MODEL}.{TAG}  {path}  ok' in ok.stdout and ', 0 damaged' in ok.stdout
     real = path.resolve()
     real.chmod(0o644)
     data = bytearray(real.read_bytes())

@@ -12,10 +12,12 @@ import json
 import re
 
 import timm
+import torch
 from timm.models import get_pretrained_cfg
 
 import se_hub
 from se_hub.models.catalog import MODELS
+from se_hub.weights import detect_layout
 from se_hub.weights.manifest import MANIFEST_PATH, validate_manifest
 
 OFFICIAL = 'hujie-frank/SENet README, Table 1 (the Caffe release these weights are ported from)'
@@ -53,8 +55,11 @@ EXTRA = [
 ]
 
 
-def layout_of(upstream: str) -> str:
-    return 'cadene' if upstream.startswith('legacy_') else 'se_hub'
+def layout_of(model: str, upstream: str) -> str:
+    """The layout se_hub detects in the upstream model's state dict (built on the meta device)."""
+    with torch.device('meta'):
+        ours, theirs = timm.create_model(model), timm.create_model(upstream)
+    return detect_layout(theirs.state_dict(), ours).name
 
 
 def origin_of(model: str, upstream: str, tag: str, cfg) -> str:
@@ -94,7 +99,7 @@ def entry_for(model: str, upstream: str, tag: str) -> dict:
         metrics.append(dict(dataset='imagenet-1k val', top1=top1, top5=top5, provenance='upstream report',
                             reference=ref))
     return dict(
-        model=model, tag=tag, sources=sources, layout=layout_of(upstream), sha256=None,
+        model=model, tag=tag, sources=sources, layout=layout_of(model, upstream), sha256=None,
         num_classes=cfg.num_classes, label_set=LABEL_SETS[cfg.num_classes], preprocessing=pre, metrics=metrics,
         license=cfg.license or 'unknown', origin=origin_of(model, upstream, tag, cfg),
         upstream=f'{upstream}.{tag}',

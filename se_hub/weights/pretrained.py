@@ -41,6 +41,10 @@ def tagged_cfgs(model: str, base_cfg: Dict[str, Any]) -> Dict[str, Dict[str, Any
                     cfg['hf_hub_filename'] = source['filename']
             elif source['kind'] == 'url' and 'url' not in cfg:
                 cfg['url'] = source['url']
+            elif source['kind'] == 'wheel' and 'file' not in cfg:
+                # a marker only (timm lists a tag as pretrained when it names a location); the
+                # entrypoint resolves the real file and hands timm its state dict
+                cfg['file'] = f"wheel://{source['distribution']}/{source['path']}"
         out[f"{model}.{entry['tag']}"] = cfg
     return out
 

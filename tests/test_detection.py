@@ -1,0 +1,346 @@
+"""Detectors on SE backbones: construction, stage freezing (compared with torchvision's
+resnet_fpn_backbone), COCO evaluation (pycocotools), training that raises COCO mAP, checkpoints
+and resume, and the ``finetune-detect`` command."""
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+pytest.importorskip('pycocotools')
+
+from se_hub.tasks.detection import (  # noqa: E402
+    CocoDetection,
+    create_backbone,
+    create_detector,
+    evaluate_detector,
+    load_detector,
+    train_detector,
+)
+from se_hub.weights.sources import WeightsUnavailableError  # noqa: E402
+
+# two categories with ids that are not 1..K, to exercise the label <-> category id mapping
+CATEGORIES = [{'id': 3, 'name': 'square'}, {'id': 7, 'name': 'disc'}]
+# proposal counts for 128-pixel images with a few objects (torchvision's defaults are for 800-pixel COCO)
+SMALL_RCNN = dict(rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=150,
+                  rpn_post_nms_top_n_test=50, rpn_batch_size_per_image=64, box_batch_size_per_image=64,
+                  box_detections_per_img=20)
+
+
+@pytest.fixture
+def one_thread():
+    """Small convolutions on 2 shared, busy cores run many times faster on one thread than on two
+    (OpenMP threads wait for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_coco_set(root: Path, n_images: int, seed: int, size: int = 128):
+    """Red squares and blue discs (category ids 3 and 7), 1-3 per image, on noisy backgrounds."""
+    (root / 'images').mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    for i in range(n_images):
+        noise = rng.normal(0, 25, (size, size, 3)) + rng.integers(60, 180, 3)
+        img = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        placed = []
+        for _ in range(int(rng.integers(1, 4))):
+            for _try in range(20):
+                s = int(rng.integers(size // 6, size // 3 + 1))
+                x, y = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
+                if all(x + s <= a or a + b <= x or y + s <= c or c + b <= y for a, c, b in placed):
+                    break
+            else:
+                continue
+            placed.append((x, y, s))
+            square = bool(rng.integers(0, 2))
+            if square:
+                colour = (int(rng.integers(200, 256)), int(rng.integers(0, 60)), int(rng.integers(0, 60)))
+                draw.rectangle([x, y, x + s - 1, y + s - 1], fill=colour)
+            else:
+                colour = (int(rng.integers(0, 60)), int(rng.integers(0, 60)), int(rng.integers(200, 256)))
+                draw.ellipse([x, y, x + s - 1, y + s - 1], fill=colour)
+            r = s / 2  # a polygon for the segmentation (a square, or a 16-gon for the disc)
+            angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+            poly = ([x, y, x + s, y, x + s, y + s, x, y + s] if square else
+                    [float(v) for a in angles for v in (x + r + r * np.cos(a), y + r + r * np.sin(a))])
+            anns.append({'id': len(anns) + 1, 'image_id': i + 1, 'category_id': 3 if square else 7,
+                         'bbox': [x, y, s, s], 'area': float(s * s), 'iscrowd': 0, 'segmentation': [poly]})
+        name = f'{i:04d}.jpg'
+        img.save(root / 'images' / name, quality=90)
+        images.append({'id': i + 1, 'file_name': name, 'width': size, 'height': size})
+    (root / 'annotations.json').write_text(json.dumps({'images': images, 'annotations': anns,
+                                                       'categories': CATEGORIES}))
+    return root / 'annotations.json', root / 'images'
+
+
+# --------------------------------------------------------------------------------------------
+# construction
+
+
+@pytest.mark.parametrize('kind', ['fasterrcnn', 'retinanet', 'maskrcnn'])
+def test_create_detector_offline(kind, one_thread):
+    torch.manual_seed(0)
+    det = create_detector(kind, 'se_resnet18', num_classes=3, pretrained_backbone=False, fpn_channels=32,
+                          min_size=96, max_size=96, anchor_sizes=(12, 16, 24, 32, 48))
+    assert det.se_hub_config['kind'] == kind and det.se_hub_config['trainable_layers'] == 5
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in det.modules())  # from scratch: ordinary BN
+    features = det.backbone(torch.randn(1, 3, 128, 128))
+    strides = {name: 128 // f.shape[-1] for name, f in features.items()}
+    if kind == 'retinanet':  # P3-P7
+        assert strides == {'0': 8, '1': 16, '2': 32, 'p6': 64, 'p7': 128}
+    else:  # P2-P6
+        assert strides == {'0': 4, '1': 8, '2': 16, '3': 32, 'pool': 64}
+    assert all(f.shape[1] == 32 for f in features.values())
+    # image mean/std come from the backbone's pretrained cfg
+    assert det.transform.image_mean == list(det.backbone.body.pretrained_cfg['mean'])
+
+    images = [torch.rand(3, 96, 80), torch.rand(3, 70, 96)]
+    masks = torch.zeros(1, 96, 80, dtype=torch.uint8)
+    masks[0, 10:40, 20:60] = 1
+    targets = [{'boxes': torch.tensor([[20.0, 10.0, 60.0, 40.0]]), 'labels': torch.tensor([1]), 'masks': masks},
+               {'boxes': torch.zeros(0, 4), 'labels': torch.zeros(0, dtype=torch.int64),
+                'masks': torch.zeros(0, 70, 96, dtype=torch.uint8)}]
+    det.train()
+    losses = det(images, targets)
+    expected = {'fasterrcnn': {'loss_classifier', 'loss_box_reg', 'loss_objectness', 'loss_rpn_box_reg'},
+                'retinanet': {'classification', 'bbox_regression'}}
+    expected['maskrcnn'] = expected['fasterrcnn'] | {'loss_mask'}
+    assert set(losses) == expected[kind]
+    sum(losses.values()).backward()
+    assert det.backbone.body.conv1.weight.grad is not None
+    det.eval()
+    with torch.no_grad():
+        out = det(images)
+    assert len(out) == 2 and {'boxes', 'scores', 'labels'} <= set(out[0])
+    assert out[1]['boxes'].shape[1] == 4 and (out[1]['boxes'][:, 2] <= 96).all()  # back in input coordinates
+
+
+@pytest.mark.parametrize('backbone', ['se_resnext26_32x4d', 'se_efficientnet_lite0', 'se_bn_inception'])
+def test_other_families(backbone, one_thread):
+    det = create_detector('fasterrcnn', backbone, num_classes=2, pretrained_backbone=False, fpn_channels=32,
+                          min_size=128, max_size=128, **SMALL_RCNN).eval()
+    with torch.no_grad():
+        out = det([torch.rand(3, 128, 128)])
+    assert out[0]['boxes'].shape[1] == 4
+    assert det.backbone.body.feature_info.reduction()[-4:] == [4, 8, 16, 32]
+
+
+def test_pretrained_backbone_offline_error(tmp_path, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf'))  # nothing cached here
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    with pytest.raises(WeightsUnavailableError, match=r'se_resnet50\.\w+ .*not available locally while '
+                                                      'HF_HUB_OFFLINE is set'):
+        create_detector('fasterrcnn', 'se_resnet50', num_classes=3, pretrained_backbone=True)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match='kind must be one of'):
+        create_detector('yolo', 'se_resnet18', 3, pretrained_backbone=False)
+    with pytest.raises(ValueError, match='counts the background'):
+        create_detector('fasterrcnn', 'se_resnet18', 1, pretrained_backbone=False)
+    with pytest.raises(ValueError, match='trainable_layers must be in 0..5'):
+        create_backbone('se_resnet18', pretrained=False, trainable_layers=6)
+
+
+def _trainable_children(body):
+    return {name for name, child in body.named_children() if any(p.requires_grad for p in child.parameters())}
+
+
+@pytest.mark.parametrize('trainable_layers', [0, 1, 2, 3, 4, 5])
+def test_trainable_layers_as_torchvision(trainable_layers):
+    """The stages left trainable are those torchvision's resnet_fpn_backbone leaves trainable."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    reference = resnet_fpn_backbone(backbone_name='resnet18', weights=None, trainable_layers=trainable_layers,
+                                    norm_layer=torch.nn.BatchNorm2d)
+    # pretrained weights are not available offline: the same freezing on a randomly initialised backbone
+    warns = pytest.warns(UserWarning, match='without pretrained weights') if trainable_layers < 5 else nullcontext()
+    with warns:
+        ours = create_backbone('se_resnet18', pretrained=False, trainable_layers=trainable_layers, freeze_bn=False)
+    expected = _trainable_children(reference.body)
+    assert _trainable_children(ours.body) == expected
+    assert all(p.requires_grad for p in ours.fpn.parameters())
+
+
+def test_frozen_batchnorm_and_frozen_stage_statistics():
+    body = create_backbone('se_efficientnet_lite0', pretrained=False, trainable_layers=None, freeze_bn=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    with pytest.warns(UserWarning):
+        body = create_backbone('se_efficientnet_lite0', pretrained=False, trainable_layers=2, freeze_bn=False)
+    # feature points blocks.0, .1, .2, .4, .6: the last two stages are blocks 3-4 (to stride 16) and 5-6 (to 32)
+    assert _trainable_children(body.body) == {'blocks_3', 'blocks_4', 'blocks_5', 'blocks_6'}
+    body.train()
+    frozen_bn = body.body.blocks_2[0].bn1
+    trained_bn = body.body.blocks_6[0].bn1
+    assert not frozen_bn.training and trained_bn.training  # frozen stages keep their statistics
+    before = frozen_bn.running_mean.clone()
+    body(torch.randn(2, 3, 64, 64))
+    assert torch.equal(frozen_bn.running_mean, before)
+
+
+# --------------------------------------------------------------------------------------------
+# data and evaluation
+
+
+def test_coco_dataset_and_flip(tmp_path):
+    ann, images = make_coco_set(tmp_path, 3, seed=5, size=64)
+    ds = CocoDetection(ann, images, train=True, masks=True)
+    assert [c['name'] for c in ds.categories] == ['square', 'disc'] and ds.label_of == {3: 1, 7: 2}
+    image, target = ds[0]
+    flipped, ftarget = ds[(0, True)]
+    assert image.shape == (3, 64, 64) and 0 <= image.min() and image.max() <= 1
+    assert torch.equal(flipped, image.flip(-1))
+    x1, y1, x2, y2 = target['boxes'][0].tolist()
+    assert ftarget['boxes'][0].tolist() == [64 - x2, y1, 64 - x1, y2]
+    assert target['masks'].shape == (len(target['boxes']), 64, 64)
+    assert torch.equal(ftarget['masks'], target['masks'].flip(-1))
+    # the box holds the object's colour: mean of the box region is far from the background's
+    coco = json.loads(Path(ann).read_text())
+    first = next(a for a in coco['annotations'] if a['image_id'] == 1)
+    assert target['labels'][0].item() == ds.label_of[first['category_id']]
+
+
+class _Oracle(torch.nn.Module):
+    """Returns the ground truth of each image as detections, optionally moved right by a fraction
+    of each box's width."""
+
+    def __init__(self, dataset, shift=0.0):
+        super().__init__()
+        self.dataset, self.shift, self.calls = dataset, shift, 0
+
+    def forward(self, images):
+        out = []
+        for _ in images:
+            _, target = self.dataset[self.calls]
+            self.calls += 1
+            boxes = target['boxes'].clone()
+            dx = self.shift * (boxes[:, 2] - boxes[:, 0])
+            boxes[:, 0] += dx
+            boxes[:, 2] += dx
+            out.append({'boxes': boxes, 'labels': target['labels'],
+                        'scores': torch.ones(len(target['labels']))})
+        return out
+
+
+class _SwapLabels:
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, index):
+        image, target = self.dataset[index]
+        return image, dict(target, labels=3 - target['labels'])
+
+
+def test_evaluation_against_ground_truth(tmp_path):
+    ann, images = make_coco_set(tmp_path, 6, seed=3, size=96)
+    ds = CocoDetection(ann, images)
+    perfect = evaluate_detector(_Oracle(ds), ann, images, batch_size=2)
+    assert perfect['mAP'] == pytest.approx(1.0) and perfect['mAP50'] == pytest.approx(1.0)
+    # every box moved right by 20% of its width: IoU 0.8 / 1.2 = 0.667, a hit at IoU thresholds
+    # 0.50, 0.55, 0.60, 0.65 and a miss at the 6 others -> mAP 4 / 10
+    shifted = evaluate_detector(_Oracle(ds, shift=0.2), ann, images, batch_size=2)
+    assert shifted['mAP50'] == pytest.approx(1.0) and shifted['mAP75'] == 0.0
+    assert shifted['mAP'] == pytest.approx(0.4)
+    # labels swapped: every detection has the wrong category
+    swapped = _Oracle(ds)
+    swapped.dataset = _SwapLabels(ds)
+    assert evaluate_detector(swapped, ann, images, batch_size=2)['mAP50'] == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def test_training_raises_coco_map(tmp_path, one_thread):
+    """A Faster R-CNN on an SE-ResNet-18 trained from scratch on 32 synthetic images: COCO mAP@0.5
+    on 16 held-out images goes from the untrained model's to well above it."""
+    train_json, train_images = make_coco_set(tmp_path / 'train', 32, seed=0)
+    val_json, val_images = make_coco_set(tmp_path / 'val', 16, seed=1)
+    torch.manual_seed(0)
+    det = create_detector('fasterrcnn', 'se_resnet18', num_classes=3, pretrained_backbone=False, fpn_channels=64,
+                          min_size=128, max_size=128, anchor_sizes=(16, 24, 32, 48, 64), **SMALL_RCNN)
+    before = evaluate_detector(det, val_json, val_images)
+    lines = []
+    t0 = time.time()
+    result = train_detector(det, train_json, train_images, val_json, val_images, epochs=6, output=tmp_path / 'out',
+                            batch_size=4, lr=2e-3, optimizer='adamw', warmup_iters=10, eval_every=6,
+                            log=lines.append)
+    seconds = time.time() - t0
+    after = result['final']
+    print(f"mAP50 {before['mAP50']:.3f} -> {after['mAP50']:.3f}, mAP {before['mAP']:.3f} -> {after['mAP']:.3f}, "
+          f'{seconds:.0f} s of training')
+    assert after['mAP50'] > 0.5 and after['mAP50'] > before['mAP50'] + 0.4
+    assert after['mAP'] > before['mAP'] + 0.15
+    history = result['history']
+    assert len(history) == 6 == len(lines) and history[-1]['loss'] < history[0]['loss']
+    # the checkpoint and metrics.json of the last epoch; the checkpoint rebuilds the same detector
+    state = torch.load(tmp_path / 'out' / 'checkpoint.pth', map_location='cpu', weights_only=False)
+    assert state['epoch'] == 6 and {'model', 'optimizer', 'scheduler', 'rng', 'config'} <= set(state)
+    assert [c['id'] for c in state['categories']] == [3, 7]
+    metrics = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+    assert metrics['history'][-1]['val']['mAP50'] == pytest.approx(after['mAP50'])
+    reloaded = evaluate_detector(load_detector(tmp_path / 'out' / 'checkpoint.pth'), val_json, val_images)
+    assert reloaded['mAP50'] == pytest.approx(after['mAP50'], abs=1e-6)
+    assert not list((tmp_path / 'out').glob('.*tmp'))  # no temporary file left behind
+
+
+def test_resume_continues_exactly(tmp_path, one_thread):
+    """A 2-epoch run killed during epoch 2 and resumed ends with the weights of an uninterrupted one
+    (same batches, flips, RPN / RoI sampling RNG, optimizer and learning-rate schedule)."""
+    train_json, train_images = make_coco_set(tmp_path / 'train', 6, seed=2, size=64)
+
+    def run(output, resume=False, log=None):
+        torch.manual_seed(0)
+        det = create_detector('fasterrcnn', 'se_resnet18', 3, pretrained_backbone=False, fpn_channels=16,
+                              min_size=64, max_size=64, anchor_sizes=(8, 12, 16, 24, 32), **SMALL_RCNN)
+        torch.manual_seed(123)  # the state a resumed run must restore
+        train_detector(det, train_json, train_images, epochs=2, output=output, batch_size=3, lr=1e-3,
+                       optimizer='adamw', warmup_iters=2, resume=resume, log=log)
+        return det
+
+    def killed_in_epoch_2(message):
+        if message.startswith('epoch 2/2'):
+            raise KeyboardInterrupt
+
+    straight = run(tmp_path / 'a')
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / 'b', log=killed_in_epoch_2)
+    first = torch.load(tmp_path / 'b' / 'checkpoint.pth', map_location='cpu', weights_only=False)
+    assert first['epoch'] == 1
+    resumed = run(tmp_path / 'b', resume=True)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    with pytest.raises(FileNotFoundError, match='no checkpoint to resume from'):
+        run(tmp_path / 'c', resume=True)
+
+
+def test_wrong_number_of_classes(tmp_path):
+    train_json, train_images = make_coco_set(tmp_path, 2, seed=4, size=64)
+    det = create_detector('retinanet', 'se_resnet18', 2, pretrained_backbone=False, min_size=64, max_size=64)
+    with pytest.raises(ValueError, match='num_classes=3'):
+        train_detector(det, train_json, train_images, epochs=1, output=tmp_path / 'out', log=None)
+
+
+def test_cli_finetune_detect(tmp_path, capsys, one_thread):
+    from se_hub.cli import main
+    train_json, train_images = make_coco_set(tmp_path / 'train', 4, seed=6, size=64)
+    args = ['finetune-detect', '--backbone', 'se_resnet18', '--kind', 'retinanet', '--no-pretrained',
+            '--train-json', str(train_json), '--train-images', str(train_images), '--val-json', str(train_json),
+            '--val-images', str(train_images), '--output', str(tmp_path / 'out'), '--batch-size', '2',
+            '--min-size', '64', '--max-size', '64', '--fpn-channels', '16', '--anchor-sizes', '8', '12', '16', '24',
+            '32', '--workers', '0', '--optimizer', 'adamw', '--lr', '1e-3', '--warmup-iters', '2']
+    assert main(args + ['--epochs', '1']) == 0
+    assert torch.load(tmp_path / 'out' / 'checkpoint.pth', weights_only=False)['epoch'] == 1
+    assert main(args + ['--epochs', '2', '--resume']) == 0
+    out = capsys.readouterr().out
+    assert 'resumed from' in out and 'epoch 2/2' in out and '"mAP50"' in out
+    assert torch.load(tmp_path / 'out' / 'checkpoint.pth', weights_only=False)['epoch'] == 2
