@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d, DropPath, create_classifier, get_device_dtype
+from timm.layers import BatchNormAct2d, DropPath, create_classifier
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -48,6 +48,7 @@ from torch import nn
 from ..layers import SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import arch, register_family
+from .classifier_head import ClassifierHeadMixin
 from .se_residual import BasicBlock
 
 __all__ = ['SECifarResNet']
@@ -162,7 +163,7 @@ def make_shortcut(kind: str, inplanes: int, outplanes: int, stride: int, preact:
     return conv if preact else nn.Sequential(conv, nn.BatchNorm2d(outplanes))
 
 
-class SECifarResNet(nn.Module):
+class SECifarResNet(ClassifierHeadMixin, nn.Module):
     """SE-ResNet / SE-WRN for 32x32 inputs: stem (conv1, bn1, act1), layer1-3, norm, head (fc).
 
     Feature taps: 0 the stem output (``act1``; in pre-activation networks ``bn1`` / ``act1`` are
@@ -261,28 +262,6 @@ class SECifarResNet(nn.Module):
             stem=r'^conv1|bn1',
             blocks=[(r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)', None), (r'^norm', (99999,))],
         )
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
-        return 'fc' if name_only else self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.fc.train(self.training)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv1(x)))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import create_classifier, get_device_dtype
+from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -31,6 +31,7 @@ from torch import nn
 from ..layers import SeLayer, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
+from .classifier_head import ClassifierHeadMixin
 
 __all__ = ['SEInception']
 
@@ -309,7 +310,7 @@ def _build_layer(kind: str, args: Any, in_chs: int, eps: float, attn_layer: Attn
     raise ValueError(f'unknown layer kind {kind!r}')
 
 
-class SEInception(nn.Module):
+class SEInception(ClassifierHeadMixin, nn.Module):
     """An Inception network given as a layer plan (see ``LAYOUTS``), with SE in every Inception block.
 
     ``feature_taps``: (layer name, reduction) of the feature maps offered to ``features_only`` and
@@ -383,28 +384,6 @@ class SEInception(nn.Module):
                 return sum(i > t for t in taps)
             return i - stem_end - 1
         return matcher
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
-        return 'fc' if name_only else self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.fc.train(self.training)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         # The layers are this module's first children, in forward order (as timm's feature

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import DropPath, create_act_layer, create_classifier, create_conv2d, get_act_layer, get_device_dtype
+from timm.layers import DropPath, create_act_layer, create_classifier, create_conv2d, get_act_layer
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -35,6 +35,7 @@ from torch import nn
 from ..layers import SeLayer, SqueezeExcite, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
+from .classifier_head import ClassifierHeadMixin
 
 __all__ = ['EfficientNet', 'StageSpec', 'EFFICIENTNET_B0_STAGES', 'round_filters', 'round_repeats']
 
@@ -173,7 +174,8 @@ def _se_factory(se_layer: SeLayer, se_ratio: float, se_args: Optional[Dict[str, 
     return lambda channels, in_chs: attn_layer(channels)
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(ClassifierHeadMixin, nn.Module):
+    classifier_name = 'classifier'
     """EfficientNet / EfficientNet-Lite from a stage table and compound-scaling multipliers.
 
     Keys: ``conv_stem``, ``bn1``, ``blocks.<stage>.<block>.*``, ``conv_head``, ``bn2``,
@@ -276,29 +278,6 @@ class EfficientNet(nn.Module):
             blocks=[(r'^blocks\.(\d+)' if coarse else r'^blocks\.(\d+)\.(\d+)', None),
                     (r'^conv_head|bn2', (99999,))],
         )
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
-        return 'classifier' if name_only else self.classifier
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        self.global_pool, self.classifier = create_classifier(
-            self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.classifier.train(self.training)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv_stem(x)))

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, create_classifier, get_device_dtype
+from timm.layers import DropPath, create_classifier
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -28,6 +28,7 @@ from torch import nn
 from ..layers import SeLayer, SqueezeExcite, batch_norm_with_stats, resolve_se_layer, scale_add_relu
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
+from .classifier_head import ClassifierHeadMixin
 
 __all__ = ['SEResNet']
 
@@ -189,7 +190,7 @@ def make_downsample(inplanes: int, outplanes: int, stride: int, kernel_size: int
     )
 
 
-class SEResNet(nn.Module):
+class SEResNet(ClassifierHeadMixin, nn.Module):
     """SE-ResNet / SE-ResNeXt / SENet family (module names follow timm's ResNet: conv1, bn1,
     act1, maxpool, layer1-4, fc), so timm-layout checkpoints load as they are."""
 
@@ -308,28 +309,6 @@ class SEResNet(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, str]:
         return dict(stem=r'^conv1|bn1|maxpool', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return set()
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
-        return 'fc' if name_only else self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        dd = get_device_dtype(self)
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.fc.train(self.training)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv1(x)))
