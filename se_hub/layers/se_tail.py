@@ -39,14 +39,25 @@ class _ScaleAddReLU(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         gate, y, z, weight, bias, mean, invstd = ctx.saved_tensors
-        grad_pre = grad_y * (y > 0)
+        grad_pre = torch.ops.aten.threshold_backward(grad_y, y, 0)  # ReLU's backward, one pass
         grad_x = grad_pre * gate
         shape = (1, -1, 1, 1)
         scale = invstd if weight is None else invstd * weight
-        x = (z - mean.view(shape)) * scale.view(shape)
-        if bias is not None:
-            x = x + bias.view(shape)
-        grad_gate = (grad_pre * x).sum_to_size(gate.shape).to(gate.dtype)  # per channel, or per position
+        if gate.shape[2:] == (1, 1):
+            # per-channel gate: sum(g * bn(z)) = scale * (sum(g * z) - mean * sum(g)) + bias * sum(g),
+            # from two reductions instead of rebuilding bn(z) at full size
+            sum_g = grad_pre.sum((2, 3))
+            sum_gz = (grad_pre * z).sum((2, 3))
+            grad_gate = scale * (sum_gz - mean * sum_g)
+            if bias is not None:
+                grad_gate = grad_gate + bias * sum_g
+            grad_gate = grad_gate.view(gate.shape)
+        else:  # NoSqueeze: a gate per position
+            x = (z - mean.view(shape)) * scale.view(shape)
+            if bias is not None:
+                x = x + bias.view(shape)
+            grad_gate = grad_pre * x
+        grad_gate = grad_gate.to(gate.dtype)
         return grad_x, grad_gate, grad_pre.to(ctx.shortcut_dtype), None, None, None, None, None
 
 
