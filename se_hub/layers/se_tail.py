@@ -3,8 +3,9 @@
 Autograd keeps ``bn(z)`` alive for the backward of the multiplication by ``g``: one extra
 activation the size of the block output in every block, about a quarter more saved memory for
 SE-ResNet-50 (the article's second shortcoming). BatchNorm already keeps ``z`` and its batch
-statistics, so the backward here recomputes ``bn(z)`` from them instead and saves only what a
-plain residual block saves (``z`` and the block output).
+statistics, so the backward here works from those instead (the gate's gradient needs only
+per-channel sums of ``grad * z``) and saves only what a plain residual block saves (``z`` and
+the block output).
 """
 from typing import Optional, Tuple
 
