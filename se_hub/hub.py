@@ -80,6 +80,9 @@ def save_pretrained(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _architecture(model)
+    if label_names is None:  # keep the names of a model loaded from an export
+        names = (model.pretrained_cfg or {}).get('label_names')
+        label_names = list(names) if names and len(names) == model.num_classes else None
     if label_names is not None and len(label_names) != model.num_classes:
         raise ValueError(f'{len(label_names)} label names for a model with {model.num_classes} classes')
     save_for_hf(model, str(directory), model_config={'label_names': list(label_names)} if label_names else None,

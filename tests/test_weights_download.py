@@ -18,6 +18,7 @@ from safetensors.torch import save
 
 import se_hub
 import se_hub.cli
+import se_hub.hub
 from _helpers import randomize_batchnorm
 from se_hub.weights.manifest import find_weights
 from se_hub.weights.sources import CorruptWeightsError, WeightsUnavailableError, resolve_weight_file
@@ -237,3 +238,15 @@ def test_pickle_with_code_is_refused_on_the_pretrained_path(hub, monkeypatch):
     monkeypatch.setattr('se_hub.weights.pretrained.find_weights', lambda model, tag: (entry, TAG))
     with pytest.raises(se_hub.CheckpointLayoutError, match='never unpickles code'):
         timm.create_model(f'{MODEL}.{TAG}', pretrained=True)
+
+
+def test_cli_push_publishes_a_saved_directory(hub, tmp_path):
+    model = timm.create_model('se_resnet18b', num_classes=2)
+    se_hub.hub.save_pretrained(model, tmp_path / 'export', label_names=['no', 'yes'])
+    result = subprocess.run([sys.executable, '-m', 'se_hub.cli', 'push', str(tmp_path / 'export'), 'me/from-cli'],
+                            env=_env(hub), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    files = hub.files('me/from-cli')
+    assert json.loads(files['config.json'])['label_names'] == ['no', 'yes']
+    reloaded = timm.create_model('hf-hub:me/from-cli', pretrained=True)
+    torch.testing.assert_close(logits(reloaded), logits(model))
