@@ -46,7 +46,8 @@ class _ScaleAddReLU(torch.autograd.Function):
         scale = invstd if weight is None else invstd * weight
         if gate.shape[2:] == (1, 1):
             # per-channel gate: sum(g * bn(z)) = scale * (sum(g * z) - mean * sum(g)) + bias * sum(g),
-            # from two reductions instead of rebuilding bn(z) at full size
+            # from two reductions instead of rebuilding bn(z) at full size (in float32 the relative
+            # error grows with |mean| / std of z: ~5e-5 at 200, harmless for training)
             sum_g = grad_pre.sum((2, 3))
             sum_gz = (grad_pre * z).sum((2, 3))
             grad_gate = scale * (sum_gz - mean * sum_g)
