@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from se_hub.cli import main
 from se_hub.tasks import checkpoints
-from se_hub.tasks.classification import EvalResult, evaluate, finetune
+from se_hub.tasks.classification import EvalResult, FinetuneOptions, evaluate, finetune
 from se_hub.tasks.curves import COLOURS, draw_curves, nice_ticks
 from se_hub.tasks.data import DataError, find_splits
 
@@ -375,8 +375,11 @@ def test_sigkilled_run_resumes_to_the_same_weights(data_dir, tmp_path):
 def test_two_processes_with_ddp(tmp_path):
     data = make_folders(tmp_path / 'd', n_train=8, n_val=7)  # 21 val images: not divisible by 2
     out = tmp_path / 'ddp'
+    # the documented form: torchrun --nproc_per_node 2 $(which se-hub) finetune ...
+    script = shutil.which('se-hub', path=str(Path(sys.executable).parent))
+    assert script, f'the se-hub console script is not installed next to {sys.executable}: pip install -e .'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-           '-m', 'se_hub.cli', 'finetune', *CLI_FAST, '--data', str(data), '--epochs', '2', '--output', str(out)]
+           script, 'finetune', *CLI_FAST, '--data', str(data), '--epochs', '2', '--output', str(out)]
     run = subprocess.run(cmd, env=_subprocess_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     # only rank 0 reports and writes
@@ -395,3 +398,37 @@ def test_two_processes_with_ddp(tmp_path):
     assert r.count == 21
     assert r.top1 == pytest.approx(rows[best['epoch'] - 1]['top1'])
     assert r.loss == pytest.approx(rows[best['epoch'] - 1]['val_loss'], rel=1e-4)
+
+
+def test_readme_places365_recipe_parses_into_the_papers_setting():
+    """The README's Places-365 recipe is a command that runs: its flags parse and give the paper's values."""
+    import shlex
+
+    from se_hub.cli import build_parser
+    from se_hub.models.catalog import MODELS
+    from se_hub.tasks.classification import _options
+    readme = (REPO / 'README.md').read_text()
+    block = readme.split('<!-- places365-recipe:start -->')[1].split('<!-- places365-recipe:end -->')[0]
+    lines = block.split('```bash\n')[1].split('```')[0].replace('\\\n', ' ').splitlines()
+    launcher, evaluation = shlex.split(lines[0].replace('$(which se-hub)', 'SE_HUB')), shlex.split(lines[1])
+    assert launcher[:4] == ['torchrun', '--nproc_per_node', '8', 'SE_HUB']
+    args = build_parser().parse_args(launcher[4:])
+    opts = _options({f: getattr(args, f) for f in vars(args) if f in FinetuneOptions.__dataclass_fields__})
+    assert args.model in MODELS and not opts.pretrained
+    assert opts.batch_size * int(launcher[2]) == 1024 and args.epochs == 100 and opts.img_size == 224
+    assert (opts.optimizer, opts.lr, opts.momentum, opts.weight_decay) == ('momentum', 0.6, 0.9, 1e-4)
+    assert (opts.sched, opts.decay_epochs, opts.decay_rate, opts.warmup_epochs) == ('step', 30, 0.1, 0)
+    assert opts.label_smoothing == 0 and opts.augment
+    evaluated = build_parser().parse_args(evaluation[1:])
+    assert evaluated.model == f'local-dir:{args.output}' and evaluated.data == args.data
+
+
+@pytest.mark.parametrize('options,message', [
+    (dict(sched='poly'), "sched must be 'cosine' or 'step', not 'poly'"),
+    (dict(sched='step', decay_epochs=0), 'the step schedule needs decay_epochs > 0'),
+    (dict(sched='step', decay_rate=1.5), r'0 < decay_rate <= 1, got 30.0 and 1.5'),
+])
+def test_schedule_options_are_checked_before_any_work(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        finetune(MODEL, tmp_path / 'no-data-needed', epochs=1, output=tmp_path / 'out', **options)
+    assert not (tmp_path / 'out').exists()

@@ -51,11 +51,14 @@ class FinetuneOptions:
     pretrained: bool = True
     batch_size: int = 32  # per process
     img_size: Optional[int] = None  # default: the model's pretrained input size
-    optimizer: str = 'adamw'  # 'adamw' or 'sgd' (any timm optimizer name works)
+    optimizer: str = 'adamw'  # 'adamw', 'sgd' (Nesterov), 'momentum' (plain, the paper's); any timm name
     lr: Optional[float] = None  # default 1e-3 (adamw) / 1e-2 (sgd)
     weight_decay: Optional[float] = None  # default 0.05 (adamw) / 1e-4 (sgd)
     momentum: float = 0.9
     warmup_epochs: float = 1.0
+    sched: str = 'cosine'  # 'cosine' (to min_lr over the run) or 'step' (x decay_rate every decay_epochs)
+    decay_epochs: float = 30.0  # step schedule only
+    decay_rate: float = 0.1  # step schedule only
     min_lr: float = 0.0
     label_smoothing: float = 0.1
     layer_decay: Optional[float] = None  # e.g. 0.75: each earlier layer group gets 0.75x the LR
@@ -81,8 +84,9 @@ class FinetuneOptions:
 
 # options that change the computation: a resumed run with other values cannot continue exactly
 _SAME_ON_RESUME = ('batch_size', 'img_size', 'optimizer', 'lr', 'weight_decay', 'momentum', 'warmup_epochs',
-                   'min_lr', 'label_smoothing', 'layer_decay', 'freeze_backbone', 'freeze_bn', 'ema', 'ema_decay',
-                   'amp', 'augment', 'drop_rate', 'drop_path_rate', 'grad_clip', 'seed')
+                   'sched', 'decay_epochs', 'decay_rate', 'min_lr', 'label_smoothing', 'layer_decay',
+                   'freeze_backbone', 'freeze_bn', 'ema', 'ema_decay', 'amp', 'augment', 'drop_rate',
+                   'drop_path_rate', 'grad_clip', 'seed')
 
 
 @dataclass
@@ -403,6 +407,11 @@ def _options(options: Dict[str, Any]) -> FinetuneOptions:
         raise ValueError(f"export must be 'best' or 'last', not {opts.export!r}")
     if opts.batch_size < 1:
         raise ValueError('batch size must be at least 1')
+    if opts.sched not in ('cosine', 'step'):
+        raise ValueError(f"sched must be 'cosine' or 'step', not {opts.sched!r}")
+    if opts.sched == 'step' and not (opts.decay_epochs > 0 and 0 < opts.decay_rate <= 1):
+        raise ValueError(f'the step schedule needs decay_epochs > 0 and 0 < decay_rate <= 1, got '
+                         f'{opts.decay_epochs} and {opts.decay_rate}')
     return opts
 
 
@@ -451,7 +460,7 @@ class _Trainer:
     def _prepare(self) -> None:
         from timm.data import create_transform
         from timm.optim import create_optimizer_v2
-        from timm.scheduler import CosineLRScheduler
+        from timm.scheduler import CosineLRScheduler, StepLRScheduler
         from timm.utils import ModelEmaV3
         from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -505,8 +514,14 @@ class _Trainer:
         self.steps_per_epoch = len(self.train_loader)
         total = self.steps_per_epoch * self.epochs
         warmup = min(int(round(opts.warmup_epochs * self.steps_per_epoch)), max(0, total - 1))
-        self.scheduler = CosineLRScheduler(self.optimizer, t_initial=total, lr_min=opts.min_lr, warmup_t=warmup,
-                                           warmup_lr_init=opts.lr * 0.01, t_in_epochs=False)
+        # both schedules count optimizer steps, so the LR follows the step exactly, also on resume
+        if opts.sched == 'step':
+            decay_steps = max(1, int(round(opts.decay_epochs * self.steps_per_epoch)))
+            self.scheduler = StepLRScheduler(self.optimizer, decay_t=decay_steps, decay_rate=opts.decay_rate,
+                                             warmup_t=warmup, warmup_lr_init=opts.lr * 0.01, t_in_epochs=False)
+        else:
+            self.scheduler = CosineLRScheduler(self.optimizer, t_initial=total, lr_min=opts.min_lr,
+                                               warmup_t=warmup, warmup_lr_init=opts.lr * 0.01, t_in_epochs=False)
         self.scaler = torch.amp.GradScaler('cuda') if self.amp_dtype == torch.float16 else None
         self.ema = ModelEmaV3(self.net, decay=opts.ema_decay, use_warmup=True) if opts.ema else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)

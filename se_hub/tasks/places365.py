@@ -5,10 +5,12 @@ Two layouts are read:
 - torchvision's (the official devkit file lists next to the extracted archives)::
 
       root/categories_places365.txt        '/a/airfield 0', one line per category
-      root/places365_train_standard.txt    '/a/airfield/00000001.jpg 0'
+      root/places365_train_standard.txt    '/a/airfield/00000001.jpg 0'  (or, alone,
+                                           places365_train_challenge.txt: Places365-Challenge)
       root/places365_val.txt               'Places365_val_00000001.jpg 165'
-      root/data_256_standard/ or data_large_standard/   (the official archives extract to
-                                                           data_256/ or data_large/: also read)
+      root/data_256_standard/ or data_large_standard/   (_challenge for Challenge; the official
+                                                         archives extract to data_256/ or data_large/:
+                                                         also read)
       root/val_256/ or val_large/
 
 - class folders: ``root/train/<scene>/*.jpg`` and ``root/val/<scene>/*.jpg``. A scene may be a
@@ -273,7 +275,10 @@ def detect_places365(root: PathLike, train_transform: Optional[Callable] = None,
     categories_file = root / CATEGORIES_FILE
     has_lists = any((root / f).is_file() for f in LIST_FILES.values())
     if has_lists:
-        train = Places365Dataset.from_file_list(root, 'train-standard', small, verify_md5, num_classes, check_files,
+        # Places365-Challenge (8M images, the paper's training set) when only its list is there
+        split = 'train-challenge' if ((root / LIST_FILES['train-challenge']).is_file()
+                                      and not (root / LIST_FILES['train-standard']).is_file()) else 'train-standard'
+        train = Places365Dataset.from_file_list(root, split, small, verify_md5, num_classes, check_files,
                                                 train_transform)
         val = Places365Dataset.from_file_list(root, 'val', small, verify_md5, num_classes, check_files, val_transform)
         return train, val, list(train.classes)
