@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--opt', dest='optimizer', default='adamw', choices=['adamw', 'sgd', 'momentum'],
                    help='adamw, sgd (Nesterov momentum) or momentum (plain momentum SGD, as in the paper)')
     p.add_argument('--lr', type=float, help='peak learning rate (default 1e-3 adamw, 1e-2 sgd and momentum)')
-    p.add_argument('--weight-decay', type=float, help='default 0.05 adamw, 1e-4 sgd')
+    p.add_argument('--weight-decay', type=float, help='default 0.05 adamw, 1e-4 sgd and momentum')
     p.add_argument('--momentum', type=float, default=0.9)
     p.add_argument('--warmup-epochs', type=float, default=1.0, help='linear warm-up, then the schedule')
     p.add_argument('--sched', default='cosine', choices=['cosine', 'step'],
