@@ -70,8 +70,7 @@ def main(argv=None) -> int:
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--lr', type=float, default=2e-3, help='AdamW peak LR, both runs')
     p.add_argument('--warmup-epochs', type=float, default=0.25)
-    # off by default: timm's random-resized crops (down to 8% of the image) and flips cut or mirror
-    # the digit; in a one-epoch trial they cost the pretrained run more than half its accuracy
+    # off by default: timm's random-resized crops (down to 8% of the image) and flips cut or mirror the digit
     p.add_argument('--augment', action='store_true', help="timm's train-time augmentation (default off)")
     p.add_argument('--val-fraction', type=float, default=0.2)
     p.add_argument('--seed', type=int, default=0)

@@ -176,14 +176,15 @@ def main():
 
     print(f'| model | from | params (M) | b1 latency (ms) | b{BATCH} throughput (img/s) | '
           f'train step b{TRAIN_BATCH} (ms) | saved for backward b{TRAIN_BATCH} (MiB) | '
-          'SE +lat b1 | SE +saved mem | SE-free baseline |')
-    print('|---|---|--:|--:|--:|--:|--:|--:|--:|---|')
+          'SE +lat b1 | SE +train step | SE +saved mem | SE-free baseline |')
+    print('|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|')
     for m in labels:
         base = MODELS[m][2] if MODELS[m][2] in med else None
         lat = med[m]['b1'] * 1e3
         print(f'| {m} | {models[m].__module__.split(".")[0]} | {params[m]:.2f} | {lat:.1f} | '
               f'{BATCH / med[m]["batch"]:.1f} | {med[m]["train"] * 1e3:.0f} | {saved[m]:.1f} | '
-              f'{pct(lat, base and med[base]["b1"] * 1e3)} | {pct(saved[m], base and saved[base])} | {base or "-"} |')
+              f'{pct(lat, base and med[base]["b1"] * 1e3)} | {pct(med[m]["train"], base and med[base]["train"])} | '
+              f'{pct(saved[m], base and saved[base])} | {base or "-"} |')
     print()
     for a, b in (('se_resnet50b', 'seresnet50'), ('se_resnet50', 'legacy_seresnet50'),
                  ('se_resnet50b[se_layer=None]', 'resnet50')):

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import timm
 
 from .complexity import model_complexity
-from .models.catalog import MODELS
+from .models.catalog import MODELS, split_model_name
 
 
 def model_rows(pattern: str = 'se_*', exclude: Sequence[str] = (), pretrained: bool = False) -> List[Dict]:
@@ -55,16 +55,6 @@ def format_table(rows: Sequence[Dict], markdown: bool = False) -> str:
     return '\n'.join(lines)
 
 
-def _split_name(spec: str):
-    """'model.tag' -> (model, tag); checks the model exists."""
-    model, _, tag = spec.partition('.')
-    if model not in MODELS:
-        close = [m for m in MODELS if model in m][:5]
-        hint = f" (did you mean {', '.join(close)}?)" if close else " (see `se-hub list`)"
-        raise ValueError(f'unknown model {model!r}{hint}')
-    return model, tag
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     pattern = args.filter or 'se_*'
     if not any(ch in pattern for ch in '*?['):
@@ -76,7 +66,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .weights.manifest import weights_by_model
     from .weights.sources import describe
-    name, _ = _split_name(args.model)
+    name, _ = split_model_name(args.model)
     info, cfg = MODELS[name], timm.get_pretrained_cfg(name)
     params, macs = model_complexity(name)
     print(f'{name}: {info.description}')
@@ -107,7 +97,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     from .weights.manifest import find_weights
     from .weights.sources import resolve_weight_file
     for spec in args.models:
-        name, tag = _split_name(spec)
+        name, tag = split_model_name(spec)
         entry, tag = find_weights(name, tag)
         print(f'{name}.{tag}: {resolve_weight_file(entry, progress=not args.quiet)}')
     return 0
@@ -170,7 +160,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
     from timm.data import create_transform, resolve_data_config
     if not args.model.startswith(('hf-hub:', 'local-dir:')):
-        _split_name(args.model)
+        split_model_name(args.model)
     images = [load_image(spec) for spec in args.images]
     model = timm.create_model(args.model, pretrained=True).eval()
     transform = create_transform(**resolve_data_config({}, model=model))
@@ -201,7 +191,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     if Path(spec).is_dir():
         spec = f'local-dir:{spec}'
     elif not spec.startswith(('hf-hub:', 'local-dir:')):
-        _split_name(spec)
+        split_model_name(spec)
     model = timm.create_model(spec, pretrained=args.checkpoint is None and ('.' in spec or ':' in spec))
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)

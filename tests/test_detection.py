@@ -203,7 +203,7 @@ def test_coco_dataset_and_flip(tmp_path):
     assert ftarget['boxes'][0].tolist() == [64 - x2, y1, 64 - x1, y2]
     assert target['masks'].shape == (len(target['boxes']), 64, 64)
     assert torch.equal(ftarget['masks'], target['masks'].flip(-1))
-    # the box holds the object's colour: mean of the box region is far from the background's
+    # labels follow the annotation file's categories (through the contiguous label map)
     coco = json.loads(Path(ann).read_text())
     first = next(a for a in coco['annotations'] if a['image_id'] == 1)
     assert target['labels'][0].item() == ds.label_of[first['category_id']]

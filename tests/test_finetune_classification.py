@@ -298,19 +298,21 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_last_good_one(trained, d
     assert result.history[:4] == trained.history
 
 
-def test_places365_hook_is_used_when_it_recognises_the_directory(tmp_path, monkeypatch):
-    import se_hub.tasks.places365 as places365  # written separately; the hook imports it by name
+def test_places365_layout_is_tried_first_and_told_whether_to_check_files(tmp_path, monkeypatch):
+    import se_hub.tasks.places365 as places365
     from se_hub.tasks.data import ImageListDataset
     make_folders(tmp_path, n_train=1, n_val=1)
     calls = []
 
-    def detect(root):
-        calls.append(root)
+    def detect(root, check_files):
+        calls.append((root, check_files))
         return ImageListDataset([], ['x']), ImageListDataset([], ['x']), ['x']
     monkeypatch.setattr(places365, 'detect_places365', detect)
     splits = find_splits(tmp_path)
-    assert calls == [tmp_path] and splits.layout == 'places365' and splits.classes == ['x']
-    monkeypatch.setattr(places365, 'detect_places365', lambda root: None)
+    assert splits.layout == 'places365' and splits.classes == ['x']
+    find_splits(tmp_path, check_images=False)
+    assert calls == [(tmp_path, True), (tmp_path, False)]
+    monkeypatch.setattr(places365, 'detect_places365', lambda root, check_files: None)
     assert find_splits(tmp_path).layout == 'folders'
 
 

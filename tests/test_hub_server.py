@@ -218,3 +218,15 @@ def test_timm_push_to_hf_hub_then_create_model_from_it(local_hub, tmp_path, monk
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert ('GET', f'/{repo_id}/resolve/main/model.safetensors') in local_hub.requests
     assert list((tmp_path / 'hf-cache').glob('models--se-hub-test--resnet10t-tiny/snapshots/*/model.safetensors'))
+
+
+def test_tests_cannot_open_connections_beyond_this_machine(local_hub):
+    """conftest.py refuses every in-process connection that is not to this machine."""
+    import socket
+    with socket.socket() as s, pytest.raises(RuntimeError, match=r'never reach the internet.*203\.0\.113\.7'):
+        s.connect(('203.0.113.7', 443))  # TEST-NET-3: refused before any packet leaves
+    with socket.socket() as s, pytest.raises(RuntimeError, match='never reach the internet.*huggingface.co'):
+        s.connect_ex(('huggingface.co', 443))
+    host, port = local_hub.endpoint.split('//')[1].split(':')
+    with socket.create_connection((host, int(port)), timeout=10):  # loopback: allowed
+        pass

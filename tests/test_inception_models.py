@@ -92,7 +92,8 @@ def test_bn_inception_preprocessing_is_caffe_mean_subtraction():
     ('se_inception_resnet_v2', 13.16, 13.19, 64_387_444),
 ])
 def test_cost_equals_timm_network(name, gmacs, se_gmacs, se_params):
-    """DESIGN.md's measurements of timm's modules (5.71 / 13.16 G at 299), parameter for parameter."""
+    """The design notes' (shared/DESIGN.md) measurements of timm's modules (5.71 / 13.16 G at 299),
+    parameter for parameter."""
     upstream = meta_model(UPSTREAM[name][0])
     plain = meta_model(name, se_layer='none')
     assert count_params(plain) == count_params(upstream)

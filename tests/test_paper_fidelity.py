@@ -57,8 +57,8 @@ def test_multiply_adds_round_to_paper(name):
 
 
 def test_caffe_and_timm_layouts_differ_in_cost_as_measured_upstream():
-    """DESIGN.md's measurement of timm's own modules: Caffe-layout SE-ResNet-50 3.860 G conv+linear,
-    timm layout 4.092 G (stride on the 3x3 runs it at full resolution)."""
+    """The design notes' (shared/DESIGN.md) measurement of timm's own modules: Caffe-layout
+    SE-ResNet-50 3.860 G conv+linear, timm layout 4.092 G (stride on the 3x3 runs it at full resolution)."""
     _, caffe = model_complexity('se_resnet50')
     _, timm_layout = model_complexity('se_resnet50b')
     # SE pooling + scale: two operations per element of the 16 block outputs at 224x224
@@ -76,7 +76,7 @@ def test_inputs_other_than_224_scale_the_count():
 @pytest.mark.parametrize('name', [n for n, info in MODELS.items() if info.upstream])
 def test_params_equal_upstream_model(name):
     """Every model that claims a timm counterpart has exactly its parameter count
-    (SENet-154: 115.09M, as DESIGN.md measured)."""
+    (SENet-154: 115.09M, as the design notes (shared/DESIGN.md) measured)."""
     params, _ = model_complexity(name)
     with torch.device('meta'):
         upstream = timm.create_model(MODELS[name].upstream)

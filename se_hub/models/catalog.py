@@ -1,11 +1,12 @@
 """What se_hub knows about each registered model beyond its architecture: a description, the
 paper row it reproduces (with the paper's figures), and the timm model computing the same
 function. Family modules register their models here and with timm in one step."""
+import copy
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
-from timm.models import generate_default_cfgs, register_model
+from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..weights.pretrained import tagged_cfgs, with_pretrained_state
 
@@ -20,6 +21,16 @@ class ModelInfo:
 
 
 MODELS: Dict[str, ModelInfo] = {}
+
+
+def split_model_name(spec: str) -> Tuple[str, str]:
+    """'model.tag' -> (model, tag); a clear error naming close matches when the model is unknown."""
+    model, _, tag = spec.partition('.')
+    if model not in MODELS:
+        close = [m for m in MODELS if model in m][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ' (see `se-hub list`)'
+        raise ValueError(f'unknown model {model!r}{hint}')
+    return model, tag
 
 
 def arch(description: str, paper: Dict[str, Any] = None, upstream: str = '', **args) -> Dict[str, Any]:
@@ -42,13 +53,26 @@ def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
     return entrypoint
 
 
-def register_family(module_name: str, archs: Dict[str, Dict[str, Any]], create: Callable[..., Any]) -> None:
-    """Register a thin timm entrypoint per configuration of ``archs`` in module ``module_name``
-    (which must already define ``default_cfgs``, one untagged cfg per model) and record each
-    model's ModelInfo. The manifest's weights become the models' pretrained tags."""
+def register_family(module_name: str, archs: Dict[str, Dict[str, Any]], model_cls: type,
+                    cfg: Callable[[str], Dict[str, Any]], checkpoint_filter_fn: Callable[..., Any],
+                    **build_kwargs) -> None:
+    """Register a thin timm entrypoint per configuration of ``archs`` in module ``module_name``,
+    building ``model_cls`` with that configuration's kwargs, and record each model's ModelInfo.
+    ``cfg(name)`` is the model's untagged pretrained cfg; the manifest's weights become its tags.
+    ``build_kwargs`` go to timm's ``build_model_with_cfg`` (e.g. ``feature_cfg``)."""
     module = sys.modules[module_name]
+
+    def create(variant: str, pretrained: bool = False, **kwargs):
+        model_args = dict(archs[variant]['args'])
+        if 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the configuration's rounding rule
+            model_args['se_args'] = dict(model_args.get('se_args') or {}, **kwargs.pop('se_args'))
+        # a fresh copy per call: timm writes the caller's out_indices into feature_cfg
+        return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                    **copy.deepcopy(build_kwargs), **dict(model_args, **kwargs))
+
+    module.default_cfgs = {}
     for name, spec in archs.items():
-        base = module.default_cfgs[name].cfgs[''].to_dict()
+        base = PretrainedCfg(**cfg(name)).to_dict()
         module.default_cfgs.update(generate_default_cfgs(tagged_cfgs(name, base)))
         info = ModelInfo(name, module_name.rsplit('.', 1)[-1], spec['description'], spec['paper'], spec['upstream'])
         entrypoint = _entrypoint(create, name)

@@ -23,6 +23,13 @@ class ClassifierHeadMixin:
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
         return self.classifier_name if name_only else getattr(self, self.classifier_name)
 
+    def _init_head(self, num_features: int, num_classes: int, global_pool: str) -> None:
+        """Pooling + classifier over ``num_features`` channels (in the model's constructor)."""
+        self.num_features = num_features
+        self.global_pool, classifier = create_classifier(num_features, num_classes, pool_type=global_pool)
+        setattr(self, self.classifier_name, classifier)
+        self.head_hidden_size = num_features * self.global_pool.feat_mult()
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         dd = get_device_dtype(self)
         self.num_classes = num_classes

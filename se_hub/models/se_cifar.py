@@ -40,8 +40,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d, DropPath, create_classifier
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.layers import BatchNormAct2d, DropPath
+from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -212,8 +212,9 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
             self.act1 = nn.Identity() if self.preact else nn.ReLU(inplace=True)
             self.feature_info = [dict(num_chs=stem_width, reduction=1, module='act1')]
 
-            block_cls = {'preact_basic': PreActBasicBlock, 'preact_bottleneck': PreActBottleneck}.get(block)
-            expansion = 4 if block == 'preact_bottleneck' else 1
+            block_cls = {'basic': BasicBlock, 'preact_basic': PreActBasicBlock,
+                         'preact_bottleneck': PreActBottleneck}[block]
+            expansion = block_cls.expansion
             inplanes, net_stride, block_idx, total_blocks = stem_width, 1, 0, sum(layers)
             for stage_idx, (width, num_blocks) in enumerate(zip(widths, layers)):
                 stride = 1 if stage_idx == 0 else 2
@@ -225,14 +226,8 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
                     block_stride = stride if i == 0 else 1
                     downsample = make_shortcut(shortcut, inplanes, outplanes, block_stride, self.preact)
                     dpr = drop_path_rate * block_idx / max(total_blocks - 1, 1)
-                    if block_cls is None:
-                        blocks.append(BasicBlock(
-                            inplanes, planes, stride=block_stride, downsample=downsample, attn_layer=attn_layer,
-                            drop_path_rate=dpr))
-                    else:
-                        blocks.append(block_cls(
-                            inplanes, planes, stride=block_stride, downsample=downsample, attn_layer=attn_layer,
-                            drop_path_rate=dpr))
+                    blocks.append(block_cls(inplanes, planes, stride=block_stride, downsample=downsample,
+                                            attn_layer=attn_layer, drop_path_rate=dpr))
                     inplanes = outplanes
                     block_idx += 1
                 self.add_module(f'layer{stage_idx + 1}', nn.Sequential(*blocks))
@@ -243,9 +238,7 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
                 self.feature_info[-1]['module'] = 'norm'
             else:
                 self.norm = nn.Identity()
-            self.num_features = inplanes
-            self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+            self._init_head(inplanes, num_classes, global_pool)
             self.init_weights()
         if dtype is not None:
             self.to(dtype=dtype)
@@ -377,19 +370,5 @@ def _cfg(name: str) -> Dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({name: _cfg(name) for name in ARCHS})
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> SECifarResNet:
-    model_args = dict(ARCHS[variant]['args'])
-    if 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the CIFAR reduction rule
-        model_args['se_args'] = dict(model_args.get('se_args') or {}, **kwargs.pop('se_args'))
-    return build_model_with_cfg(
-        SECifarResNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3)),  # stem + 3 stages (timm's default asks for 5)
-        **dict(model_args, **kwargs),
-    )
-
-
-register_family(__name__, ARCHS, _create)
+register_family(__name__, ARCHS, SECifarResNet, _cfg, checkpoint_filter_fn,
+                feature_cfg=dict(out_indices=(0, 1, 2, 3)))  # stem + 3 stages (timm's default asks for 5)

@@ -23,8 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import create_classifier
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
+from timm.models import checkpoint
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -292,12 +291,8 @@ _V3_BLOCKS = {'v3_a': InceptionV3A, 'v3_b': InceptionV3B, 'v3_c': InceptionV3C, 
 
 
 def _build_layer(kind: str, args: Any, in_chs: int, eps: float, attn_layer: AttnLayer) -> Tuple[nn.Module, int]:
-    if kind == 'conv':
-        out_chs, kernel, stride, padding = args
-        return ConvBn(in_chs, out_chs, kernel, stride, padding, eps), out_chs
-    if kind == 'max':
-        kernel, stride, padding, ceil_mode = args
-        return nn.MaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode), in_chs
+    if kind in ('conv', 'max'):
+        return _build_op((kind, *args), in_chs, eps)
     if kind == 'block':
         block = InceptionBlock(in_chs, eps=eps, attn_layer=attn_layer, **args)
         return block, block.out_chs
@@ -351,9 +346,7 @@ class SEInception(ClassifierHeadMixin, nn.Module):
             self.feature_info = [dict(num_chs=widths[name], reduction=reduction, module=name)
                                  for name, reduction in feature_taps]
 
-            self.num_features = chs
-            self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+            self._init_head(chs, num_classes, global_pool)
             self.init_weights()
         if dtype is not None:
             self.to(dtype=dtype)
@@ -656,18 +649,4 @@ def _cfg(name: str) -> Dict[str, Any]:
                 mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD, license='apache-2.0')
 
 
-default_cfgs = generate_default_cfgs({name: _cfg(name) for name in ARCHS})
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> SEInception:
-    model_args = dict(ARCHS[variant]['args'])
-    if 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the release's rounding
-        model_args['se_args'] = dict(model_args.get('se_args') or {}, **kwargs.pop('se_args'))
-    return build_model_with_cfg(
-        SEInception, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        **dict(model_args, **kwargs),
-    )
-
-
-register_family(__name__, ARCHS, _create)
+register_family(__name__, ARCHS, SEInception, _cfg, checkpoint_filter_fn)

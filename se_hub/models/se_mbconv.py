@@ -27,8 +27,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import DropPath, create_act_layer, create_classifier, create_conv2d, get_act_layer
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.layers import DropPath, create_act_layer, create_conv2d, get_act_layer
+from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -175,12 +175,12 @@ def _se_factory(se_layer: SeLayer, se_ratio: float, se_args: Optional[Dict[str, 
 
 
 class EfficientNet(ClassifierHeadMixin, nn.Module):
-    classifier_name = 'classifier'
     """EfficientNet / EfficientNet-Lite from a stage table and compound-scaling multipliers.
 
     Keys: ``conv_stem``, ``bn1``, ``blocks.<stage>.<block>.*``, ``conv_head``, ``bn2``,
     ``classifier`` (timm's EfficientNet layout; SE as ``se.fc1`` / ``se.fc2``).
     """
+    classifier_name = 'classifier'
 
     def __init__(
             self,
@@ -247,14 +247,11 @@ class EfficientNet(ClassifierHeadMixin, nn.Module):
             self.blocks = nn.Sequential(*blocks)
             self.stage_ends = [f['stage'] for f in self.feature_info]
 
-            self.num_features = self.head_hidden_size = head_width if fix_stem_head else round_filters(
-                head_width, width_mult)
-            self.conv_head = _conv(in_chs, self.num_features, 1, pad_type=pad_type)
-            self.bn2 = nn.BatchNorm2d(self.num_features, eps=bn_eps)
+            head_chs = head_width if fix_stem_head else round_filters(head_width, width_mult)
+            self.conv_head = _conv(in_chs, head_chs, 1, pad_type=pad_type)
+            self.bn2 = nn.BatchNorm2d(head_chs, eps=bn_eps)
             self.act2 = create_act_layer(act, inplace=True)
-            self.global_pool, self.classifier = create_classifier(
-                self.num_features, num_classes, pool_type=global_pool)
-            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+            self._init_head(head_chs, num_classes, global_pool)
             self.init_weights()
         if dtype is not None:
             self.to(dtype=dtype)
@@ -435,22 +432,7 @@ def _cfg(name: str) -> Dict[str, Any]:
     return cfg
 
 
-default_cfgs = generate_default_cfgs({name: _cfg(name) for name in ARCHS})
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> EfficientNet:
-    model_args = dict(ARCHS[variant]['args'])
-    if 'se_args' in kwargs:
-        model_args['se_args'] = dict(model_args.get('se_args') or {}, **kwargs.pop('se_args'))
-    return build_model_with_cfg(
-        EfficientNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True),
-        **dict(model_args, **kwargs),
-    )
-
-
-register_family(__name__, ARCHS, _create)
+register_family(__name__, ARCHS, EfficientNet, _cfg, checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True))
 
 
 # ---------------------------------------------------------------------------------------------

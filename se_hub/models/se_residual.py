@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, create_classifier
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
+from timm.layers import DropPath
+from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -289,9 +289,7 @@ class SEResNet(ClassifierHeadMixin, nn.Module):
                 self.add_module(f'layer{stage_idx + 1}', nn.Sequential(*blocks))
                 self.feature_info.append(dict(num_chs=outplanes, reduction=net_stride, module=f'layer{stage_idx + 1}'))
 
-            self.num_features = self.head_hidden_size = inplanes
-            self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+            self._init_head(inplanes, num_classes, global_pool)
             self.init_weights(zero_init_last)
         if dtype is not None:
             self.to(dtype=dtype)
@@ -519,18 +517,4 @@ def _cfg(name: str) -> Dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({name: _cfg(name) for name in ARCHS})
-
-
-def _create(variant: str, pretrained: bool = False, **kwargs) -> SEResNet:
-    model_args = dict(ARCHS[variant]['args'])
-    if 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the layout's rounding rule
-        model_args['se_args'] = dict(model_args.get('se_args') or {}, **kwargs.pop('se_args'))
-    return build_model_with_cfg(
-        SEResNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        **dict(model_args, **kwargs),
-    )
-
-
-register_family(__name__, ARCHS, _create)
+register_family(__name__, ARCHS, SEResNet, _cfg, checkpoint_filter_fn)

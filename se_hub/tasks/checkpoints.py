@@ -4,6 +4,7 @@ POSIX and Windows). A failed write (full disk, ...) removes the temporary file a
 previous checkpoint as it was."""
 import errno
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Union
@@ -34,7 +35,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Union[str, os.PathLike], write) -> Path:
+def write_atomic(path: Union[str, os.PathLike], write) -> Path:
     path = Path(path)
     tmp = _tmp_path(path)
     try:
@@ -59,7 +60,7 @@ def _write_atomic(path: Union[str, os.PathLike], write) -> Path:
 
 def save_atomic(obj: Dict[str, Any], path: Union[str, os.PathLike]) -> Path:
     """``torch.save(obj)`` to ``path`` atomically."""
-    return _write_atomic(path, lambda f: torch.save(obj, f))
+    return write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def copy_atomic(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> Path:
@@ -67,11 +68,11 @@ def copy_atomic(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> P
     def write(f):
         with open(src, 'rb') as s:
             shutil.copyfileobj(s, f, 1 << 20)
-    return _write_atomic(dst, write)
+    return write_atomic(dst, write)
 
 
 def write_text_atomic(path: Union[str, os.PathLike], text: str) -> Path:
-    return _write_atomic(path, lambda f: f.write(text.encode('utf-8')))
+    return write_atomic(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def remove_stale_temporaries(directory: Union[str, os.PathLike]) -> None:
@@ -83,13 +84,36 @@ def remove_stale_temporaries(directory: Union[str, os.PathLike]) -> None:
             pass
 
 
-def load(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+def load(path: Union[str, os.PathLike], map_location: Any = 'cpu') -> Dict[str, Any]:
     """A training checkpoint written by :func:`save_atomic` (tensors and plain data only)."""
     path = Path(path)
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f'checkpoint not found: {path}') from None
     except Exception as e:  # noqa: BLE001 - named file, one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f'cannot read checkpoint {path}: {first}') from e
+
+
+def rng_state() -> Dict[str, Any]:
+    """The random state of Python, numpy, torch (and CUDA) as plain data, which ``load`` reads
+    with ``weights_only=True``."""
+    import numpy as np
+    np_state = np.random.get_state()
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+             'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    import numpy as np
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state['torch'])
+    kind, keys, *rest = state['numpy']
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])

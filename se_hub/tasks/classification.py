@@ -151,9 +151,6 @@ class _Dist:
         self.dist.all_gather_object(out, obj)
         return out
 
-    def any(self, flag: bool) -> bool:
-        return self.sum([float(flag)])[0] > 0
-
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm statistics) everywhere: each rank updated its own from its
         own batches, and rank 0's are the ones saved."""
@@ -168,27 +165,6 @@ class _Dist:
     def close(self) -> None:
         if self.owned:
             self.dist.destroy_process_group()
-
-
-def _rng_state() -> Dict[str, Any]:
-    import numpy as np
-    np_state = np.random.get_state()
-    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
-             'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    import numpy as np
-    version, internal, gauss = state['python']
-    random.setstate((version, tuple(internal), gauss))
-    torch.set_rng_state(state['torch'])
-    kind, keys, *rest = state['numpy']
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state['cuda'])
 
 
 def _seed_all(seed: int) -> None:
@@ -226,17 +202,12 @@ def _model_spec(spec: str) -> str:
 def _create_model(spec: str, pretrained: bool, **kwargs) -> nn.Module:
     import timm
 
-    from ..models.catalog import MODELS
+    from ..hub import _architecture
+    from ..models.catalog import split_model_name
     if isinstance(spec, str) and not spec.startswith(('local-dir:', 'hf-hub:')):
-        name = spec.partition('.')[0]
-        if name not in MODELS:
-            close = [m for m in MODELS if name in m][:5]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ' (see `se-hub list`)'
-            raise ValueError(f'unknown model {name!r}{hint}')
+        split_model_name(spec)
     model = timm.create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v})
-    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
-    if arch not in MODELS:
-        raise ValueError(f'{spec} is not an se_hub model (architecture {arch!r})')
+    _architecture(model)  # a local-dir: / hf-hub: model must be an se_hub one too
     return model
 
 
@@ -561,7 +532,7 @@ class _Trainer:
         self.best_epoch, self.best_score = ckpt['best_epoch'], ckpt['best_score']
         states = ckpt.get('rng') or []
         if len(states) == self.env.world:
-            _set_rng_state(states[self.env.rank])
+            checkpoints.set_rng_state(states[self.env.rank])
         else:  # another number of processes: a fresh, still deterministic, random state
             _seed_all(self.opts.seed + 1000 * self.start_epoch + self.env.rank)
         self.scheduler.step_update(self.step)
@@ -636,9 +607,8 @@ class _Trainer:
             with open(path, 'a', encoding='utf-8') as f:
                 f.write(json.dumps(self.history[-1]) + '\n')
         if self.history:
-            tmp = self.out / f'.{CURVES}{checkpoints.TMP_MARK}{os.getpid()}'
-            draw_curves(self.history, tmp, title=f'{self.spec} on {self.splits.root.name}')
-            os.replace(tmp, self.out / CURVES)
+            checkpoints.write_atomic(self.out / CURVES, lambda f: draw_curves(
+                self.history, f, title=f'{self.spec} on {self.splits.root.name}'))
 
     def _checkpoint(self, rng: List[Dict[str, Any]]) -> Dict[str, Any]:
         return {
@@ -698,7 +668,7 @@ class _Trainer:
             if is_best:
                 self.best_epoch, self.best_score = epoch + 1, score
             self.history.append(row)
-            rng = env.gather(_rng_state())
+            rng = env.gather(checkpoints.rng_state())
             if env.main:
                 checkpoints.save_atomic(self._checkpoint(rng), self.out / LAST)
                 if is_best:

@@ -2,8 +2,8 @@
 
 Layouts (tried in this order):
 
-- **Places-365** — when ``se_hub/tasks/places365.py`` exists and its ``detect_places365(root)``
-  recognises the directory (see :func:`_try_places365`).
+- **Places-365** — when :func:`se_hub.tasks.places365.detect_places365` recognises the
+  directory (either of its layouts).
 - **class folders** — ``DIR/train/<class>/<image>`` and ``DIR/val/<class>/<image>`` (the
   torchvision ``ImageFolder`` layout). Classes are the sub-folders of ``train/``, sorted by
   name; every class folder of ``val/`` must also exist in ``train/``.
@@ -132,24 +132,13 @@ def _csv_splits(root: Path) -> Tuple[List, List, List[str]]:
     return ([(p, index[c]) for p, c in train_rows], [(p, index[c]) for p, c in val_rows], classes)
 
 
-def _try_places365(root: Path) -> Optional[DataSplits]:
-    # ---- PLUG-IN HOOK: Places-365 ---------------------------------------------------------------
-    # se_hub/tasks/places365.py (written separately) exposes
-    #     detect_places365(root) -> Optional[(train_dataset, val_dataset, class_names)]
-    # returning None when `root` is not a Places-365 directory. Its data sets must yield
-    # (PIL image or tensor, class index) and accept a `transform` attribute that we set.
-    # Nothing else here needs to change when that module lands.
-    try:
-        from . import places365
-    except ImportError:
-        return None
-    detect = getattr(places365, 'detect_places365', None)
-    found = detect(root) if detect is not None else None
+def _try_places365(root: Path, check_files: bool) -> Optional[DataSplits]:
+    from . import places365
+    found = places365.detect_places365(root, check_files=check_files)
     if found is None:
         return None
     train, val, classes = found
     return DataSplits(train, val, list(classes), 'places365', root)
-    # ---- end of hook ----------------------------------------------------------------------------
 
 
 def find_splits(root, check_images: bool = True) -> DataSplits:
@@ -157,7 +146,7 @@ def find_splits(root, check_images: bool = True) -> DataSplits:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f'data directory not found: {root}')
-    splits = _try_places365(root)
+    splits = _try_places365(root, check_files=check_images)  # listed files exist (headers: when read)
     if splits is not None:
         return splits
     if (root / 'train').is_dir() and (root / 'val').is_dir():

@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import random
 import time
 import warnings
 from collections import OrderedDict
@@ -33,6 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+
+from . import checkpoints
 
 PathLike = Union[str, os.PathLike]
 KINDS = ('fasterrcnn', 'retinanet', 'maskrcnn')
@@ -336,40 +337,6 @@ def evaluate_detector(detector: nn.Module, annotation_file: PathLike, image_dir:
 # training
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(obj, indent=1), encoding='utf-8')
-    os.replace(tmp, path)
-
-
-def _rng_state() -> Dict[str, Any]:
-    state = {'torch': torch.get_rng_state(), 'python': random.getstate()}
-    try:
-        import numpy as np
-        state['numpy'] = np.random.get_state()
-    except ImportError:
-        pass
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state['torch'])
-    random.setstate(state['python'])
-    if 'numpy' in state:
-        import numpy as np
-        np.random.set_state(state['numpy'])
-
-
 def _epoch_order(n: int, seed: int, epoch: int, flip: bool) -> List[Tuple[int, bool]]:
     """The image order and flips of one epoch, a function of (seed, epoch) only: a resumed run
     sees the same batches as an uninterrupted one."""
@@ -434,11 +401,11 @@ def train_detector(detector: nn.Module, train_json: PathLike, train_images: Path
         path = output / CHECKPOINT if resume is True else Path(resume)
         if not path.is_file():
             raise FileNotFoundError(f'no checkpoint to resume from at {path}')
-        state = torch.load(path, map_location='cpu', weights_only=False)
+        state = checkpoints.load(path)
         detector.load_state_dict(state['model'])
         opt.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
-        _set_rng_state(state['rng'])
+        checkpoints.set_rng_state(state['rng'])
         start, history = state['epoch'], list(state.get('history', []))
         log(f'resumed from {path} after epoch {start}')
     final = history[-1].get('val') if history else None
@@ -477,12 +444,12 @@ def train_detector(detector: nn.Module, train_json: PathLike, train_images: Path
         history.append(record)
         log(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  lr {record['lr']:.2e}"
             + (f"  val mAP {record['val']['mAP']:.4f}  mAP50 {record['val']['mAP50']:.4f}" if 'val' in record else ''))
-        _atomic_save({'model': detector.state_dict(), 'optimizer': opt.state_dict(),
-                      'scheduler': scheduler.state_dict(), 'epoch': epoch + 1, 'rng': _rng_state(),
-                      'config': config, 'categories': train_set.categories, 'history': history},
-                     output / CHECKPOINT)
-        _atomic_write_json({'config': config, 'categories': train_set.categories, 'history': history},
-                           output / METRICS)
+        checkpoints.save_atomic({'model': detector.state_dict(), 'optimizer': opt.state_dict(),
+                                 'scheduler': scheduler.state_dict(), 'epoch': epoch + 1,
+                                 'rng': checkpoints.rng_state(), 'config': config,
+                                 'categories': train_set.categories, 'history': history}, output / CHECKPOINT)
+        checkpoints.write_text_atomic(output / METRICS, json.dumps(
+            {'config': config, 'categories': train_set.categories, 'history': history}, indent=1))
     return {'history': history, 'final': final}
 
 
@@ -498,7 +465,7 @@ def _rebuild(config: Dict[str, Any]) -> nn.Module:
 
 def load_detector(checkpoint: PathLike, map_location: str = 'cpu') -> nn.Module:
     """Rebuild a detector from a checkpoint written by :func:`train_detector` (no download)."""
-    state = torch.load(checkpoint, map_location=map_location, weights_only=False)
+    state = checkpoints.load(checkpoint, map_location)
     detector = _rebuild(state['config'])
     detector.load_state_dict(state['model'])
     detector.categories = state.get('categories')
@@ -541,8 +508,7 @@ def add_cli_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     if args.resume and (Path(args.output) / CHECKPOINT).is_file():
-        detector = _rebuild(torch.load(Path(args.output) / CHECKPOINT, map_location='cpu',
-                                       weights_only=False)['config'])
+        detector = _rebuild(checkpoints.load(Path(args.output) / CHECKPOINT)['config'])
     else:
         num_classes = len(CocoDetection(args.train_json, args.train_images).categories) + 1
         detector = create_detector(args.kind, args.backbone, num_classes, pretrained_backbone=not args.no_pretrained,

@@ -31,7 +31,6 @@ written to its exported config and ``se-hub predict`` prints them.
 Reference (Hu et al., "Squeeze-and-Excitation Networks", Places-365 validation, single crop):
 SE-ResNet-152 40.37 / 11.01 top-1 / top-5 error; ResNet-152 41.15 / 11.61 (Places-365-CNN 41.07 / 11.48).
 """
-import hashlib
 import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -71,11 +70,8 @@ def scene_name(category: str) -> str:
 
 
 def file_md5(path: PathLike) -> str:
-    digest = hashlib.md5()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from ..weights.sources import file_digest
+    return file_digest(path, 'md5')
 
 
 def check_md5(path: PathLike) -> None:

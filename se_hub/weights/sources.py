@@ -41,8 +41,9 @@ def url_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / 'checkpoints'
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path, algorithm: str = 'sha256') -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
             digest.update(chunk)
@@ -119,7 +120,7 @@ def verify(path: Path, entry: Dict[str, Any], source: Dict[str, Any]) -> None:
     prefix = source.get('hash_prefix') if source['kind'] == 'url' else None
     if not expected and not prefix:
         return
-    actual = sha256_of(path)
+    actual = file_digest(path)
     if (expected and actual != expected) or (prefix and not actual.startswith(prefix)):
         cached = source['kind'] != 'wheel'
         if cached:
