@@ -1,77 +1,28 @@
-"""The ``se-hub`` command: list | info | download | verify | predict | push."""
+"""The ``se-hub`` command's handlers: info | download | verify | predict | push (fine-tuning:
+se_hub/tasks). The arguments of every verb are in ``se_hub_cli/parsers.py`` and ``list`` in
+``se_hub_cli/listing.py`` (standard library only, so that ``se-hub --help`` and ``se-hub list``
+answer without importing torch); this module is imported when a verb below runs."""
 import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List
 
-import timm
+from se_hub_cli import build_parser, main  # noqa: F401  (the command's entry point, re-exported)
+from se_hub_cli.listing import catalog, format_table, model_rows  # noqa: F401  (used by tools/ and tests)
 
-from .complexity import model_complexity
 from .models.catalog import MODELS, split_model_name
-
-
-def model_rows(pattern: str = 'se_*', exclude: Sequence[str] = (), pretrained: bool = False) -> List[Dict]:
-    """One row per registered se_hub model matching ``pattern``: measured and paper figures."""
-    from .weights.manifest import weights_by_model
-    weights = weights_by_model()
-    rows = []
-    for name in timm.list_models(pattern, exclude_filters=list(exclude)):
-        if name not in MODELS or (pretrained and name not in weights):
-            continue
-        cfg = timm.get_pretrained_cfg(name)
-        params, macs = model_complexity(name)
-        paper = MODELS[name].paper
-        err = (f"{paper['top1_err']:.2f}" if 'top1_err' in paper else '')
-        err += (f" / {paper['top5_err']:.2f}" if 'top5_err' in paper else '')  # CIFAR rows have no top-5
-        row = {
-            'model': name,
-            'params (M)': f'{params / 1e6:.2f}',
-            'GMACs': f'{macs / 1e9:.3f}',
-            'input': 'x'.join(str(s) for s in cfg.input_size[1:]),
-            'paper row': paper.get('row', ''),
-            'paper params (M)': f"{paper['params']:.1f}" if 'params' in paper else '',
-            'paper GMACs': f"{paper['gmacs']:.2f}" if 'gmacs' in paper else '',
-            'paper top-1 / top-5 err (%)': err,
-        }
-        if pretrained:
-            row = {'model': name, 'params (M)': row['params (M)'], 'GMACs': row['GMACs'],
-                   'pretrained tags': ', '.join(e['tag'] for e in weights[name])}
-        rows.append(row)
-    return rows
-
-
-def format_table(rows: Sequence[Dict], markdown: bool = False) -> str:
-    if not rows:
-        return 'no models match'
-    cols = list(rows[0])
-    if markdown:
-        lines = ['| ' + ' | '.join(cols) + ' |', '|' + '|'.join('---' for _ in cols) + '|']
-        lines += ['| ' + ' | '.join(r[c] for c in cols) + ' |' for r in rows]
-        return '\n'.join(lines)
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
-    lines = ['  '.join(c.ljust(widths[c]) for c in cols).rstrip()]
-    lines += ['  '.join(r[c].ljust(widths[c]) for c in cols).rstrip() for r in rows]
-    return '\n'.join(lines)
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    pattern = args.filter or 'se_*'
-    if not any(ch in pattern for ch in '*?['):
-        pattern = f'*{pattern}*'
-    print(format_table(model_rows(pattern, args.exclude, args.pretrained), markdown=args.markdown))
-    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .weights.manifest import weights_by_model
     from .weights.sources import describe
     name, _ = split_model_name(args.model)
-    info, cfg = MODELS[name], timm.get_pretrained_cfg(name)
-    params, macs = model_complexity(name)
+    info, cost = MODELS[name], catalog()['models'][name]  # figures measured by tools/make_catalog_costs.py
+    params, macs, size = cost['params'], cost['macs'], cost['input_size']
     print(f'{name}: {info.description}')
     print(f'  family: {info.family}   params: {params / 1e6:.2f}M   multiply-adds: {macs / 1e9:.3f} G '
-          f'at {cfg.input_size[1]}x{cfg.input_size[2]}')
+          f'at {size[1]}x{size[2]}')
     if info.upstream:
         print(f"  same function as timm's {info.upstream}")
     if info.paper:
@@ -157,6 +108,7 @@ def label_names(model) -> List[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import timm
     import torch
     from timm.data import create_transform, resolve_data_config
     if not args.model.startswith(('hf-hub:', 'local-dir:')):
@@ -185,6 +137,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    import timm
+
     from .hub import push_to_hub
     from .weights.checkpoint import load_checkpoint
     spec = args.model
@@ -197,120 +151,6 @@ def cmd_push(args: argparse.Namespace) -> int:
         load_checkpoint(model, args.checkpoint)
     print(push_to_hub(model, args.repo_id, private=args.private, revision=args.revision))
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='se-hub', description='The Squeeze-and-Excitation model zoo for timm.')
-    parser.add_argument('--debug', action='store_true', help='show tracebacks')
-    sub = parser.add_subparsers(dest='command', required=True)
-    p = sub.add_parser('list', help='models with parameters, multiply-adds and the paper row')
-    p.add_argument('filter', nargs='?', help="name or glob, e.g. 'se_resnet50*'")
-    p.add_argument('--exclude', action='append', default=[], metavar='GLOB', help='leave out matching models')
-    p.add_argument('--pretrained', action='store_true', help='only models with published weights, with their tags')
-    p.add_argument('--markdown', action='store_true', help='print a markdown table (as in README.md)')
-    p.set_defaults(func=cmd_list)
-    p = sub.add_parser('info', help='architecture, cost, weights and their sources, metrics, preprocessing')
-    p.add_argument('model')
-    p.set_defaults(func=cmd_info)
-    p = sub.add_parser('download', help='fetch and verify pretrained weights into the local caches')
-    p.add_argument('models', nargs='+', metavar='MODEL[.TAG]')
-    p.add_argument('--quiet', action='store_true', help='no progress bar')
-    p.set_defaults(func=cmd_download)
-    p = sub.add_parser('verify', help='re-hash every cached weight file; damaged files are removed')
-    p.set_defaults(func=cmd_verify)
-    p = sub.add_parser('predict', help='classify images with a pretrained model')
-    p.add_argument('images', nargs='+', metavar='IMAGE', help="image files, or skimage:NAME (e.g. skimage:chelsea)")
-    p.add_argument('--model', required=True, help="MODEL[.TAG], hf-hub:REPO or local-dir:PATH")
-    p.add_argument('--topk', type=int, default=5)
-    p.add_argument('--json', action='store_true', help='print JSON')
-    p.set_defaults(func=cmd_predict)
-    p = sub.add_parser('push', help='publish a model in timm Hub format')
-    p.add_argument('model', help='MODEL[.TAG], a directory exported by se_hub, hf-hub:REPO or local-dir:PATH')
-    p.add_argument('repo_id')
-    p.add_argument('--checkpoint', help='load this checkpoint (any supported layout) into MODEL first')
-    p.add_argument('--private', action='store_true')
-    p.add_argument('--revision')
-    p.set_defaults(func=cmd_push)
-    # --- classification fine-tuning: argument definitions here, the work in se_hub/tasks/classification.py
-    from .tasks import classification as clf
-    p = sub.add_parser('finetune', help='fine-tune a classifier on a directory of images (train/ + val/ class '
-                       'folders, or train.csv + val.csv)')
-    p.add_argument('--model', required=True, help='MODEL[.TAG], local-dir:PATH or hf-hub:REPO')
-    p.add_argument('--data', required=True, metavar='DIR', help='train/ and val/ class folders, train.csv and '
-                   'val.csv ("path,label" rows, paths relative to DIR), or a Places-365 tree')
-    p.add_argument('--epochs', type=int, required=True)
-    p.add_argument('--output', required=True, metavar='OUT', help='checkpoints, metrics.jsonl, curves.png and '
-                   'the fine-tuned model in timm Hub format')
-    p.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=True,
-                   help='start from pretrained weights (default: yes)')
-    p.add_argument('--batch-size', type=int, default=32, help='per process (default 32)')
-    p.add_argument('--img-size', type=int, help="input size (default: the model's pretrained input size)")
-    p.add_argument('--opt', dest='optimizer', default='adamw', choices=['adamw', 'sgd', 'momentum'],
-                   help='adamw, sgd (Nesterov momentum) or momentum (plain momentum SGD, as in the paper)')
-    p.add_argument('--lr', type=float, help='peak learning rate (default 1e-3 adamw, 1e-2 sgd and momentum)')
-    p.add_argument('--weight-decay', type=float, help='default 0.05 adamw, 1e-4 sgd and momentum')
-    p.add_argument('--momentum', type=float, default=0.9)
-    p.add_argument('--warmup-epochs', type=float, default=1.0, help='linear warm-up, then the schedule')
-    p.add_argument('--sched', default='cosine', choices=['cosine', 'step'],
-                   help='cosine decay to --min-lr over the run, or step decay (default cosine)')
-    p.add_argument('--decay-epochs', type=float, default=30.0, help='step schedule: epochs between decays')
-    p.add_argument('--decay-rate', type=float, default=0.1, help='step schedule: LR factor at each decay')
-    p.add_argument('--min-lr', type=float, default=0.0)
-    p.add_argument('--label-smoothing', type=float, default=0.1)
-    p.add_argument('--layer-decay', type=float, help='layer-wise LR decay, e.g. 0.75')
-    p.add_argument('--freeze-backbone', action='store_true', help='train the classifier only')
-    p.add_argument('--freeze-bn', action='store_true', help='keep BatchNorm statistics and parameters fixed')
-    p.add_argument('--ema', action='store_true', help='keep an exponential moving average of the weights')
-    p.add_argument('--ema-decay', type=float, default=0.998)
-    p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'],
-                   help='mixed precision (auto: bf16/fp16 on CUDA, off on CPU)')
-    p.add_argument('--no-augment', dest='augment', action='store_false', help='no train-time augmentation')
-    p.add_argument('--drop-rate', type=float, default=0.0)
-    p.add_argument('--drop-path-rate', type=float, default=0.0)
-    p.add_argument('--grad-clip', type=float, help='clip the gradient norm')
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--workers', dest='num_workers', type=int, default=2, help='data loading processes')
-    p.add_argument('--device', help='cpu, cuda, cuda:1 (default: cuda if available)')
-    p.add_argument('--deterministic', action='store_true', help='deterministic algorithms only')
-    p.add_argument('--resume', action='store_true', help="continue the run in OUT from its last.pth")
-    p.add_argument('--export', default='best', choices=['best', 'last'], help='which weights OUT exports')
-    p.add_argument('--push', metavar='REPO', help='publish the fine-tuned model to this Hub repo')
-    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
-    p.add_argument('--no-check-images', dest='check_images', action='store_false',
-                   help='skip opening every image before training (large data sets)')
-    p.set_defaults(func=clf.finetune_command)
-    p = sub.add_parser('evaluate', help='top-1 / top-5 and confusion matrix of a model on a data directory')
-    p.add_argument('--model', required=True, help='MODEL[.TAG], local-dir:OUT (or OUT), hf-hub:REPO')
-    p.add_argument('--data', required=True, metavar='DIR', help='a data directory, as for finetune')
-    p.add_argument('--split', default='val', choices=['val', 'train'])
-    p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--img-size', type=int)
-    p.add_argument('--workers', dest='num_workers', type=int, default=2)
-    p.add_argument('--device')
-    p.add_argument('--output', metavar='DIR', help='write confusion.png, confusion.txt and evaluation.json here')
-    p.add_argument('--json', action='store_true', help='print JSON')
-    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
-    p.set_defaults(func=clf.evaluate_command)
-    # --- end of classification fine-tuning
-    # --- detection fine-tuning: `finetune-detect`, defined and run by se_hub/tasks/detection.py
-    from .tasks.detection import add_cli_parser as add_detection_parser
-    add_detection_parser(sub)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print('se-hub: interrupted', file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - one clear line unless --debug
-        if args.debug:
-            raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f'se-hub: error: {message}', file=sys.stderr)
-        return 1
 
 
 if __name__ == '__main__':

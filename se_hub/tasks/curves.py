@@ -77,21 +77,28 @@ def _panel(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], title: str
         lx -= 10
 
 
-def draw_curves(history: Sequence[Dict], path, title: str = '') -> None:
-    """Loss (train, val) and accuracy (top-1, top-5 and EMA top-1 if there) per epoch, as a PNG."""
+def draw_curves(history: Sequence[Dict], path, title: str = '', loss_keys: Optional[Sequence[Tuple[str, str]]] = None,
+                metric_keys: Optional[Sequence[Tuple[str, str]]] = None, metric_title: str = 'accuracy (%)',
+                metric_range: Optional[Tuple[float, float]] = (0, 100)) -> None:
+    """Losses (left) and validation metrics (right) per epoch, as a PNG. ``loss_keys`` /
+    ``metric_keys``: (legend, row key) pairs; by default train / val loss and top-1, top-k (k as
+    the rows name it) and EMA top-1."""
     font = ImageFont.load_default()
     epochs = [h['epoch'] for h in history]
     img = Image.new('RGB', (760, 300), WHITE)
     draw = ImageDraw.Draw(img)
     if title:
         draw.text((10, 4), title, fill=GREY, font=font)
-    loss = [(name, epochs, [h.get(key) for h in history])
-            for name, key in (('train loss', 'train_loss'), ('val loss', 'val_loss'))]
-    acc = [(name, epochs, [h.get(key) for h in history])
-           for name, key in (('val top-1', 'top1'), ('val top-5', 'top5'), ('EMA top-1', 'ema_top1'))
+    if loss_keys is None:
+        loss_keys = (('train loss', 'train_loss'), ('val loss', 'val_loss'))
+    if metric_keys is None:
+        k = next((key for key in history[-1] if key.startswith('top') and key != 'top1'), 'top5')
+        metric_keys = (('val top-1', 'top1'), (f'val top-{k[3:]}', k), ('EMA top-1', 'ema_top1'))
+    loss = [(name, epochs, [h.get(key) for h in history]) for name, key in loss_keys]
+    acc = [(name, epochs, [h.get(key) for h in history]) for name, key in metric_keys
            if any(h.get(key) is not None for h in history)]
     _panel(draw, (55, 40, 360, 260), 'loss', loss, font)
-    _panel(draw, (435, 40, 740, 260), 'accuracy (%)', acc, font, y_range=(0, 100))
+    _panel(draw, (435, 40, 740, 260), metric_title, acc, font, y_range=metric_range)
     for x in (207, 587):
         draw.text((x - 15, 280), 'epoch', fill=GREY, font=font)
     img.save(path, format='PNG')

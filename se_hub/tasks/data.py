@@ -158,6 +158,13 @@ def find_splits(root, check_images: bool = True) -> DataSplits:
         train, val, classes = _csv_splits(root)
         layout = 'csv'
         where = (root / 'train.csv', root / 'val.csv')
+    elif (root / 'train').is_dir() or (root / 'val').is_dir():
+        have, missing = ('train', 'val') if (root / 'train').is_dir() else ('val', 'train')
+        raise DataError(f'{root} has {have}/ but no {missing}/ folder: add {root / missing}/ with the same class '
+                        f'sub-folders')
+    elif (root / 'train.csv').is_file() or (root / 'val.csv').is_file():
+        have, missing = ('train', 'val') if (root / 'train.csv').is_file() else ('val', 'train')
+        raise DataError(f'{root} has {have}.csv but no {missing}.csv: add {root / missing}.csv ("path,label" rows)')
     else:
         raise DataError(
             f'{root} is not a data directory se_hub can read: expected train/ and val/ folders with one '

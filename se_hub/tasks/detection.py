@@ -16,16 +16,20 @@ Data: a COCO annotation JSON and its image folder, for training and for validati
 1..K follow the categories sorted by id; 0 is the background (``num_classes`` = K + 1, as
 torchvision counts it). ``se-hub finetune-detect`` is the command-line face of
 :func:`train_detector`.
+
+Training runs on :mod:`se_hub.tasks.engine` (AMP, EMA, several processes with torchrun, atomic
+``last.pth`` / ``best.pth``, exact ``--resume``, ``metrics.jsonl`` with the COCO metrics of each
+evaluated epoch, ``curves.png``). The run's output folder also holds the exported detector
+(``detector.safetensors`` + ``detector.json``), rebuilt by ``load_detector(OUTPUT)``.
 """
 import argparse
 import contextlib
 import io
 import json
-import math
 import os
-import time
 import warnings
 from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -34,11 +38,11 @@ from torch import nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from . import checkpoints
+from .engine import LAST, Engine, Task, TrainConfig, autocast
 
 PathLike = Union[str, os.PathLike]
 KINDS = ('fasterrcnn', 'retinanet', 'maskrcnn')
-CHECKPOINT = 'checkpoint.pth'
-METRICS = 'metrics.json'
+EXPORT_WEIGHTS, EXPORT_CONFIG = 'detector.safetensors', 'detector.json'
 # names of COCOeval.stats, in order
 COCO_STATS = ('mAP', 'mAP50', 'mAP75', 'mAP_small', 'mAP_medium', 'mAP_large',
               'AR1', 'AR10', 'AR100', 'AR_small', 'AR_medium', 'AR_large')
@@ -271,6 +275,7 @@ def predict_coco(detector: nn.Module, dataset: CocoDetection, batch_size: int = 
     """The detector's detections on ``dataset`` as COCO result records (original category ids)."""
     import numpy as np
     from pycocotools import mask as mask_util
+    category_of = dataset.category_of if hasattr(dataset, 'category_of') else dataset.dataset.category_of  # Subset
     was_training = detector.training
     detector.eval().to(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -280,7 +285,7 @@ def predict_coco(detector: nn.Module, dataset: CocoDetection, batch_size: int = 
         for images, targets in loader:
             outputs = detector([im.to(device) for im in images])
             for target, out in zip(targets, outputs):
-                boxes = out['boxes'].cpu()
+                boxes = out['boxes'].float().cpu()
                 boxes[:, 2:] -= boxes[:, :2]
                 rles = None
                 if 'masks' in out:
@@ -288,9 +293,9 @@ def predict_coco(detector: nn.Module, dataset: CocoDetection, batch_size: int = 
                     rles = [mask_util.encode(np.asfortranarray(m)) for m in binary]
                 for k, (box, score, label) in enumerate(zip(boxes.tolist(), out['scores'].tolist(),
                                                             out['labels'].tolist())):
-                    if label not in dataset.category_of:
+                    if label not in category_of:
                         continue
-                    record = {'image_id': target['image_id'], 'category_id': dataset.category_of[label],
+                    record = {'image_id': target['image_id'], 'category_id': category_of[label],
                               'bbox': [round(v, 2) for v in box], 'score': round(score, 5)}
                     if rles is not None:
                         rle = rles[k]
@@ -337,120 +342,155 @@ def evaluate_detector(detector: nn.Module, annotation_file: PathLike, image_dir:
 # training
 
 
-def _epoch_order(n: int, seed: int, epoch: int, flip: bool) -> List[Tuple[int, bool]]:
-    """The image order and flips of one epoch, a function of (seed, epoch) only: a resumed run
-    sees the same batches as an uninterrupted one."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=g).tolist()
-    flips = (torch.rand(n, generator=g) < 0.5).tolist() if flip else [False] * n
-    return [(i, f) for i, f in zip(order, flips)]
+@dataclass
+class DetectOptions:
+    """Options of :func:`train_detector` (``se-hub finetune-detect --help`` describes each)."""
+    batch_size: int = 4  # per process
+    optimizer: str = 'sgd'  # any timm optimizer name: sgd (Nesterov), momentum (plain), adamw, ...
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100  # linear warm-up from lr / 1000, then cosine decay to min_lr
+    min_lr: float = 0.0
+    grad_clip: Optional[float] = 10.0
+    hflip: bool = True
+    ema: bool = False
+    ema_decay: float = 0.998
+    amp: str = 'auto'
+    seed: int = 0
+    device: Optional[str] = None
+    num_workers: int = 0
+    eval_every: int = 1
+    resume: bool = False
+    deterministic: bool = False
+    progress: bool = True
+    log_every: int = 50
+    export: str = 'best'  # the weights OUTPUT/detector.safetensors holds: 'best' (by val mAP) or 'last'
 
 
-def _lr_factor(warmup_iters: int, total_iters: int, warmup_factor: float = 0.001) -> Callable[[int], float]:
-    def factor(it: int) -> float:
-        if it < warmup_iters:
-            return warmup_factor + (1 - warmup_factor) * it / warmup_iters
-        progress = (it - warmup_iters) / max(1, total_iters - warmup_iters)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
+class DetectionTask(Task):
+    """A torchvision detector on an SE backbone, trained on a COCO-format set; COCO mAP on the
+    validation set; exported as ``detector.safetensors`` + ``detector.json``."""
+    name = 'detection'
+    score = 'mAP'
+    find_unused_parameters = True  # a batch without positives leaves some heads out of the loss
+
+    def __init__(self, make_detector: Callable[[bool], nn.Module], train_json: PathLike, train_images: PathLike,
+                 val_json: Optional[PathLike], val_images: Optional[PathLike], opts: DetectOptions, epochs: int):
+        self.make_detector, self.opts, self.epochs = make_detector, opts, epochs
+        self.train_json = train_json
+        self.train_set = CocoDetection(train_json, train_images, train=True)
+        self.val_set = None
+        if val_json is not None:
+            if val_images is None:
+                raise ValueError('a validation annotation file needs its image folder (--val-images)')
+            self.val_set = CocoDetection(val_json, val_images)
+            _same_categories(self.train_set, self.val_set)
+        if not self.train_set.categories:
+            raise ValueError(f'{train_json} lists no category')
+        self.categories = self.train_set.categories
+        self.flip = opts.hflip
+        self.collate_fn = _collate
+
+    def build(self, engine: Engine, resuming: bool) -> nn.Module:
+        detector = self.make_detector(resuming)
+        self.config = dict(getattr(detector, 'se_hub_config', {}))
+        if self.config.get('num_classes') is not None and self.config['num_classes'] < len(self.categories) + 1:
+            raise ValueError(f"the detector has {self.config['num_classes']} classes (background included) but "
+                             f'{self.train_json} has {len(self.categories)} categories: create it with '
+                             f'num_classes={len(self.categories) + 1}')
+        self.train_set.masks = self.config.get('kind') == 'maskrcnn'
+        self.detector = detector
+        return detector
+
+    def loss(self, model: nn.Module, batch, device: torch.device):
+        images, targets = batch
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        losses = model(images, targets)
+        return sum(losses.values()), len(images), {k: float(v) for k, v in losses.items()}
+
+    def evaluate(self, net: nn.Module, engine: Engine, prefix: str = '') -> Dict[str, Any]:
+        epoch = len(engine.history) + 1
+        if self.val_set is None or not (epoch % max(1, self.opts.eval_every) == 0 or epoch == self.epochs):
+            return {}
+        mine = engine.share(self.val_set)
+        with autocast(engine.plan):
+            records = predict_coco(net, mine, self.opts.batch_size, engine.device, 0)
+        merged = [r for part in engine.pg.gather(records) for r in part]
+        return {f'{prefix}{k}': v for k, v in coco_metrics(self.val_set, merged).items()}
+
+    def meta(self) -> Dict[str, Any]:
+        return {'detector_config': self.config, 'categories': self.categories, 'options': asdict(self.opts)}
+
+    def check_resume(self, ckpt: Dict[str, Any], path: Path) -> None:
+        old = [(c['id'], c['name']) for c in ckpt['categories']]
+        new = [(c['id'], c['name']) for c in self.categories]
+        if old != new:
+            raise ValueError(f'{path} was trained on the categories {old}, {self.train_json} has {new}: resume '
+                             'with the same data, or train into another --output')
+
+    def start_text(self, engine: Engine) -> str:
+        c = self.config
+        return (f"training a {c.get('kind', 'detector')} on {c.get('backbone', '?')} with {len(self.train_set)} "
+                f"train{f' / {len(self.val_set)} val' if self.val_set is not None else ''} images, "
+                f'{len(self.categories)} categories, for {self.epochs} epochs, {engine.pg.world} process(es) on '
+                f'{engine.device.type}')
+
+    def epoch_text(self, row: Dict[str, Any]) -> str:
+        text = ''.join(f'  {k} {row[k]:.4f}' for k in ('mAP', 'mAP50', 'ema_mAP') if k in row)
+        return text
+
+    def curves(self, history):
+        parts = sorted({k for h in history for k in h if k.startswith('train_loss_') or
+                        (k.startswith('train_') and k not in ('train_loss', 'train_images_per_s', 'train_time_s'))})
+        losses = [('train loss', 'train_loss')] + [(k[6:], k) for k in parts][:4]
+        metrics = [('val mAP', 'mAP'), ('val mAP50', 'mAP50'), ('EMA mAP', 'ema_mAP')]
+        c = self.config
+        return losses, metrics, 'COCO mAP', (0, 1), f"{c.get('kind', '')} {c.get('backbone', '')}"
+
+    def export(self, net: nn.Module, ckpt: Dict[str, Any], which: str, engine: Engine) -> Dict[str, Any]:
+        from safetensors.torch import save
+        state = ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
+        net.load_state_dict(state)
+        net.eval()
+        row = engine.history[ckpt['epoch'] - 1]
+        description = {'format': 'se_hub detector', 'config': self.config, 'categories': self.categories,
+                       'epoch': ckpt['epoch'], 'epochs': self.epochs, 'weights': which,
+                       'metrics': {k: row[k] for k in COCO_STATS if k in row}}
+        data = save({k: v.contiguous() for k, v in net.state_dict().items()})
+        checkpoints.write_atomic(engine.out / EXPORT_WEIGHTS, lambda f: f.write(data))
+        checkpoints.write_text_atomic(engine.out / EXPORT_CONFIG, json.dumps(description, indent=1) + '\n')
+        engine.log(f"exported the {which} weights (epoch {ckpt['epoch']}) to {engine.out}: "
+                   f"load_detector('{engine.out}') rebuilds it")
+        final = next((h for h in reversed(engine.history) if 'mAP' in h), None)
+        return {'history': list(engine.history), 'final': {k: final[k] for k in COCO_STATS} if final else None,
+                'detector': net, 'exported': which}
 
 
-def train_detector(detector: nn.Module, train_json: PathLike, train_images: PathLike,
-                   val_json: Optional[PathLike] = None, val_images: Optional[PathLike] = None, epochs: int = 12,
-                   output: PathLike = 'output', batch_size: int = 4, lr: float = 0.01, momentum: float = 0.9,
-                   weight_decay: float = 1e-4, optimizer: str = 'sgd', warmup_iters: int = 100,
-                   grad_clip: Optional[float] = 10.0, hflip: bool = True, resume: Union[bool, PathLike] = False,
-                   seed: int = 0, device: str = 'cpu', num_workers: int = 0, eval_every: int = 1,
-                   log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
-    """Fine-tune ``detector`` on a COCO-format set; evaluate on the validation set every
-    ``eval_every`` epochs (and after the last). After each epoch ``output/checkpoint.pth`` (model,
-    optimizer, scheduler, epoch, RNG states, detector config, categories, history) and
-    ``output/metrics.json`` are replaced atomically. ``resume=True`` continues from
-    ``output/checkpoint.pth`` (or from the path given). Learning rate: linear warm-up over
-    ``warmup_iters`` iterations, then cosine decay to 0 at the end of the last epoch.
-    Returns ``{'history': [per-epoch records], 'final': last validation metrics or None}``."""
-    log = log or (lambda _msg: None)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    config = getattr(detector, 'se_hub_config', {})
-    train_set = CocoDetection(train_json, train_images, train=True, masks=config.get('kind') == 'maskrcnn')
-    val_set = None
-    if val_json is not None:
-        if val_images is None:
-            raise ValueError('val_json needs val_images')
-        val_set = CocoDetection(val_json, val_images)
-        _same_categories(train_set, val_set)
-    if config.get('num_classes') is not None and config['num_classes'] < len(train_set.categories) + 1:
-        raise ValueError(f"the detector has {config['num_classes']} classes (background included) but "
-                         f'{train_json} has {len(train_set.categories)} categories: create it with '
-                         f'num_classes={len(train_set.categories) + 1}')
-    detector.to(device)
-    params = [p for p in detector.parameters() if p.requires_grad]
-    if optimizer == 'sgd':
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    elif optimizer == 'adamw':
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
-    iters_per_epoch = math.ceil(len(train_set) / batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_factor(min(warmup_iters, iters_per_epoch * epochs // 2), iters_per_epoch * epochs))
-    history: List[Dict[str, Any]] = []
-    start = 0
-    if resume:
-        path = output / CHECKPOINT if resume is True else Path(resume)
-        if not path.is_file():
-            raise FileNotFoundError(f'no checkpoint to resume from at {path}')
-        state = checkpoints.load(path)
-        detector.load_state_dict(state['model'])
-        opt.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        checkpoints.set_rng_state(state['rng'])
-        start, history = state['epoch'], list(state.get('history', []))
-        log(f'resumed from {path} after epoch {start}')
-    final = history[-1].get('val') if history else None
-    for epoch in range(start, epochs):
-        detector.train()
-        loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, num_workers=num_workers,
-                                             sampler=_epoch_order(len(train_set), seed, epoch, hflip),
-                                             collate_fn=_collate)
-        totals: Dict[str, float] = {}
-        t0, steps = time.time(), 0
-        for images, targets in loader:
-            images = [im.to(device) for im in images]
-            targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-            losses = detector(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f'loss is {loss.item()} at epoch {epoch + 1}: '
-                                         f'{ {k: v.item() for k, v in losses.items()} }; lower the learning rate')
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            scheduler.step()
-            steps += 1
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + v.item()
-            totals['loss'] = totals.get('loss', 0.0) + loss.item()
-        record: Dict[str, Any] = {'epoch': epoch + 1, 'lr': opt.param_groups[0]['lr'],
-                                  'seconds': round(time.time() - t0, 2),
-                                  **{k: v / max(1, steps) for k, v in totals.items()}}
-        if val_set is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-            results = predict_coco(detector, val_set, batch_size, device, num_workers)
-            final = coco_metrics(val_set, results)
-            record['val'] = final
-        history.append(record)
-        log(f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  lr {record['lr']:.2e}"
-            + (f"  val mAP {record['val']['mAP']:.4f}  mAP50 {record['val']['mAP50']:.4f}" if 'val' in record else ''))
-        checkpoints.save_atomic({'model': detector.state_dict(), 'optimizer': opt.state_dict(),
-                                 'scheduler': scheduler.state_dict(), 'epoch': epoch + 1,
-                                 'rng': checkpoints.rng_state(), 'config': config,
-                                 'categories': train_set.categories, 'history': history}, output / CHECKPOINT)
-        checkpoints.write_text_atomic(output / METRICS, json.dumps(
-            {'config': config, 'categories': train_set.categories, 'history': history}, indent=1))
-    return {'history': history, 'final': final}
+def train_detector(detector: Union[nn.Module, Callable[[bool], nn.Module]], train_json: PathLike,
+                   train_images: PathLike, val_json: Optional[PathLike] = None, val_images: Optional[PathLike] = None,
+                   epochs: int = 12, output: PathLike = 'output', **options: Any) -> Optional[Dict[str, Any]]:
+    """Fine-tune ``detector`` (a module, or a function ``resuming -> module``) on a COCO-format set
+    with the engine; evaluate on the validation set every ``eval_every`` epochs (and after the
+    last). ``options``: the fields of :class:`DetectOptions`. ``OUTPUT`` receives ``last.pth`` /
+    ``best.pth`` (atomic), ``metrics.jsonl``, ``curves.png`` and the exported detector.
+    Returns ``{'history', 'final' (last COCO metrics or None), 'detector', 'exported'}`` (None on
+    the ranks other than 0 of a multi-process run)."""
+    known = {f.name for f in fields(DetectOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    opts = DetectOptions(**options)
+    config = TrainConfig(epochs=int(epochs), batch_size=opts.batch_size, optimizer=opts.optimizer, lr=opts.lr,
+                         weight_decay=opts.weight_decay, momentum=opts.momentum, sched='cosine',
+                         warmup_steps=opts.warmup_iters, warmup_lr_factor=0.001, min_lr=opts.min_lr, ema=opts.ema,
+                         ema_decay=opts.ema_decay, amp=opts.amp, grad_clip=opts.grad_clip, seed=opts.seed,
+                         num_workers=opts.num_workers, device=opts.device, deterministic=opts.deterministic,
+                         resume=opts.resume, progress=opts.progress, log_every=opts.log_every)
+    engine = Engine(config, output, export=opts.export)
+    make = detector if not isinstance(detector, nn.Module) else (lambda resuming: detector)
+    return engine.run(DetectionTask(make, train_json, train_images, val_json, val_images, opts, int(epochs)))
 
 
 def _rebuild(config: Dict[str, Any]) -> nn.Module:
@@ -463,62 +503,53 @@ def _rebuild(config: Dict[str, Any]) -> nn.Module:
                                pretrained_backbone=False, **config)
 
 
-def load_detector(checkpoint: PathLike, map_location: str = 'cpu') -> nn.Module:
-    """Rebuild a detector from a checkpoint written by :func:`train_detector` (no download)."""
-    state = checkpoints.load(checkpoint, map_location)
-    detector = _rebuild(state['config'])
-    detector.load_state_dict(state['model'])
+def load_detector(path: PathLike, map_location: str = 'cpu') -> nn.Module:
+    """The detector exported by :func:`train_detector` / ``se-hub finetune-detect`` into the
+    folder ``path`` (``detector.json`` + ``detector.safetensors``), or the one in a training
+    checkpoint (``last.pth`` / ``best.pth``; its EMA weights when it has them). No download.
+    ``detector.categories`` lists the COCO categories of labels 1..K."""
+    path = Path(path)
+    if path.is_dir():
+        from safetensors.torch import load_file
+        described = path / EXPORT_CONFIG
+        if not described.is_file():
+            raise FileNotFoundError(f'{path} holds no exported detector ({EXPORT_CONFIG}): it is written at the end '
+                                    'of se-hub finetune-detect')
+        info = json.loads(described.read_text(encoding='utf-8'))
+        detector = _rebuild(info['config'])
+        detector.load_state_dict(load_file(str(path / EXPORT_WEIGHTS), device=map_location))
+        detector.categories = info['categories']
+        return detector.eval()
+    state = checkpoints.load(path, map_location)
+    detector = _rebuild(state['detector_config'])
+    detector.load_state_dict(state['ema'] if state.get('ema') is not None else state['model'])
     detector.categories = state.get('categories')
-    return detector
+    return detector.eval()
 
 
 # --------------------------------------------------------------------------------------------
-# command line
-
-
-def add_cli_parser(subparsers) -> argparse.ArgumentParser:
-    """The ``finetune-detect`` verb of ``se-hub``."""
-    p = subparsers.add_parser('finetune-detect', help='fine-tune a detector on an SE backbone (COCO-format data)')
-    p.add_argument('--backbone', required=True, help='se_hub model (optionally MODEL.TAG), e.g. se_resnet50')
-    p.add_argument('--kind', default='fasterrcnn', choices=KINDS)
-    p.add_argument('--train-json', required=True, help='COCO annotation file of the training set')
-    p.add_argument('--train-images', required=True, help='image folder of the training set')
-    p.add_argument('--val-json', help='COCO annotation file of the validation set')
-    p.add_argument('--val-images', help='image folder of the validation set')
-    p.add_argument('--output', required=True, help='folder for checkpoint.pth and metrics.json')
-    p.add_argument('--epochs', type=int, default=12)
-    p.add_argument('--batch-size', type=int, default=4)
-    p.add_argument('--lr', type=float, default=0.01)
-    p.add_argument('--optimizer', default='sgd', choices=('sgd', 'adamw'))
-    p.add_argument('--weight-decay', type=float, default=1e-4)
-    p.add_argument('--warmup-iters', type=int, default=100)
-    p.add_argument('--trainable-layers', type=int, help='backbone stages that train, from the top (default 3)')
-    p.add_argument('--no-pretrained', action='store_true', help='train the backbone from scratch')
-    p.add_argument('--min-size', type=int, default=800)
-    p.add_argument('--max-size', type=int, default=1333)
-    p.add_argument('--anchor-sizes', type=int, nargs=5, metavar='S', help='base anchor size per pyramid level')
-    p.add_argument('--fpn-channels', type=int, default=256)
-    p.add_argument('--resume', action='store_true', help='continue from OUTPUT/checkpoint.pth')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--workers', type=int, default=2)
-    p.add_argument('--seed', type=int, default=0)
-    p.set_defaults(func=run_cli)
-    return p
+# command line (arguments: se_hub_cli/parsers.py)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    if args.resume and (Path(args.output) / CHECKPOINT).is_file():
-        detector = _rebuild(checkpoints.load(Path(args.output) / CHECKPOINT)['config'])
-    else:
+    """``se-hub finetune-detect``."""
+    last = Path(args.output) / LAST
+
+    def make(resuming: bool) -> nn.Module:
+        if resuming:
+            return _rebuild(checkpoints.load(last)['detector_config'])
         num_classes = len(CocoDetection(args.train_json, args.train_images).categories) + 1
-        detector = create_detector(args.kind, args.backbone, num_classes, pretrained_backbone=not args.no_pretrained,
-                                   trainable_layers=args.trainable_layers, fpn_channels=args.fpn_channels,
-                                   min_size=args.min_size, max_size=args.max_size, anchor_sizes=args.anchor_sizes)
-    result = train_detector(detector, args.train_json, args.train_images, args.val_json, args.val_images,
-                            epochs=args.epochs, output=args.output, batch_size=args.batch_size, lr=args.lr,
-                            optimizer=args.optimizer, weight_decay=args.weight_decay,
-                            warmup_iters=args.warmup_iters, resume=args.resume, seed=args.seed, device=args.device,
-                            num_workers=args.workers)
-    if result['final']:
+        return create_detector(args.kind, args.backbone, num_classes, pretrained_backbone=args.pretrained,
+                               trainable_layers=args.trainable_layers, fpn_channels=args.fpn_channels,
+                               min_size=args.min_size, max_size=args.max_size, anchor_sizes=args.anchor_sizes)
+
+    options = {f.name: getattr(args, f.name) for f in fields(DetectOptions) if hasattr(args, f.name)}
+    from ..weights.sources import WeightsUnavailableError
+    try:
+        result = train_detector(make, args.train_json, args.train_images, args.val_json, args.val_images,
+                                epochs=args.epochs, output=args.output, **options)
+    except WeightsUnavailableError as e:
+        raise WeightsUnavailableError(f'{e}; or train the backbone from random weights with --no-pretrained') from None
+    if result is not None and result['final']:
         print(json.dumps({k: round(v, 4) for k, v in result['final'].items()}))
     return 0

@@ -15,9 +15,9 @@ Two layouts are read:
 
 - class folders: ``root/train/<scene>/*.jpg`` and ``root/val/<scene>/*.jpg``. A scene may be a
   nested folder (``apartment_building/outdoor``) or use a dash for the slash
-  (``apartment_building-outdoor``). The tree counts as Places-365 when ``root`` also holds
-  ``categories_places365.txt`` (which then fixes the class order) or when it has exactly 365
-  scene folders (sorted order).
+  (``apartment_building-outdoor``). The tree counts as Places-365 only when ``root`` also holds
+  ``categories_places365.txt`` (which then fixes the class order): a folder tree that merely has
+  365 classes is an ordinary data set and keeps its folder names.
 
 torchvision's own ``Places365`` class refuses any list file whose md5 differs from the complete
 official one, so it cannot read a subset, a re-split or a test tree. :class:`Places365Dataset`
@@ -284,13 +284,11 @@ def detect_places365(root: PathLike, train_transform: Optional[Callable] = None,
             raise Places365Error(f'{root} has {CATEGORIES_FILE} but neither the file lists '
                                  f"({', '.join(LIST_FILES.values())}) nor train/ and val/ scene folders")
         return None
-    if categories_file.is_file():
-        classes = [scene_name(c) for c in read_categories(categories_file, num_classes, verify_md5)]
-    else:
-        folders = sorted(_scene_folders(train_dir))
-        if len(folders) != NUM_CLASSES:
-            return None  # an ordinary class-folder data set
-        classes = [scene_name(f).replace('-', '/') for f in folders]
+    if not categories_file.is_file():
+        # an ordinary class-folder data set, whatever its number of classes: its folder names stay
+        # the class names (a Places-365 folder tree is recognised by its categories file)
+        return None
+    classes = [scene_name(c) for c in read_categories(categories_file, num_classes, verify_md5)]
     train = Places365Dataset.from_class_folders(train_dir, classes, train_transform)
     val = Places365Dataset.from_class_folders(val_dir, classes, val_transform)
     return train, val, classes

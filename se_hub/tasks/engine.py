@@ -1,0 +1,603 @@
+"""The one fine-tuning engine of se_hub: classification and detection supply a model, data, a loss
+and an evaluation (a :class:`Task`); the engine does everything else.
+
+- devices and processes: :func:`plan_device` decides device, process-group backend and mixed
+  precision from the command line and the torchrun environment (a pure function, tested for
+  every case without a GPU); :class:`ProcessGroup` holds the torchrun process group (gloo on
+  CPU, nccl on CUDA) and reduces numbers over it;
+- seeding (``timm.utils.random_seed``: seed + rank), the data order (:class:`EpochSampler`: a
+  function of seed and epoch only), AMP (bf16, or fp16 with a ``GradScaler``), EMA
+  (``timm.utils.ModelEmaV3``), gradient clipping, the optimizer
+  (``timm.optim.create_optimizer_v2``) and a per-step LR schedule (``timm.scheduler``);
+- outputs: atomic ``last.pth`` / ``best.pth`` (see :mod:`.checkpoints`), exact resume (model,
+  optimizer, schedule, EMA, scaler, the RNG of every process, the step), ``metrics.jsonl`` (one
+  row per epoch), ``curves.png``, progress (a bar on a terminal, plain lines otherwise), and the
+  task's export by rank 0.
+
+Several processes: ``torchrun --nproc_per_node N $(which se-hub) finetune ...`` (or
+``finetune-detect``): DistributedDataParallel, ``--batch-size`` per process, only rank 0 writes.
+"""
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import checkpoints
+
+LAST, BEST, METRICS, CURVES = 'last.pth', 'best.pth', 'metrics.jsonl', 'curves.png'
+CHECKPOINT_VERSION = 2
+AMP_CHOICES = ('auto', 'off', 'bf16', 'fp16')
+
+
+class DeviceError(ValueError):
+    """A --device / --amp choice this machine or this launch cannot honour."""
+
+
+# ------------------------------------------------------------------------------------ devices
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where one process runs and how: what :func:`plan_device` decided."""
+    device: str  # 'cpu', 'cuda:0', ...
+    amp: Optional[str]  # None (float32), 'bfloat16' or 'float16'
+    scaler: bool  # fp16 needs a GradScaler
+    backend: Optional[str]  # process-group backend; None for a single process
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def amp_dtype(self) -> Optional[torch.dtype]:
+        return getattr(torch, self.amp) if self.amp else None
+
+
+def _cuda_facts():
+    if not torch.cuda.is_available():
+        return 0, False
+    return torch.cuda.device_count(), torch.cuda.is_bf16_supported()
+
+
+def plan_device(device: Optional[str] = None, amp: str = 'auto', environ: Optional[Mapping[str, str]] = None,
+                cuda_devices: Optional[int] = None, bf16_supported: Optional[bool] = None) -> DevicePlan:
+    """Device, mixed precision and process-group backend of this process.
+
+    ``device``: None (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` (under torchrun:
+    the GPU of this process's ``LOCAL_RANK``) or ``cuda:N`` (one process only). ``amp``: ``auto``
+    (CUDA: bf16 where supported, else fp16 with a scaler; CPU: off), ``off``, ``bf16``, ``fp16``
+    (CUDA only). ``environ`` / ``cuda_devices`` / ``bf16_supported`` default to this machine's
+    (they are arguments so that every case can be tested without a GPU)."""
+    env = os.environ if environ is None else environ
+    if cuda_devices is None or bf16_supported is None:
+        count, bf16 = _cuda_facts()
+        cuda_devices = count if cuda_devices is None else cuda_devices
+        bf16_supported = bf16 if bf16_supported is None else bf16_supported
+    try:
+        world, rank, local_rank = (int(env.get(k, d)) for k, d in (('WORLD_SIZE', 1), ('RANK', 0), ('LOCAL_RANK', 0)))
+    except ValueError:
+        raise DeviceError('WORLD_SIZE, RANK and LOCAL_RANK must be integers (as torchrun sets them)') from None
+    launched = world > 1
+    text = (device or '').strip().lower()
+    if not text:
+        text = 'cuda' if cuda_devices else 'cpu'
+    kind, _, index = text.partition(':')
+    if kind == 'cpu' and not index:
+        dev = 'cpu'
+    elif kind == 'cuda':
+        if not cuda_devices:
+            raise DeviceError(f'--device {device}: torch finds no CUDA device on this machine '
+                              f'(torch {torch.__version__}, CUDA build: {torch.version.cuda or "no"}); '
+                              'use --device cpu, or install a CUDA build of torch')
+        if index:
+            if not index.isdigit():
+                raise DeviceError(f'--device {device}: expected cuda or cuda:N (N a GPU number)')
+            if launched:
+                raise DeviceError(f'--device {device} names one GPU, but torchrun started {world} processes: '
+                                  'use --device cuda (each process takes the GPU of its LOCAL_RANK; choose GPUs '
+                                  'with CUDA_VISIBLE_DEVICES)')
+            n = int(index)
+        else:
+            n = local_rank
+        if n >= cuda_devices:
+            what = f'LOCAL_RANK {n}' if not index else f'cuda:{n}'
+            raise DeviceError(f'--device {device}: {what} needs GPU {n}, but this machine shows {cuda_devices} '
+                              f'GPU(s) (0..{cuda_devices - 1})')
+        dev = f'cuda:{n}'
+    else:
+        raise DeviceError(f'--device {device}: choose cpu, cuda or cuda:N')
+
+    choice = (amp or 'off').lower()
+    if choice not in AMP_CHOICES:
+        raise DeviceError(f'--amp {amp}: choose one of {", ".join(AMP_CHOICES)}')
+    cuda = dev.startswith('cuda')
+    if choice == 'auto':
+        precision = ('bfloat16' if bf16_supported else 'float16') if cuda else None
+    elif choice == 'bf16':
+        if cuda and not bf16_supported:
+            raise DeviceError(f'--amp bf16: GPU {dev} does not support bfloat16; use --amp fp16')
+        precision = 'bfloat16'
+    elif choice == 'fp16':
+        if not cuda:
+            raise DeviceError('--amp fp16 needs a CUDA device (on a CPU use --amp bf16 or --amp off)')
+        precision = 'float16'
+    else:
+        precision = None
+    backend = ('nccl' if cuda else 'gloo') if launched else None
+    return DevicePlan(dev, precision, precision == 'float16', backend, world, rank, local_rank)
+
+
+def autocast(plan: DevicePlan):
+    dtype = plan.amp_dtype
+    return torch.autocast(torch.device(plan.device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+class ProcessGroup:
+    """The torchrun process group (created here when needed, destroyed by :meth:`close`)."""
+
+    def __init__(self, plan: DevicePlan):
+        import torch.distributed as dist
+        self.dist, self.plan = dist, plan
+        self.device = torch.device(plan.device)
+        if self.device.type == 'cuda':
+            torch.cuda.set_device(self.device)
+        self.owned = False
+        if plan.world > 1 and not dist.is_initialized():
+            dist.init_process_group(plan.backend, rank=plan.rank, world_size=plan.world)
+            self.owned = True
+        self.active = plan.world > 1 and dist.is_initialized()
+        self.world = dist.get_world_size() if self.active else 1
+        self.rank = dist.get_rank() if self.active else 0
+        self.main = self.rank == 0
+
+    def sum(self, values: Sequence[float]) -> List[float]:
+        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        if self.active:
+            self.dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj) -> List[Any]:
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.owned:
+            self.dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------- data order
+
+class EpochSampler(torch.utils.data.Sampler):
+    """This process's share of one epoch: a permutation that depends on (seed, epoch) only, padded
+    to a multiple of the process count (as DistributedSampler), then every world-th index from
+    rank. With ``flip=True`` each index comes with a horizontal-flip decision drawn the same way.
+    A resumed run therefore sees the same batches as an uninterrupted one."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True,
+                 flip: bool = False):
+        self.size, self.seed, self.rank, self.world, self.shuffle, self.flip = size, seed, rank, world, shuffle, flip
+        self.epoch = 0
+        self.per_rank = math.ceil(size / world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist() if self.shuffle else list(range(self.size))
+        flips = (torch.rand(self.size, generator=g) < 0.5).tolist() if self.flip else None
+        order += order[:self.per_rank * self.world - self.size]
+        mine = order[self.rank::self.world]
+        return iter([(i, flips[i]) for i in mine] if flips is not None else mine)
+
+
+# ---------------------------------------------------------------------------------- progress
+
+class Progress:
+    """A tqdm bar on a terminal; elsewhere (CI logs, nohup, a file) one plain line every
+    ``every`` steps and never a carriage return."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True, every: int = 50, stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.desc, self.every, self.count = total, desc, max(1, int(every)), 0
+        self.enabled = enabled
+        self.bar = None
+        self.postfix: Dict[str, str] = {}
+        isatty = getattr(self.stream, 'isatty', lambda: False)
+        if enabled and isatty():
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit='step', leave=False, dynamic_ncols=True, file=self.stream)
+
+    def update(self, **postfix: str) -> None:
+        self.count += 1
+        self.postfix = postfix
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update()
+        elif self.enabled and self.count % self.every == 0 and self.count < self.total:
+            extra = ''.join(f'  {k} {v}' for k, v in postfix.items())
+            print(f'{self.desc}  step {self.count}/{self.total}{extra}', file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------------- the task
+
+@dataclass
+class TrainConfig:
+    """What the engine needs to know of a run (each task fills it from its own options)."""
+    epochs: int
+    batch_size: int = 32  # per process
+    optimizer: str = 'adamw'  # any timm optimizer name: adamw, sgd (Nesterov), momentum (plain)
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    layer_decay: Optional[float] = None
+    sched: str = 'cosine'  # per-step cosine to min_lr, or step decay
+    warmup_epochs: float = 1.0
+    warmup_steps: Optional[int] = None  # overrides warmup_epochs
+    warmup_lr_factor: float = 0.01  # the warm-up starts at lr x this
+    decay_epochs: float = 30.0
+    decay_rate: float = 0.1
+    min_lr: float = 0.0
+    ema: bool = False
+    ema_decay: float = 0.998
+    amp: str = 'auto'
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    num_workers: int = 2
+    device: Optional[str] = None
+    deterministic: bool = False
+    resume: bool = False
+    progress: bool = True
+    log_every: int = 50  # plain progress lines (not a terminal): one every this many steps
+
+
+class Task:
+    """What a task supplies. ``net`` is the model as built (never the DDP wrapper)."""
+    name = 'task'
+    score = 'score'  # the row key that picks the best epoch (higher is better)
+    flip = False  # ask EpochSampler for horizontal-flip decisions
+    find_unused_parameters = False
+    collate_fn: Optional[Callable] = None
+    train_set: Any = None
+
+    def build(self, engine: 'Engine', resuming: bool) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch, device: torch.device):
+        """(loss tensor, images in the batch, {name: float} for the epoch's averages)."""
+        raise NotImplementedError
+
+    def evaluate(self, net: nn.Module, engine: 'Engine', prefix: str = '') -> Dict[str, Any]:
+        """Metrics over the whole validation set (reduced over processes), keys prefixed."""
+        return {}
+
+    def train_mode(self, net: nn.Module) -> None:
+        net.train()
+
+    def meta(self) -> Dict[str, Any]:
+        """Kept in each checkpoint; :meth:`check_resume` compares it with the run being resumed."""
+        return {}
+
+    def check_resume(self, ckpt: Dict[str, Any], path: Path) -> None:
+        pass
+
+    def start_text(self, engine: 'Engine') -> str:
+        return f'{self.name}: {engine.config.epochs} epochs'
+
+    def epoch_text(self, row: Dict[str, Any]) -> str:
+        return ''
+
+    def curves(self, history: List[Dict[str, Any]]):
+        """(loss series keys, metric series keys, metric panel title, y range or None, chart title)."""
+        return [], [], '', None, ''
+
+    def export(self, net: nn.Module, ckpt: Dict[str, Any], which: str, engine: 'Engine') -> Any:
+        return None
+
+
+# -------------------------------------------------------------------------------- the engine
+
+class Engine:
+    """Runs a :class:`Task` for ``config.epochs`` epochs into ``output``."""
+
+    def __init__(self, config: TrainConfig, output, export: str = 'best'):
+        if int(config.epochs) < 1:
+            raise ValueError('epochs must be at least 1')
+        if config.batch_size < 1:
+            raise ValueError('batch size must be at least 1')
+        if config.sched not in ('cosine', 'step'):
+            raise ValueError(f"sched must be 'cosine' or 'step', not {config.sched!r}")
+        if config.sched == 'step' and not (config.decay_epochs > 0 and 0 < config.decay_rate <= 1):
+            raise ValueError(f'the step schedule needs decay_epochs > 0 and 0 < decay_rate <= 1, got '
+                             f'{config.decay_epochs} and {config.decay_rate}')
+        if export not in ('best', 'last'):
+            raise ValueError(f"export must be 'best' or 'last', not {export!r}")
+        self.config, self.out, self.export_which = config, Path(output), export
+        self.plan = plan_device(config.device, config.amp)
+        self.pg: Optional[ProcessGroup] = None
+
+    # ---- small helpers the tasks use
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.plan.device)
+
+    @property
+    def main(self) -> bool:
+        return self.pg is None or self.pg.main
+
+    def log(self, *args, **kwargs) -> None:
+        if self.main:
+            print(*args, **kwargs)
+
+    def loader(self, dataset, shuffle: bool, flip: bool = False, batch_size: Optional[int] = None,
+               collate_fn=None, drop_last: bool = False):
+        from torch.utils.data import DataLoader
+        pg = self.pg
+        sampler = EpochSampler(len(dataset), self.config.seed, pg.rank, pg.world, shuffle, flip)
+        return DataLoader(dataset, batch_size=batch_size or self.config.batch_size, sampler=sampler,
+                          num_workers=self.config.num_workers, collate_fn=collate_fn, drop_last=drop_last,
+                          pin_memory=self.device.type == 'cuda')
+
+    def share(self, dataset):
+        """This process's share of an evaluation set: every world-th item, no padding (each item
+        is counted once over the processes)."""
+        from torch.utils.data import Subset
+        return Subset(dataset, range(self.pg.rank, len(dataset), self.pg.world))
+
+    # ---- the run
+    def run(self, task: Task):
+        deterministic = (torch.are_deterministic_algorithms_enabled(),
+                         torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+        if self.config.deterministic:
+            os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        self.pg = ProcessGroup(self.plan)
+        try:
+            self._prepare(task)
+            return self._fit(task)
+        finally:
+            self.pg.close()
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+            torch.backends.cudnn.benchmark = deterministic[2]
+
+    def _prepare(self, task: Task) -> None:
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import CosineLRScheduler, StepLRScheduler
+        from timm.utils import ModelEmaV3, random_seed
+
+        cfg, pg = self.config, self.pg
+        last = self.out / LAST
+        self.ckpt = None
+        if cfg.resume:
+            if not last.is_file():
+                raise FileNotFoundError(f'nothing to resume: {last} not found (leave out --resume to start a new run)')
+            self.ckpt = checkpoints.load(last)
+            if self.ckpt.get('version') != CHECKPOINT_VERSION or self.ckpt.get('task') != task.name:
+                raise ValueError(f'{last} is not a checkpoint of se-hub {task.name} (version {CHECKPOINT_VERSION})')
+            task.check_resume(self.ckpt, last)
+        elif last.exists():
+            raise FileExistsError(f'{self.out} already holds a run ({LAST}); pass --resume to continue it, or '
+                                  'choose another --output')
+
+        random_seed(cfg.seed, pg.rank)
+        self.net = task.build(self, resuming=self.ckpt is not None)
+        self.net.to(self.device)
+        self.train_loader = self.loader(task.train_set, shuffle=True, flip=task.flip, collate_fn=task.collate_fn)
+        self.steps_per_epoch = len(self.train_loader)
+        self.optimizer = create_optimizer_v2(self.net, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                             momentum=cfg.momentum, layer_decay=cfg.layer_decay)
+        total = self.steps_per_epoch * cfg.epochs
+        warmup = (cfg.warmup_steps if cfg.warmup_steps is not None
+                  else int(round(cfg.warmup_epochs * self.steps_per_epoch)))
+        warmup = min(max(0, warmup), max(0, total - 1))
+        start_lr = cfg.lr * cfg.warmup_lr_factor
+        # both schedules count optimizer steps: the LR follows the step exactly, also on resume
+        if cfg.sched == 'step':
+            decay = max(1, int(round(cfg.decay_epochs * self.steps_per_epoch)))
+            self.scheduler = StepLRScheduler(self.optimizer, decay_t=decay, decay_rate=cfg.decay_rate,
+                                             warmup_t=warmup, warmup_lr_init=start_lr, t_in_epochs=False)
+        else:
+            self.scheduler = CosineLRScheduler(self.optimizer, t_initial=total, lr_min=cfg.min_lr, warmup_t=warmup,
+                                               warmup_lr_init=start_lr, t_in_epochs=False)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.plan.scaler else None
+        self.ema = ModelEmaV3(self.net, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+        self.model = self.net
+        if pg.active:
+            from torch.nn.parallel import DistributedDataParallel
+            self.model = DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                find_unused_parameters=task.find_unused_parameters)
+        self.start_epoch, self.step, self.history = 0, 0, []
+        self.best_epoch, self.best_score = 0, -math.inf
+        if self.ckpt is not None:
+            self._restore(self.ckpt, task)
+        if pg.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            checkpoints.remove_stale_temporaries(self.out)
+            if self.ckpt is not None:
+                # a kill between last.pth and best.pth of the best epoch: best equals last then
+                if self.best_epoch == self.start_epoch and self.best_epoch > 0:
+                    checkpoints.copy_atomic(last, self.out / BEST)
+                self._write_metrics(task, rewrite=True)
+        pg.barrier()
+
+    def _restore(self, ckpt: Dict[str, Any], task: Task) -> None:
+        self.net.load_state_dict(ckpt['model'])
+        self.optimizer.load_state_dict(ckpt['optimizer'])
+        if ckpt['epochs'] == self.config.epochs:
+            self.scheduler.load_state_dict(ckpt['scheduler'])
+        else:  # the schedule is a function of the step: recomputed for the new length
+            self.log(f"note: {ckpt['epochs']} epochs were planned, now {self.config.epochs}: the LR schedule is "
+                     'stretched to the new length from here on')
+        if self.scaler is not None and ckpt.get('scaler'):
+            self.scaler.load_state_dict(ckpt['scaler'])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt['ema'] if ckpt.get('ema') else ckpt['model'])
+        self.start_epoch, self.step = ckpt['epoch'], ckpt['step']
+        self.history = list(ckpt['history'])
+        self.best_epoch, self.best_score = ckpt['best_epoch'], ckpt['best_score']
+        states = ckpt.get('rng') or []
+        if len(states) == self.pg.world:
+            checkpoints.set_rng_state(states[self.pg.rank])
+        else:  # another number of processes: a fresh, still deterministic, random state
+            from timm.utils import random_seed
+            random_seed(self.config.seed + 1000 * self.start_epoch, self.pg.rank)
+        self.scheduler.step_update(self.step)
+
+    def _train_epoch(self, task: Task, epoch: int) -> Dict[str, float]:
+        from .data import DataError, worker_error_message
+        cfg, pg = self.config, self.pg
+        self.train_loader.sampler.set_epoch(epoch)
+        task.train_mode(self.net)
+        sums: Dict[str, float] = {}
+        seen = 0
+        lr = max(g['lr'] for g in self.optimizer.param_groups)
+        start = time.perf_counter()
+        bar = Progress(self.steps_per_epoch, f'epoch {epoch + 1}/{cfg.epochs}', cfg.progress and pg.main,
+                       every=cfg.log_every)
+        try:
+            for batch in self.train_loader:
+                with autocast(self.plan):
+                    loss, n, parts = task.loss(self.model, batch, self.device)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f'the loss is {loss.item()} at epoch {epoch + 1} {parts}; the last '
+                                             f'good checkpoint is {self.out / LAST} (lower --lr?)')
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    if cfg.grad_clip:
+                        self.scaler.unscale_(self.optimizer)
+                        nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    loss.backward()
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+                    self.optimizer.step()
+                lr = max(g['lr'] for g in self.optimizer.param_groups)  # the LR this step trained with
+                self.step += 1
+                self.scheduler.step_update(self.step)
+                if self.ema is not None:
+                    self.ema.update(self.net, step=self.step)
+                seen += n
+                sums['loss'] = sums.get('loss', 0.0) + loss.item() * n
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v * n
+                elapsed = time.perf_counter() - start
+                bar.update(loss=f"{sums['loss'] / max(1, seen):.4f}",
+                           img_s=f'{seen * pg.world / max(elapsed, 1e-9):.1f}')
+        except Exception as e:
+            message = worker_error_message(e)
+            if message:
+                raise DataError(message) from None
+            raise
+        finally:
+            bar.close()
+        keys = sorted(sums)
+        totals = pg.sum([sums[k] for k in keys] + [seen])
+        elapsed = time.perf_counter() - start
+        n = max(1.0, totals[-1])
+        row = {f'train_{k}': totals[i] / n for i, k in enumerate(keys)}
+        row.update({'lr': lr, 'train_images_per_s': totals[-1] / elapsed, 'train_time_s': elapsed})
+        return row
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics everywhere (each process updated its own from its own
+        batches; rank 0's are the ones saved)."""
+        if self.pg.active:
+            from timm.utils import distribute_bn
+            distribute_bn(self.net, self.pg.world, reduce=False)
+            if self.ema is not None:
+                distribute_bn(self.ema.module, self.pg.world, reduce=False)
+
+    def _fit(self, task: Task):
+        cfg, pg = self.config, self.pg
+        self.log(task.start_text(self) if self.start_epoch == 0 else
+                 f'resuming {self.out} after epoch {self.start_epoch} of {cfg.epochs}')
+        for epoch in range(self.start_epoch, cfg.epochs):
+            row: Dict[str, Any] = {'epoch': epoch + 1}
+            row.update(self._train_epoch(task, epoch))
+            self._sync_buffers()
+            row.update(task.evaluate(self.net, self))
+            if self.ema is not None:
+                row.update(task.evaluate(self.ema.module, self, prefix='ema_'))
+            key = f'ema_{task.score}' if self.ema is not None and f'ema_{task.score}' in row else task.score
+            score = row.get(key)
+            is_best = score is not None and score > self.best_score
+            if is_best:
+                self.best_epoch, self.best_score = epoch + 1, score
+            self.history.append(row)
+            rng = pg.gather(checkpoints.rng_state())
+            if pg.main:
+                checkpoints.save_atomic(self._checkpoint(task, rng), self.out / LAST)
+                if is_best:
+                    checkpoints.copy_atomic(self.out / LAST, self.out / BEST)
+                self._write_metrics(task)
+                self.log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f}"
+                         f"{task.epoch_text(row)}  lr {row['lr']:.2e}  {row['train_images_per_s']:.1f} img/s  "
+                         f"{row['train_time_s']:.1f}s{'  *best*' if is_best else ''}", flush=True)
+        pg.barrier()
+        result = None
+        if pg.main:
+            which = self.export_which if (self.out / BEST).is_file() else 'last'
+            ckpt = checkpoints.load(self.out / (BEST if which == 'best' else LAST))
+            result = task.export(self.net.cpu(), ckpt, which, self)
+        pg.barrier()
+        return result
+
+    def _checkpoint(self, task: Task, rng: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return {
+            'version': CHECKPOINT_VERSION, 'task': task.name, **task.meta(), 'config': asdict(self.config),
+            'epoch': len(self.history), 'epochs': self.config.epochs, 'step': self.step,
+            'model': self.net.state_dict(), 'optimizer': self.optimizer.state_dict(),
+            'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict() if self.scaler else None,
+            'ema': self.ema.module.state_dict() if self.ema is not None else None,
+            'history': self.history, 'best_epoch': self.best_epoch, 'best_score': self.best_score, 'rng': rng,
+        }
+
+    def _write_metrics(self, task: Task, rewrite: bool = False) -> None:
+        from .curves import draw_curves
+        path = self.out / METRICS
+        if rewrite:
+            checkpoints.write_text_atomic(path, ''.join(json.dumps(h) + '\n' for h in self.history))
+        else:
+            with open(path, 'a', encoding='utf-8') as f:
+                f.write(json.dumps(self.history[-1]) + '\n')
+        if self.history:
+            losses, metrics, metric_title, y_range, title = task.curves(self.history)
+            checkpoints.write_atomic(self.out / CURVES, lambda f: draw_curves(
+                self.history, f, title=title, loss_keys=losses, metric_keys=metrics, metric_title=metric_title,
+                metric_range=y_range))
+
+
+def read_metrics(output) -> List[Dict[str, Any]]:
+    """The rows of ``output/metrics.jsonl``."""
+    return [json.loads(line) for line in (Path(output) / METRICS).read_text(encoding='utf-8').splitlines() if line]

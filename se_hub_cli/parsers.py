@@ -1,0 +1,149 @@
+"""Every verb's arguments, in one place, with the standard library only (``se-hub --help`` must
+not wait for torch). Each verb names its handler as ``'module:function'``; the handler is
+imported only when the verb runs."""
+import argparse
+
+AMP = ['auto', 'off', 'bf16', 'fp16']
+DETECTOR_KINDS = ['fasterrcnn', 'retinanet', 'maskrcnn']
+CLI = 'se_hub.cli'
+
+
+def _engine_arguments(p: argparse.ArgumentParser, batch_size: int, workers: int) -> None:
+    """The options both fine-tuning verbs share (they mean the same in both: se_hub/tasks/engine.py)."""
+    p.add_argument('--epochs', type=int, required=True)
+    p.add_argument('--output', required=True, metavar='OUT', help='last.pth / best.pth, metrics.jsonl, curves.png '
+                   'and the exported model')
+    p.add_argument('--batch-size', type=int, default=batch_size, help=f'per process (default {batch_size})')
+    p.add_argument('--momentum', type=float, default=0.9)
+    p.add_argument('--min-lr', type=float, default=0.0)
+    p.add_argument('--ema', action='store_true', help='keep an exponential moving average of the weights')
+    p.add_argument('--ema-decay', type=float, default=0.998)
+    p.add_argument('--amp', default='auto', choices=AMP,
+                   help='mixed precision (auto: bf16 on CUDA where supported, else fp16 with a grad scaler; '
+                   'off on CPU)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--workers', dest='num_workers', type=int, default=workers, help='data loading processes')
+    p.add_argument('--device', help='cpu, cuda (under torchrun: the GPU of LOCAL_RANK) or cuda:N '
+                   '(default: cuda if available)')
+    p.add_argument('--deterministic', action='store_true', help='deterministic algorithms only')
+    p.add_argument('--resume', action='store_true', help='continue the run in OUT from its last.pth')
+    p.add_argument('--export', default='best', choices=['best', 'last'], help='which weights OUT exports')
+    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress output')
+    p.add_argument('--log-every', type=int, default=50, metavar='N',
+                   help='when stderr is not a terminal: one progress line every N steps (default 50)')
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser('finetune', help='fine-tune a classifier on a directory of images (train/ + val/ class '
+                       'folders, or train.csv + val.csv)')
+    p.add_argument('--model', required=True, help='MODEL[.TAG], local-dir:PATH or hf-hub:REPO')
+    p.add_argument('--data', required=True, metavar='DIR', help='train/ and val/ class folders, train.csv and '
+                   'val.csv ("path,label" rows, paths relative to DIR), or a Places-365 tree')
+    _engine_arguments(p, batch_size=32, workers=2)
+    p.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=True,
+                   help='start from pretrained weights (default: yes)')
+    p.add_argument('--img-size', type=int, help="input size (default: the model's pretrained input size)")
+    p.add_argument('--opt', dest='optimizer', default='adamw', choices=['adamw', 'sgd', 'momentum'],
+                   help='adamw, sgd (Nesterov momentum) or momentum (plain momentum SGD, as in the paper)')
+    p.add_argument('--lr', type=float, help='peak learning rate (default 1e-3 adamw, 1e-2 sgd and momentum)')
+    p.add_argument('--weight-decay', type=float, help='default 0.05 adamw, 1e-4 sgd and momentum')
+    p.add_argument('--warmup-epochs', type=float, default=1.0, help='linear warm-up, then the schedule')
+    p.add_argument('--sched', default='cosine', choices=['cosine', 'step'],
+                   help='cosine decay to --min-lr over the run, or step decay (default cosine)')
+    p.add_argument('--decay-epochs', type=float, default=30.0, help='step schedule: epochs between decays')
+    p.add_argument('--decay-rate', type=float, default=0.1, help='step schedule: LR factor at each decay')
+    p.add_argument('--label-smoothing', type=float, default=0.1)
+    p.add_argument('--layer-decay', type=float, help='layer-wise LR decay, e.g. 0.75')
+    p.add_argument('--freeze-backbone', action='store_true', help='train the classifier only')
+    p.add_argument('--freeze-bn', action='store_true', help='keep BatchNorm statistics and parameters fixed')
+    p.add_argument('--no-augment', dest='augment', action='store_false', help='no train-time augmentation')
+    p.add_argument('--cutout', type=int, default=0, metavar='SIZE',
+                   help='Cutout (DeVries & Taylor 2017): zero one SIZExSIZE square of each training image')
+    p.add_argument('--drop-rate', type=float, default=0.0)
+    p.add_argument('--drop-path-rate', type=float, default=0.0)
+    p.add_argument('--grad-clip', type=float, help='clip the gradient norm')
+    p.add_argument('--push', metavar='REPO', help='publish the fine-tuned model to this Hub repo')
+    p.add_argument('--no-check-images', dest='check_images', action='store_false',
+                   help='skip opening every image before training (large data sets)')
+    p.set_defaults(handler='se_hub.tasks.classification:finetune_command')
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser('evaluate', help='top-1 / top-k and confusion matrix of a model on a data directory')
+    p.add_argument('--model', required=True, help='MODEL[.TAG], local-dir:OUT (or OUT), hf-hub:REPO')
+    p.add_argument('--data', required=True, metavar='DIR', help='a data directory, as for finetune')
+    p.add_argument('--split', default='val', choices=['val', 'train'])
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--img-size', type=int)
+    p.add_argument('--workers', dest='num_workers', type=int, default=2)
+    p.add_argument('--device')
+    p.add_argument('--output', metavar='DIR', help='write confusion.png, confusion.txt and evaluation.json here')
+    p.add_argument('--json', action='store_true', help='print JSON')
+    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress output')
+    p.set_defaults(handler='se_hub.tasks.classification:evaluate_command')
+
+
+def _add_finetune_detect(sub) -> None:
+    p = sub.add_parser('finetune-detect', help='fine-tune a detector on an SE backbone (COCO-format data)')
+    p.add_argument('--backbone', required=True, help='se_hub model (optionally MODEL.TAG), e.g. se_resnet50')
+    p.add_argument('--kind', default='fasterrcnn', choices=DETECTOR_KINDS)
+    p.add_argument('--train-json', required=True, help='COCO annotation file of the training set')
+    p.add_argument('--train-images', required=True, help='image folder of the training set')
+    p.add_argument('--val-json', help='COCO annotation file of the validation set')
+    p.add_argument('--val-images', help='image folder of the validation set')
+    _engine_arguments(p, batch_size=4, workers=2)
+    p.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=True,
+                   help='start the backbone from pretrained weights (default: yes)')
+    p.add_argument('--lr', type=float, default=0.01)
+    p.add_argument('--optimizer', default='sgd', choices=['sgd', 'momentum', 'adamw'])
+    p.add_argument('--weight-decay', type=float, default=1e-4)
+    p.add_argument('--warmup-iters', type=int, default=100)
+    p.add_argument('--grad-clip', type=float, default=10.0, help='clip the gradient norm (default 10)')
+    p.add_argument('--no-hflip', dest='hflip', action='store_false', help='no random horizontal flips')
+    p.add_argument('--eval-every', type=int, default=1, metavar='N', help='COCO evaluation every N epochs')
+    p.add_argument('--trainable-layers', type=int, help='backbone stages that train, from the top (default 3)')
+    p.add_argument('--min-size', type=int, default=800)
+    p.add_argument('--max-size', type=int, default=1333)
+    p.add_argument('--anchor-sizes', type=int, nargs=5, metavar='S', help='base anchor size per pyramid level')
+    p.add_argument('--fpn-channels', type=int, default=256)
+    p.set_defaults(handler='se_hub.tasks.detection:run_cli')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='se-hub', description='The Squeeze-and-Excitation model zoo for timm.')
+    parser.add_argument('--debug', action='store_true', help='show tracebacks')
+    sub = parser.add_subparsers(dest='command', required=True)
+    p = sub.add_parser('list', help='models with parameters, multiply-adds and the paper row')
+    p.add_argument('filter', nargs='?', help="name or glob, e.g. 'se_resnet50*'")
+    p.add_argument('--exclude', action='append', default=[], metavar='GLOB', help='leave out matching models')
+    p.add_argument('--pretrained', action='store_true', help='only models with published weights, with their tags')
+    p.add_argument('--markdown', action='store_true', help='print a markdown table (as in README.md)')
+    p.add_argument('--wide', action='store_true', help='every column (the default fits 100 columns)')
+    p.set_defaults(handler='se_hub_cli.listing:cmd_list')
+    p = sub.add_parser('info', help='architecture, cost, weights and their sources, metrics, preprocessing')
+    p.add_argument('model')
+    p.set_defaults(handler=f'{CLI}:cmd_info')
+    p = sub.add_parser('download', help='fetch and verify pretrained weights into the local caches')
+    p.add_argument('models', nargs='+', metavar='MODEL[.TAG]')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    p.set_defaults(handler=f'{CLI}:cmd_download')
+    p = sub.add_parser('verify', help='re-hash every cached weight file; damaged files are removed')
+    p.set_defaults(handler=f'{CLI}:cmd_verify')
+    p = sub.add_parser('predict', help='classify images with a pretrained model')
+    p.add_argument('images', nargs='+', metavar='IMAGE', help="image files, or skimage:NAME (e.g. skimage:chelsea)")
+    p.add_argument('--model', required=True, help="MODEL[.TAG], hf-hub:REPO or local-dir:PATH")
+    p.add_argument('--topk', type=int, default=5)
+    p.add_argument('--json', action='store_true', help='print JSON')
+    p.set_defaults(handler=f'{CLI}:cmd_predict')
+    p = sub.add_parser('push', help='publish a model in timm Hub format')
+    p.add_argument('model', help='MODEL[.TAG], a directory exported by se_hub, hf-hub:REPO or local-dir:PATH')
+    p.add_argument('repo_id')
+    p.add_argument('--checkpoint', help='load this checkpoint (any supported layout) into MODEL first')
+    p.add_argument('--private', action='store_true')
+    p.add_argument('--revision')
+    p.set_defaults(handler=f'{CLI}:cmd_push')
+    # fine-tuning: classification, evaluation, detection (the work in se_hub/tasks/)
+    _add_finetune(sub)
+    _add_evaluate(sub)
+    _add_finetune_detect(sub)
+    return parser
