@@ -14,6 +14,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 pytest.importorskip('pycocotools')
 
+from se_hub.tasks import checkpoints  # noqa: E402
 from se_hub.tasks.detection import (  # noqa: E402
     CocoDetection,
     create_backbone,
@@ -260,74 +261,132 @@ def test_evaluation_against_ground_truth(tmp_path):
 # training
 
 
+def _boxes_of_the_right_class(detector, dataset, images=4, score=0.5, iou=0.5):
+    """How many of the first ``images`` images get a detection (score > ``score``) that overlaps
+    one of their ground-truth boxes (IoU > ``iou``) with that box's label."""
+    from torchvision.ops import box_iou
+    hits = 0
+    detector.eval()
+    with torch.no_grad():
+        for i in range(images):
+            image, target = dataset[i]
+            out = detector([image])[0]
+            keep = out['scores'] > score
+            if not keep.any() or not len(target['boxes']):
+                continue
+            overlap = box_iou(out['boxes'][keep], target['boxes']) > iou
+            same = out['labels'][keep][:, None] == target['labels'][None, :]
+            hits += bool((overlap & same).any())
+    return hits
+
+
 def test_training_raises_coco_map(tmp_path, one_thread):
     """A Faster R-CNN on an SE-ResNet-18 trained from scratch on 32 synthetic images: COCO mAP@0.5
-    on 16 held-out images goes from the untrained model's to well above it."""
+    on 16 held-out images goes from the untrained model's to well above it; it finds boxes of the
+    right category on the images it was trained on; its export reloads with one call."""
     train_json, train_images = make_coco_set(tmp_path / 'train', 32, seed=0)
     val_json, val_images = make_coco_set(tmp_path / 'val', 16, seed=1)
     torch.manual_seed(0)
     det = create_detector('fasterrcnn', 'se_resnet18', num_classes=3, pretrained_backbone=False, fpn_channels=64,
                           min_size=128, max_size=128, anchor_sizes=(16, 24, 32, 48, 64), **SMALL_RCNN)
     before = evaluate_detector(det, val_json, val_images)
-    lines = []
+    train_set = CocoDetection(train_json, train_images)
+    assert _boxes_of_the_right_class(det, train_set) == 0  # untrained: nothing confident and right
     t0 = time.time()
-    result = train_detector(det, train_json, train_images, val_json, val_images, epochs=6, output=tmp_path / 'out',
+    out = tmp_path / 'out'
+    result = train_detector(det, train_json, train_images, val_json, val_images, epochs=6, output=out,
                             batch_size=4, lr=2e-3, optimizer='adamw', warmup_iters=10, eval_every=6,
-                            log=lines.append)
+                            progress=False)
     seconds = time.time() - t0
     after = result['final']
     print(f"mAP50 {before['mAP50']:.3f} -> {after['mAP50']:.3f}, mAP {before['mAP']:.3f} -> {after['mAP']:.3f}, "
           f'{seconds:.0f} s of training')
     assert after['mAP50'] > 0.5 and after['mAP50'] > before['mAP50'] + 0.4
     assert after['mAP'] > before['mAP'] + 0.15
+    assert _boxes_of_the_right_class(det, train_set) >= 3  # boxes of the right category where they are
     history = result['history']
-    assert len(history) == 6 == len(lines) and history[-1]['loss'] < history[0]['loss']
-    # the checkpoint and metrics.json of the last epoch; the checkpoint rebuilds the same detector
-    state = torch.load(tmp_path / 'out' / 'checkpoint.pth', map_location='cpu', weights_only=False)
-    assert state['epoch'] == 6 and {'model', 'optimizer', 'scheduler', 'rng', 'config'} <= set(state)
+    assert len(history) == 6 and history[-1]['train_loss'] < history[0]['train_loss']
+    assert 'mAP' in history[-1] and 'mAP' not in history[0]  # evaluated every 6th epoch
+    # the engine's outputs: atomic checkpoints, metrics.jsonl, curves.png
+    state = checkpoints.load(out / 'last.pth')
+    assert state['epoch'] == 6 and {'model', 'optimizer', 'scheduler', 'rng', 'detector_config'} <= set(state)
     assert [c['id'] for c in state['categories']] == [3, 7]
-    metrics = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
-    assert metrics['history'][-1]['val']['mAP50'] == pytest.approx(after['mAP50'])
-    reloaded = evaluate_detector(load_detector(tmp_path / 'out' / 'checkpoint.pth'), val_json, val_images)
-    assert reloaded['mAP50'] == pytest.approx(after['mAP50'], abs=1e-6)
-    assert not list((tmp_path / 'out').glob('.*tmp'))  # no temporary file left behind
+    rows = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert rows[-1]['mAP50'] == pytest.approx(after['mAP50']) and len(rows) == 6
+    with Image.open(out / 'curves.png') as img:
+        assert img.format == 'PNG'
+    # the export: one call rebuilds the detector, which scores the same
+    reloaded = load_detector(out)
+    assert [c['name'] for c in reloaded.categories] == ['square', 'disc']
+    assert evaluate_detector(reloaded, val_json, val_images)['mAP50'] == pytest.approx(after['mAP50'], abs=1e-6)
+    assert not list(out.glob('.*'))  # no temporary file left behind
 
 
-def test_resume_continues_exactly(tmp_path, one_thread):
-    """A 2-epoch run killed during epoch 2 and resumed ends with the weights of an uninterrupted one
-    (same batches, flips, RPN / RoI sampling RNG, optimizer and learning-rate schedule)."""
+def _tiny_detector(kind='fasterrcnn'):
+    return create_detector(kind, 'se_resnet18', 3, pretrained_backbone=False, fpn_channels=16, min_size=64,
+                           max_size=64, anchor_sizes=(8, 12, 16, 24, 32), **(SMALL_RCNN if kind != 'retinanet'
+                                                                             else {}))
+
+
+def test_resume_continues_exactly(tmp_path, one_thread, monkeypatch):
+    """A 2-epoch run killed after epoch 1 and resumed ends with the weights of an uninterrupted one
+    (same batches, flips, RPN / RoI sampling RNG, optimizer and learning-rate schedule, EMA)."""
+    from se_hub.tasks.engine import Engine
     train_json, train_images = make_coco_set(tmp_path / 'train', 6, seed=2, size=64)
 
-    def run(output, resume=False, log=None):
+    def run(output, resume=False):
         torch.manual_seed(0)
-        det = create_detector('fasterrcnn', 'se_resnet18', 3, pretrained_backbone=False, fpn_channels=16,
-                              min_size=64, max_size=64, anchor_sizes=(8, 12, 16, 24, 32), **SMALL_RCNN)
+        det = _tiny_detector()
         torch.manual_seed(123)  # the state a resumed run must restore
-        train_detector(det, train_json, train_images, epochs=2, output=output, batch_size=3, lr=1e-3,
-                       optimizer='adamw', warmup_iters=2, resume=resume, log=log)
-        return det
-
-    def killed_in_epoch_2(message):
-        if message.startswith('epoch 2/2'):
-            raise KeyboardInterrupt
+        train_detector(det, train_json, train_images, train_json, train_images, epochs=2, output=output,
+                       batch_size=3, lr=1e-3, optimizer='adamw', warmup_iters=2, resume=resume, ema=True,
+                       ema_decay=0.9, progress=False)
+        return checkpoints.load(Path(output) / 'last.pth')
 
     straight = run(tmp_path / 'a')
+    original = Engine._train_epoch
+
+    def killed_in_epoch_2(self, task, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, task, epoch)
+
+    monkeypatch.setattr(Engine, '_train_epoch', killed_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / 'b', log=killed_in_epoch_2)
-    first = torch.load(tmp_path / 'b' / 'checkpoint.pth', map_location='cpu', weights_only=False)
-    assert first['epoch'] == 1
+        run(tmp_path / 'b')
+    monkeypatch.undo()
+    assert checkpoints.load(tmp_path / 'b' / 'last.pth')['epoch'] == 1
     resumed = run(tmp_path / 'b', resume=True)
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
-    with pytest.raises(FileNotFoundError, match='no checkpoint to resume from'):
+    for part in ('model', 'ema'):
+        for name, a in straight[part].items():
+            torch.testing.assert_close(a, resumed[part][name], rtol=1e-4, atol=1e-5, msg=name)
+    assert [r['mAP'] for r in straight['history']] == pytest.approx([r['mAP'] for r in resumed['history']])
+    with pytest.raises(FileNotFoundError, match='nothing to resume'):
         run(tmp_path / 'c', resume=True)
+
+
+def test_amp_bf16_and_ema_on_cpu(tmp_path, one_thread):
+    """Detection under the engine's AMP (bf16 autocast on the CPU) with an EMA: the EMA weights
+    are what is exported, and metrics.jsonl has the EMA's mAP too."""
+    train_json, train_images = make_coco_set(tmp_path / 'train', 4, seed=8, size=64)
+    torch.manual_seed(0)
+    result = train_detector(_tiny_detector('retinanet'), train_json, train_images, train_json, train_images,
+                            epochs=1, output=tmp_path / 'out', batch_size=2, lr=1e-3, optimizer='adamw',
+                            warmup_iters=1, amp='bf16', ema=True, ema_decay=0.5, progress=False)
+    state = checkpoints.load(tmp_path / 'out' / 'last.pth')
+    assert state['config']['amp'] == 'bf16' and state['ema'] is not None
+    assert any(not torch.equal(state['ema'][k], state['model'][k]) for k in state['model'])
+    assert 'ema_mAP' in result['history'][0] and 'mAP' in result['history'][0]
+    exported = load_detector(tmp_path / 'out').state_dict()
+    for k, v in state['ema'].items():
+        assert torch.equal(exported[k], v), k
 
 
 def test_wrong_number_of_classes(tmp_path):
     train_json, train_images = make_coco_set(tmp_path, 2, seed=4, size=64)
     det = create_detector('retinanet', 'se_resnet18', 2, pretrained_backbone=False, min_size=64, max_size=64)
     with pytest.raises(ValueError, match='num_classes=3'):
-        train_detector(det, train_json, train_images, epochs=1, output=tmp_path / 'out', log=None)
+        train_detector(det, train_json, train_images, epochs=1, output=tmp_path / 'out', progress=False)
 
 
 def test_cli_finetune_detect(tmp_path, capsys, one_thread):
@@ -339,8 +398,9 @@ def test_cli_finetune_detect(tmp_path, capsys, one_thread):
             '--min-size', '64', '--max-size', '64', '--fpn-channels', '16', '--anchor-sizes', '8', '12', '16', '24',
             '32', '--workers', '0', '--optimizer', 'adamw', '--lr', '1e-3', '--warmup-iters', '2']
     assert main(args + ['--epochs', '1']) == 0
-    assert torch.load(tmp_path / 'out' / 'checkpoint.pth', weights_only=False)['epoch'] == 1
+    assert checkpoints.load(tmp_path / 'out' / 'last.pth')['epoch'] == 1
     assert main(args + ['--epochs', '2', '--resume']) == 0
     out = capsys.readouterr().out
-    assert 'resumed from' in out and 'epoch 2/2' in out and '"mAP50"' in out
-    assert torch.load(tmp_path / 'out' / 'checkpoint.pth', weights_only=False)['epoch'] == 2
+    assert 'resuming' in out and 'epoch 2/2' in out and '"mAP50"' in out
+    assert checkpoints.load(tmp_path / 'out' / 'last.pth')['epoch'] == 2
+    assert len((tmp_path / 'out' / 'metrics.jsonl').read_text().splitlines()) == 2

@@ -201,14 +201,17 @@ def test_not_a_places_tree(tmp_path):
     assert detect_places365(plain) is None
 
 
-def test_full_class_folder_tree_without_categories_file(tmp_path):
-    cats = [f'/s/scene_{i:03d}' for i in range(365)]
-    for i, cat in enumerate(cats):
+def test_a_365_class_folder_tree_is_not_taken_for_places365(tmp_path):
+    """365 class folders without categories_places365.txt: an ordinary data set whose class names
+    stay as on disk (dashes and all), not scene names."""
+    from se_hub.tasks.data import find_splits
+    names = [f'kind-{i:03d}' for i in range(365)]
+    for i, name in enumerate(names):
         for split in ('train', 'val'):
-            _jpeg(tmp_path / split / scene_name(cat) / '0.jpg', (i % 256, 0, 0))
-    train, val, classes = detect_places365(tmp_path)
-    assert len(classes) == 365 and classes[0] == 'scene_000' and classes[-1] == 'scene_364'
-    assert train.targets == list(range(365)) == val.targets
+            _jpeg(tmp_path / split / name / '0.jpg', (i % 256, 0, 0))
+    assert detect_places365(tmp_path) is None
+    splits = find_splits(tmp_path, check_images=False)
+    assert splits.layout == 'folders' and splits.classes == names
 
 
 @pytest.fixture
@@ -237,8 +240,8 @@ def test_paper_recipe_on_a_miniature_devkit_tree_then_predict_prints_scene_names
                  '--workers', '0', '--no-progress']) == 0
     assert 'places365 layout: 30 train / 30 val images, 5 classes' in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
-    # the LR of the next step after each epoch (8 steps): x0.1 every 2 epochs
-    assert [r['lr'] for r in rows] == pytest.approx([lr, lr * 0.1, lr * 0.1, lr * 0.01])
+    # the LR each epoch's last step (8 steps an epoch) trained with: x0.1 every 2 epochs
+    assert [r['lr'] for r in rows] == pytest.approx([lr, lr, lr * 0.1, lr * 0.1])
     optimizer = checkpoints.load(out / 'last.pth')['optimizer']['param_groups'][0]
     assert optimizer['momentum'] == 0.9 and optimizer['nesterov'] is False  # the paper's plain momentum SGD
     assert max(r['top1'] for r in rows) >= 80.0  # one colour per scene: learnt (chance is 20%)
