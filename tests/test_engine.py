@@ -315,9 +315,12 @@ def test_two_process_run_killed_and_resumed_ends_with_the_same_weights(tmp_path)
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
-        proc.wait(timeout=60)
-        proc.stdout.close()
+        proc.send_signal(signal.SIGTERM)  # torchrun stops both workers, waits for them, then exits
+        try:
+            proc.wait(timeout=60)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+            proc.stdout.close()
     kept = checkpoints.load(killed / 'last.pth')['epoch']
     assert 1 <= kept < 3
     run = _torchrun(*common, '--output', str(killed), '--resume')

@@ -408,7 +408,7 @@ class DetectionTask(Task):
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
         losses = model(images, targets)
-        return sum(losses.values()), len(images), {k: float(v) for k, v in losses.items()}
+        return sum(losses.values()), len(images), {k: float(v.detach()) for k, v in losses.items()}
 
     def evaluate(self, net: nn.Module, engine: Engine, prefix: str = '') -> Dict[str, Any]:
         epoch = len(engine.history) + 1
