@@ -18,7 +18,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .weights.manifest import weights_by_model
     from .weights.sources import describe
     name, _ = split_model_name(args.model)
-    info, cost = MODELS[name], catalog()['models'][name]  # figures measured by tools/make_catalog_costs.py
+    info, cost = MODELS[name], catalog()['models'].get(name)  # figures measured by tools/make_catalog_costs.py
+    if cost is None:
+        raise ValueError(f'{name} is not in se_hub/models/catalog_costs.json: run python tools/make_catalog_costs.py')
     params, macs, size = cost['params'], cost['macs'], cost['input_size']
     print(f'{name}: {info.description}')
     print(f'  family: {info.family}   params: {params / 1e6:.2f}M   multiply-adds: {macs / 1e9:.3f} G '
