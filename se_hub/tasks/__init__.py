@@ -1,4 +1,5 @@
-"""Fine-tuning tasks: image classification (``finetune``, ``evaluate``), Places-365, detection.
+"""Fine-tuning tasks on one engine (:mod:`.engine`): image classification (``finetune``,
+``evaluate``; :mod:`.classification`), Places-365 (:mod:`.places365`), detection (:mod:`.detection`).
 
 The classification entry points are imported lazily so that ``import se_hub.tasks.<module>``
 of one task does not pull in the others.
