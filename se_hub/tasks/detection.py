@@ -533,6 +533,9 @@ def load_detector(path: PathLike, map_location: str = 'cpu') -> nn.Module:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``se-hub finetune-detect``."""
+    import importlib.util
+    if importlib.util.find_spec('pycocotools') is None:
+        raise ModuleNotFoundError("finetune-detect needs pycocotools: pip install 'se-hub[detection]'")
     last = Path(args.output) / LAST
 
     def make(resuming: bool) -> nn.Module:
