@@ -23,7 +23,9 @@ def _handler(ref: str):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _handler(args.handler)(args)
+        # a verb names its handler as 'module:function' (imported now); `func` (a callable) also works
+        run = getattr(args, 'func', None) or _handler(args.handler)
+        return run(args)
     except KeyboardInterrupt:
         print('se-hub: interrupted', file=sys.stderr)
         return 130
