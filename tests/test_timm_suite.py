@@ -44,6 +44,7 @@ CODE_PATHS = [
     'se_bn_inception', 'se_inception_v3', 'se_inception_resnet_v2',
     'se_efficientnet_b0', 'se_efficientnet_b3', 'se_tf_efficientnet_b0', 'se_efficientnet_lite0',
     'se_resnet20_cifar', 'se_resnet164_cifar', 'se_wrn16_8_cifar',
+    'se_mobilenet', 'se_shufflenet', 'se_vgg16', 'se_shake_shake26_2x96d_cifar',
 ]
 # Scripting compiles every block: fewer still.
 SCRIPT_MODELS = ['se_resnet18', 'se_resnet34b', 'se_resnet50', 'se_resnext26d_32x4d', 'se_resnet50_nosqueeze',
