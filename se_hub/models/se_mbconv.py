@@ -426,12 +426,15 @@ _PREPROCESS = {
         ('lite4', 380, 0.92))},
 }
 
+_BILINEAR = ('se_tf_efficientnet_lite3', 'se_tf_efficientnet_lite4')  # as timm's cfgs; every other one is bicubic
+
 
 def _cfg(name: str) -> Dict[str, Any]:
     size, crop_pct, crop_mode, (mean, std), test_size, test_crop_pct = _PREPROCESS[name]
     cfg = {
         'num_classes': 1000, 'input_size': (3, size, size), 'pool_size': (math.ceil(size / 32),) * 2,
-        'crop_pct': crop_pct, 'crop_mode': crop_mode, 'interpolation': 'bicubic', 'mean': mean, 'std': std,
+        'crop_pct': crop_pct, 'crop_mode': crop_mode, 'interpolation': 'bilinear' if name in _BILINEAR else 'bicubic',
+        'mean': mean, 'std': std,
         'first_conv': 'conv_stem', 'classifier': 'classifier', 'license': 'apache-2.0',
         'description': ARCHS[name]['description'],
         'paper_ids': 'arXiv:1905.11946',

@@ -237,7 +237,7 @@ def _init_weights(model: nn.Module) -> None:
 # Configurations: the paper's Table 3 (TPAMI version of arXiv:1709.01507). MFLOPs there are
 # multiply-adds at 224x224; the errors are the paper's re-implementations.
 _SE = dict(se_args=dict(rd_ratio=1 / 16, rd_divisor=1))
-_TABLE3 = 'TPAMI Table 3 (arXiv:1709.01507v4)'
+_TABLE3 = 'TPAMI Table 3'
 
 ARCHS: Dict[str, Dict[str, Any]] = {}
 ARCHS_SHUFFLE: Dict[str, Dict[str, Any]] = {}
