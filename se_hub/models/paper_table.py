@@ -6,6 +6,7 @@ Figures are the paper's: params in millions, "GFLOPs" (multiply-adds at the inpu
 of Table 3 given here in G), results as printed. ``(baseline, SE)`` pairs; None where the paper
 prints none. The SE-ResNet-50 ablations (Tables 10-15) have their own README table.
 """
+from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple
 
 Pair = Tuple[Optional[float], Optional[float]]
@@ -66,11 +67,17 @@ def _fmt_pair(pair: Pair, digits: int) -> str:
     return ' -> '.join('—' if v is None else f'{v:.{digits}f}' for v in pair)
 
 
+@lru_cache(maxsize=None)
+def _complexity(model: str, kwargs: Tuple[Tuple[str, Any], ...]) -> Tuple[int, int]:
+    from ..complexity import model_complexity
+    return model_complexity(model, **dict(kwargs))
+
+
 def measured(row: Dict[str, Any]) -> Dict[str, Pair]:
     """se_hub's (baseline, SE) parameters and multiply-adds for a row (baseline: se_layer='none')."""
-    from ..complexity import model_complexity
-    base = model_complexity(row['model'], se_layer='none', **row['model_kwargs'])
-    se = model_complexity(row['model'], **row['model_kwargs'])
+    kwargs = tuple(sorted(row['model_kwargs'].items()))
+    base = _complexity(row['model'], kwargs + (('se_layer', 'none'),))
+    se = _complexity(row['model'], kwargs)
     return dict(params=(base[0], se[0]), macs=(base[1], se[1]))
 
 
