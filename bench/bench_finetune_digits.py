@@ -62,7 +62,7 @@ def run(name: str, data: Path, output: Path, epochs: int, pretrained: bool, args
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--model', default='se_efficientnet_lite0')
+    p.add_argument('--model', default='se_tf_efficientnet_lite0')
     p.add_argument('--tag', default='tf_in1k', help='pretrained tag (tf_in1k: the PyPI wheel, offline)')
     p.add_argument('--epochs', type=int, default=3, help='epochs of the pretrained run')
     p.add_argument('--scratch-epochs', type=int, help='epochs from scratch (default: --epochs, the same time)')

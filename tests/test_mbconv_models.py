@@ -24,7 +24,8 @@ from se_hub.weights.wheel import DistributionNotInstalledError, installed_file
 B = [f'se_efficientnet_b{i}' for i in range(8)]
 TF_B = [f'se_tf_efficientnet_b{i}' for i in range(8)]
 LITE = [f'se_efficientnet_lite{i}' for i in range(5)]
-ALL = B + TF_B + LITE
+TF_LITE = [f'se_tf_efficientnet_lite{i}' for i in range(5)]
+ALL = B + TF_B + LITE + TF_LITE
 
 
 def meta(name, **kwargs):

