@@ -56,6 +56,8 @@ def _carries_tag(model: nn.Module) -> bool:
     cfg, loaded = model.pretrained_cfg or {}, weights_origin(model)
     if not loaded or not cfg.get('tag'):
         return False
+    if cfg.get('num_classes') is not None and cfg['num_classes'] != model.num_classes:
+        return False  # a new head: the weights were started from the tag, they are not the tag's
     if loaded.startswith(('hf-hub:', 'local-dir:')):
         return True  # an export's own tag, written only when it was true
     return loaded == f"{cfg.get('architecture')}.{cfg.get('tag')}"
@@ -130,7 +132,7 @@ def model_card(model: nn.Module, metrics: Optional[Sequence[Dict[str, Any]]] = N
         lines.append(f"- paper row: {info.paper['row']}")
     if notes:
         lines += ['', notes]
-    rows = list(metrics or []) + (source['metrics'] if source else [])
+    rows = list(metrics or []) + (source['metrics'] if source and _carries_tag(model) else [])
     if rows:
         lines += ['', '## Metrics', '', '| dataset | top-1 | top-5 | provenance | reference |', '|---|---|---|---|---|']
         lines += [f"| {m.get('dataset', '')} | {m.get('top1', '')} | {m.get('top5', '')} | "

@@ -124,6 +124,11 @@ def test_loaded_weights_keep_their_tag_and_a_checkpoint_is_named(hub, tmp_path, 
     cfg = json.loads((tmp_path / 'tagged' / 'config.json').read_text())['pretrained_cfg']
     assert cfg['tag'] == 'in1k' and cfg['origin_url'] == entry['origin']
     assert 'initial weights: `se_resnet18.in1k`' in (tmp_path / 'tagged' / 'README.md').read_text()
+    # a new head: started from the tag, no longer the tag's weights
+    head = timm.create_model('se_resnet18', pretrained=True, num_classes=10)
+    save_pretrained(head, tmp_path / 'head')
+    assert 'tag' not in json.loads((tmp_path / 'head' / 'config.json').read_text())['pretrained_cfg']
+    assert 'initial weights: `se_resnet18.in1k`' in (tmp_path / 'head' / 'README.md').read_text()
     # reloaded from the export: the export's own tag stays true
     again = timm.create_model(f'local-dir:{tmp_path / "tagged"}', pretrained=True)
     save_pretrained(again, tmp_path / 'again')
