@@ -73,10 +73,13 @@ def _export_cfg(model: nn.Module) -> Dict[str, Any]:
 
 
 def _model_args(model: nn.Module) -> Dict[str, Any]:
-    """The architecture arguments to write to config.json; a clear error for one that cannot be."""
+    """The architecture arguments to write to config.json; a clear error for one that cannot be.
+    timm's exporter adds the current num_classes / in_chans / global_pool itself (a classifier may
+    have been reset since the model was built), and leaves training-only drop rates out."""
     args = {k: v for k, v in (getattr(model, '_model_args', None) or {}).items()
             if k not in ('features_only', 'out_indices', 'feature_cls', 'drop_rate', 'drop_path_rate',
-                         'drop_block_rate') and not k.endswith('_drop_rate')}
+                         'drop_block_rate', 'num_classes', 'in_chans', 'global_pool', 'img_size')
+            and not k.endswith('_drop_rate')}
     for key, value in args.items():
         try:
             json.dumps(value)
@@ -166,7 +169,7 @@ def as_timm_model(model: nn.Module) -> nn.Module:
     if isinstance(model.pretrained_cfg.get('classifier'), (list, tuple)):
         raise ValueError(f'{name} has several classifiers; as_timm supports single-head models')
     in_chans = _in_chans(model)
-    pool = _model_args(model).get('global_pool')
+    pool = (getattr(model, '_model_args', None) or {}).get('global_pool')
     target = create_model(upstream, num_classes=model.num_classes, in_chans=in_chans,
                           **({'global_pool': pool} if pool else {}))
     target_sd = target.state_dict()
