@@ -76,7 +76,7 @@ def save_pretrained(
         notes: str = '',
 ) -> Path:
     """Write config.json, model.safetensors and README.md to ``directory``."""
-    from timm.models import save_for_hf
+    from ._compat import save_for_hf
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _architecture(model)

@@ -69,7 +69,7 @@ def _hf_download(source: Dict[str, Any], local_only: bool) -> Path:
 
 def _local(source: Dict[str, Any]) -> Optional[Path]:
     if source['kind'] == 'hf_hub':
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from .._compat import LocalEntryNotFoundError
         try:
             return _hf_download(source, local_only=True)
         except LocalEntryNotFoundError:
