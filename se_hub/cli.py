@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import timm
 
+from ._compat import create_model
 from .complexity import model_complexity
 from .models.catalog import MODELS, split_model_name
 
@@ -162,7 +163,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.model.startswith(('hf-hub:', 'local-dir:')):
         split_model_name(args.model)
     images = [load_image(spec) for spec in args.images]
-    model = timm.create_model(args.model, pretrained=True).eval()
+    model = create_model(args.model, pretrained=True).eval()
     transform = create_transform(**resolve_data_config({}, model=model))
     names = label_names(model)
     with torch.inference_mode():
@@ -192,7 +193,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         spec = f'local-dir:{spec}'
     elif not spec.startswith(('hf-hub:', 'local-dir:')):
         split_model_name(spec)
-    model = timm.create_model(spec, pretrained=args.checkpoint is None and ('.' in spec or ':' in spec))
+    model = create_model(spec, pretrained=args.checkpoint is None and ('.' in spec or ':' in spec))
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
     print(push_to_hub(model, args.repo_id, private=args.private, revision=args.revision))
