@@ -113,7 +113,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Modu
         raise FileNotFoundError(f'{model_name}: no config.json in {path} (a directory written by '
                                 'se_hub.save_pretrained or timm.models.save_for_hf is expected)')
     config = json.loads(config_file.read_text(encoding='utf-8'))
-    cfg = dict(config.get('pretrained_cfg') or {}, source='local-dir', num_classes=config.get('num_classes'))
+    cfg = dict(config.get('pretrained_cfg') or {}, num_classes=config.get('num_classes'))
     for key in ('label_names', 'label_descriptions'):
         if key in config:
             cfg[key] = config[key]
@@ -121,7 +121,8 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Modu
         weights = next((path / f for f in ('model.safetensors', 'pytorch_model.bin') if (path / f).is_file()), None)
         if weights is None:
             raise FileNotFoundError(f'{model_name}: no model.safetensors or pytorch_model.bin in {path}')
-        cfg['file'] = str(weights)
+        # an overlay's file is what timm loads first, on every release
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(weights))
     for key, value in (config.get('model_args') or {}).items():
         kwargs.setdefault(key, value)
     return timm.create_model(config['architecture'], pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
