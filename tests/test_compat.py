@@ -26,6 +26,8 @@ import se_hub._compat as compat
 ROOT = Path(__file__).resolve().parents[1]
 TIMM_TAKE = timm.models._features.feature_take_indices  # before any test removes it
 LOCAL_MISS = huggingface_hub.utils.LocalEntryNotFoundError
+TIMM_DD = getattr(timm.layers, 'get_device_dtype', None)  # timm >= 1.0.29
+TIMM_CREATE_CLASSIFIER = timm.layers.create_classifier
 
 
 @pytest.fixture
@@ -63,19 +65,25 @@ def test_fallbacks_run_without_the_newer_apis(old_timm):
     assert old_timm.save_for_hf is save_for_hf
 
 
-def test_get_device_dtype_fallback_equals_timm(old_timm):
-    from timm.layers.helpers import get_device_dtype as upstream
+def test_get_device_dtype_fallback(old_timm):
+    """The first parameter's device and dtype unless given (timm's own function where it has one)."""
     module = torch.nn.Linear(3, 2, dtype=torch.float64, device='meta')
-    for kwargs in ({}, dict(dtype=torch.float16), dict(device='cpu')):
-        assert old_timm.get_device_dtype(module, **kwargs) == upstream(module, **kwargs)
-    assert old_timm.get_device_dtype(torch.nn.ReLU()) == upstream(torch.nn.ReLU()) == dict(device=None, dtype=None)
+    cases = [({}, dict(device=torch.device('meta'), dtype=torch.float64)),
+             (dict(dtype=torch.float16), dict(device=torch.device('meta'), dtype=torch.float16)),
+             (dict(device='cpu'), dict(device='cpu', dtype=torch.float64))]
+    for kwargs, expected in cases:
+        assert old_timm.get_device_dtype(module, **kwargs) == expected
+        if TIMM_DD is not None:
+            assert TIMM_DD(module, **kwargs) == expected
+    assert old_timm.get_device_dtype(torch.nn.ReLU()) == dict(device=None, dtype=None)
 
 
 @pytest.mark.parametrize('pool', ['avg', 'max', 'avgmax', ''])
 def test_create_classifier_fallback_places_the_head(old_timm, pool):
-    pool_ref, fc_ref = timm.layers.classifier.create_classifier(16, 5, pool_type=pool, dtype=torch.float64)
+    pool_ref, fc_ref = TIMM_CREATE_CLASSIFIER(16, 5, pool_type=pool)
     pool_new, fc_new = old_timm.create_classifier(16, 5, pool_type=pool, device='meta', dtype=torch.float64)
     assert type(pool_new) is type(pool_ref) and pool_new.pool_type == pool_ref.pool_type
+    assert pool_new.feat_mult() == pool_ref.feat_mult()
     assert (fc_new.weight.shape, fc_new.weight.dtype, fc_new.weight.device.type) == (
         fc_ref.weight.shape, torch.float64, 'meta')
 
@@ -112,7 +120,8 @@ def test_import_and_models_work_with_every_newer_api_removed(tmp_path):
         import timm.layers, timm.layers.classifier, timm.models, timm.models._features, torch
         for module, name in [(timm.layers, 'get_device_dtype'), (timm.layers, 'register_notrace_function'),
                              (timm.models, 'save_for_hf'), (timm.models._features, 'feature_take_indices')]:
-            delattr(module, name)
+            if hasattr(module, name):  # (timm 1.0.15 has none of them)
+                delattr(module, name)
         create = timm.layers.create_classifier
         timm.layers.create_classifier = lambda n, c, pool_type='avg': create(n, c, pool_type=pool_type)
         import se_hub, se_hub._compat as compat
