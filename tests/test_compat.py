@@ -39,7 +39,6 @@ def old_timm(monkeypatch):
     monkeypatch.delattr(timm.models, 'feature_take_indices', raising=False)
     monkeypatch.delattr(timm.models._features, 'feature_take_indices')
     import huggingface_hub.errors
-    import huggingface_hub.utils
     # huggingface_hub 2.x's utils re-exports it lazily from errors: pin it there before removing it
     monkeypatch.setattr(huggingface_hub.utils, 'LocalEntryNotFoundError', LOCAL_MISS, raising=False)
     monkeypatch.delattr(huggingface_hub.errors, 'LocalEntryNotFoundError', raising=False)
