@@ -229,3 +229,25 @@ def test_torch_floor_covers_the_apis_used():
     assert used, 'none of the listed torch APIs is used any more: re-derive the torch floor'
     need = max(v for _, v in used)
     assert _floor(_declared()['torch']) == need, f'torch floor should be {need}, set by {used}'
+
+
+# imports that fail on the declared floors, or reach into timm's private modules; se_hub/_compat.py
+# is the one place for them
+FLOOR_BREAKERS = [
+    (r'from timm\.(layers|models)\._\w+ import|import timm\.(layers|models)\._', "timm's private modules"),
+    (r'from timm\.layers import [^\n]*\b(get_device_dtype|register_notrace_\w+)\b',
+     'timm.layers lacks it before 1.0.17 / 1.0.29 (register_notrace_* are in timm.models on every release)'),
+    (r'from timm\.models import [^\n]*\bsave_for_hf\b', 'timm.models exports it from 1.0.16'),
+    (r'from huggingface_hub\.errors import', 'huggingface_hub.errors lacks most errors before 0.24'),
+]
+
+
+def test_no_import_that_breaks_the_floor():
+    found = []
+    for path in sorted((ROOT / 'se_hub').rglob('*.py')):
+        if path.name == '_compat.py':
+            continue
+        text = path.read_text(encoding='utf-8')
+        found += [f'{path.relative_to(ROOT)}: {m.group(0)!r} ({why})'
+                  for pattern, why in FLOOR_BREAKERS for m in re.finditer(pattern, text)]
+    assert not found, 'import these from se_hub._compat (or the public place named):\n' + '\n'.join(found)
