@@ -55,38 +55,32 @@ try:
 except ImportError:  # timm < 1.0.16
     from timm.models._hub import save_for_hf
 
-try:
-    from timm.models import feature_take_indices
-except ImportError:  # private in every timm release so far; the fall-back is for when that module moves
-    try:
-        from timm.models._features import feature_take_indices
-    except ImportError:
-        def feature_take_indices(num_features: int, indices: Optional[Union[int, List[int]]] = None,
-                                 as_set: bool = False) -> Tuple[List[int], int]:
-            """``(absolute indices, largest index)`` of the features to take: all when ``indices`` is
-            None, the last ``n`` for an int, else the listed ones (negative counts from the end)."""
-            if indices is None:
-                indices = num_features
-            if isinstance(indices, int):
-                torch._assert(0 < indices <= num_features,
-                              f'last-n ({indices}) is out of range (1 to {num_features})')
-                take = [num_features - indices + i for i in range(indices)]
-            else:
-                take: List[int] = []
-                for i in indices:
-                    idx = num_features + i if i < 0 else i
-                    torch._assert(0 <= idx < num_features, f'feature index {idx} is out of range (0 to '
-                                  f'{num_features - 1})')
-                    take.append(idx)
-            if not torch.jit.is_scripting() and as_set:
-                return set(take), max(take)
-            return take, max(take)
+try:  # no public home in any timm release; the fall-back is for when the private module changes
+    from timm.models._features import feature_take_indices
+except ImportError:
+    def feature_take_indices(num_features: int, indices: Optional[Union[int, List[int]]] = None,
+                             as_set: bool = False) -> Tuple[List[int], int]:
+        """``(absolute indices, largest index)`` of the features to take: all when ``indices`` is
+        None, the last ``n`` for an int, else the listed ones (negative counts from the end)."""
+        if indices is None:
+            indices = num_features
+        if isinstance(indices, int):
+            torch._assert(0 < indices <= num_features, f'last-n ({indices}) is out of range (1 to {num_features})')
+            take = [num_features - indices + i for i in range(indices)]
+        else:
+            take: List[int] = []
+            for i in indices:
+                idx = num_features + i if i < 0 else i
+                torch._assert(0 <= idx < num_features, f'feature index {idx} is out of range (0 to {num_features - 1})')
+                take.append(idx)
+        if not torch.jit.is_scripting() and as_set:
+            return set(take), max(take)
+        return take, max(take)
 
 try:
     from huggingface_hub.errors import LocalEntryNotFoundError
 except ImportError:  # huggingface_hub < 0.24
     from huggingface_hub.utils import LocalEntryNotFoundError
-
 
 
 def _timm_reads_local_dir() -> bool:
@@ -113,8 +107,8 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Modu
         raise FileNotFoundError(f'{model_name}: no config.json in {path} (a directory written by '
                                 'se_hub.save_pretrained or timm.models.save_for_hf is expected)')
     config = json.loads(config_file.read_text(encoding='utf-8'))
-    cfg = dict(config.get('pretrained_cfg') or {}, num_classes=config.get('num_classes'))
-    for key in ('label_names', 'label_descriptions'):
+    cfg = dict(config.get('pretrained_cfg') or {})
+    for key in ('num_classes', 'label_names', 'label_descriptions'):
         if key in config:
             cfg[key] = config[key]
     if pretrained:

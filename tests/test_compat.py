@@ -36,7 +36,6 @@ def old_timm(monkeypatch):
     taken away (and re-imported again, whole, afterwards)."""
     monkeypatch.delattr(timm.layers, 'get_device_dtype', raising=False)
     monkeypatch.delattr(timm.models, 'save_for_hf', raising=False)
-    monkeypatch.delattr(timm.models, 'feature_take_indices', raising=False)
     monkeypatch.delattr(timm.models._features, 'feature_take_indices')
     import huggingface_hub.errors
     # huggingface_hub 2.x's utils re-exports it lazily from errors: pin it there before removing it
