@@ -185,7 +185,9 @@ def test_local_hub_miss_is_caught_on_every_huggingface_hub(tmp_path):
     """se_hub catches the exception huggingface_hub really raises for a file not in the cache."""
     from huggingface_hub import hf_hub_download
     with pytest.raises(compat.LocalEntryNotFoundError):
-        hf_hub_download('me/not-cached', 'model.safetensors', local_files_only=True, cache_dir=tmp_path)
+        # cache only; the endpoint is a closed local port in case the client tried the network anyway
+        hf_hub_download('me/not-cached', 'model.safetensors', local_files_only=True, cache_dir=tmp_path,
+                        endpoint='http://127.0.0.1:9')
 
 
 def _declared():
