@@ -186,8 +186,8 @@ def test_local_hub_miss_is_caught_on_every_huggingface_hub(tmp_path):
     from huggingface_hub import hf_hub_download
     with pytest.raises(compat.LocalEntryNotFoundError):
         # cache only; the endpoint is a closed local port in case the client tried the network anyway
-        hf_hub_download('me/not-cached', 'model.safetensors', local_files_only=True, cache_dir=tmp_path,
-                        endpoint='http://127.0.0.1:9')
+        hf_hub_download(endpoint='http://127.0.0.1:9', repo_id='me/not-cached', filename='model.safetensors',
+                        local_files_only=True, cache_dir=tmp_path)
 
 
 def _declared():
