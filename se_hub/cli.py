@@ -11,6 +11,7 @@ from typing import List
 from se_hub_cli import build_parser, main  # noqa: F401  (the command's entry point, re-exported)
 from se_hub_cli.listing import catalog, format_table, model_rows  # noqa: F401  (used by tools/ and tests)
 
+from ._compat import create_model
 from .models.catalog import MODELS, split_model_name
 
 
@@ -110,13 +111,12 @@ def label_names(model) -> List[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import timm
     import torch
     from timm.data import create_transform, resolve_data_config
     if not args.model.startswith(('hf-hub:', 'local-dir:')):
         split_model_name(args.model)
     images = [load_image(spec) for spec in args.images]
-    model = timm.create_model(args.model, pretrained=True).eval()
+    model = create_model(args.model, pretrained=True).eval()
     transform = create_transform(**resolve_data_config({}, model=model))
     names = label_names(model)
     with torch.inference_mode():
@@ -139,7 +139,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    import timm
 
     from .hub import push_to_hub
     from .weights.checkpoint import load_checkpoint
@@ -153,7 +152,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise ValueError(f'{spec} would be published with random weights: name its weights (MODEL.TAG, see '
                          '`se-hub list --pretrained`), load them with --checkpoint FILE, or pass '
                          '--allow-random-weights to publish an untrained model')
-    model = timm.create_model(spec, pretrained=pretrained)
+    model = create_model(spec, pretrained=pretrained)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
     print(push_to_hub(model, args.repo_id, private=args.private, revision=args.revision, as_timm=args.as_timm))

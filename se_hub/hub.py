@@ -247,7 +247,7 @@ def save_pretrained(
     """Write config.json, model.safetensors and README.md to ``directory`` (each file replaced
     atomically). ``as_timm=True``: in the key layout and config of the timm architecture of the
     same function (see ``as_timm_model``), loadable without se_hub."""
-    from timm.models import save_for_hf
+    from ._compat import save_for_hf
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _architecture(model)

@@ -67,6 +67,7 @@ other bytes is accepted silently and stored as the blob named after the advertis
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import importlib
 import json
@@ -426,6 +427,7 @@ def allow_downloads(monkeypatch) -> None:
 
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
     monkeypatch.setattr(constants, 'HF_HUB_DISABLE_TELEMETRY', True)
+    _allow_requests_sessions(monkeypatch)
     try:
         detect_agent = importlib.import_module('huggingface_hub.utils._detect_agent')
     except ImportError:  # older huggingface_hub: no agent detection
@@ -433,6 +435,15 @@ def allow_downloads(monkeypatch) -> None:
     if getattr(detect_agent, '_registry', None) is None:
         empty = getattr(detect_agent, '_EMPTY_REGISTRY', {'standardEnvVars': [], 'harnesses': {}})
         monkeypatch.setattr(detect_agent, '_registry', empty, raising=False)
+
+
+def _allow_requests_sessions(monkeypatch) -> None:
+    # huggingface_hub < 1.0 (requests): a session built while offline refuses every request, and
+    # sessions are cached per thread; a fresh cache for this test, the offline one back afterwards.
+    http = importlib.import_module('huggingface_hub.utils._http')
+    cached = getattr(http, '_get_session_from_cache', None)
+    if hasattr(cached, 'cache_clear') and hasattr(cached, '__wrapped__'):
+        monkeypatch.setattr(http, '_get_session_from_cache', functools.lru_cache(cached.__wrapped__))
 
 
 def point_client_at(monkeypatch, endpoint: str, cache_dir=None) -> None:
@@ -447,3 +458,12 @@ def point_client_at(monkeypatch, endpoint: str, cache_dir=None) -> None:
     monkeypatch.setattr(constants, 'HF_HUB_DISABLE_IMPLICIT_TOKEN', True)
     if cache_dir is not None:
         monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache_dir))
+    # huggingface_hub < 1.0 keeps module copies of these constants (`from .constants import ...`)
+    for module in ('huggingface_hub.file_download', 'huggingface_hub.hf_api', 'huggingface_hub._commit_api'):
+        module = importlib.import_module(module)
+        for name in ('ENDPOINT', 'HUGGINGFACE_CO_URL_TEMPLATE') + (('HF_HUB_CACHE',) if cache_dir is not None else ()):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, getattr(constants, name))
+    # huggingface_hub's module-level functions (create_repo, upload_folder, ... as timm < 1.0.16 calls
+    # them) belong to an HfApi built at import, with the endpoint of that moment
+    monkeypatch.setattr(importlib.import_module('huggingface_hub.hf_api').api, 'endpoint', endpoint)

@@ -10,7 +10,7 @@ the block output).
 from typing import Optional, Tuple
 
 import torch
-from timm.layers import register_notrace_function
+from timm.models import register_notrace_function
 from torch import nn
 
 

@@ -4,8 +4,9 @@
 from typing import Optional, Union
 
 import torch
-from timm.layers import create_classifier, get_device_dtype
 from torch import nn
+
+from .._compat import create_classifier, get_device_dtype
 
 
 class ClassifierHeadMixin:

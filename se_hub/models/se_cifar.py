@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, DropPath
 from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
 from torch import nn
 
+from .._compat import feature_take_indices
 from ..layers import SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import arch, register_family

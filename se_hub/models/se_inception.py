@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import checkpoint
-from timm.models._features import feature_take_indices
 from torch import nn
 
+from .._compat import feature_take_indices
 from ..layers import SeLayer, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath, create_act_layer, create_conv2d, get_act_layer
 from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
 from torch import nn
 
+from .._compat import feature_take_indices
 from ..layers import SeLayer, SqueezeExcite, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family

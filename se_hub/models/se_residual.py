@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
 from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
 from torch import nn
 
+from .._compat import feature_take_indices
 from ..layers import SeLayer, SqueezeExcite, batch_norm_with_stats, resolve_se_layer, scale_add_relu
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family

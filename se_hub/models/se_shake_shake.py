@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import register_notrace_module
+from timm.models import register_notrace_module
 from torch import nn
 
 from ..layers import SeLayer, resolve_se_layer

@@ -12,9 +12,9 @@ from typing import List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
 from torch import nn
 
+from .._compat import feature_take_indices
 from .classifier_head import ClassifierHeadMixin
 
 

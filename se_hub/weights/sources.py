@@ -78,7 +78,7 @@ def _url_path(source: Dict[str, Any], cache_dir=None) -> Path:
 
 def _local(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
     if source['kind'] == 'hf_hub':
-        from huggingface_hub.errors import LocalEntryNotFoundError
+        from .._compat import LocalEntryNotFoundError
         try:
             return _hf_download(source, local_only=True, cache_dir=cache_dir)
         except LocalEntryNotFoundError:

@@ -1,0 +1,126 @@
+"""The timm and huggingface_hub APIs se_hub uses that are newer than its declared floors
+(timm 1.0.15, huggingface-hub 0.23), each with a fall-back for the older releases. Everything
+else se_hub imports from timm exists, public, in every release of the range.
+
+Where each API appeared (read from timm's release tags and huggingface_hub's wheels):
+
+- ``timm.layers.get_device_dtype``: timm 1.0.29.
+- ``create_classifier(..., device=, dtype=)``: timm 1.0.21.
+- ``timm.models.save_for_hf``: exported from timm 1.0.16 (``timm.models._hub`` before).
+- ``feature_take_indices``: only ever in the private ``timm.models._features`` (every 1.0.x).
+- ``local-dir:`` model names in ``timm.create_model``: timm 1.0.16.
+- ``huggingface_hub.errors.LocalEntryNotFoundError``: huggingface_hub 0.24
+  (``huggingface_hub.utils`` has it in every release).
+"""
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import timm
+import torch
+from timm.layers import create_classifier as _timm_create_classifier
+from torch import nn
+
+try:
+    from timm.layers import get_device_dtype
+except ImportError:  # timm < 1.0.29
+    def get_device_dtype(module: nn.Module, device=None, dtype=None) -> Dict[str, Any]:
+        """``device=`` / ``dtype=`` factory kwargs: the explicit ones, else those of ``module``'s
+        first parameter."""
+        parameter = next(module.parameters(), None)
+        if parameter is not None:
+            device = parameter.device if device is None else device
+            dtype = parameter.dtype if dtype is None else dtype
+        return {'device': device, 'dtype': dtype}
+
+_CLASSIFIER_TAKES_DD = 'dtype' in inspect.signature(_timm_create_classifier).parameters
+
+
+def create_classifier(num_features: int, num_classes: int, pool_type: str = 'avg', device=None, dtype=None,
+                      **kwargs) -> Tuple[nn.Module, ...]:
+    """timm's ``create_classifier``, with ``device=`` / ``dtype=`` on every release (timm < 1.0.21
+    builds on the default device and the result is moved)."""
+    if _CLASSIFIER_TAKES_DD:
+        return _timm_create_classifier(num_features, num_classes, pool_type=pool_type, device=device, dtype=dtype,
+                                       **kwargs)
+    modules = _timm_create_classifier(num_features, num_classes, pool_type=pool_type, **kwargs)
+    if device is None and dtype is None:
+        return modules
+    return tuple(m.to(device=device, dtype=dtype) for m in modules)
+
+
+try:
+    from timm.models import save_for_hf
+except ImportError:  # timm < 1.0.16
+    from timm.models._hub import save_for_hf
+
+try:  # no public home in any timm release; the fall-back is for when the private module changes
+    from timm.models._features import feature_take_indices
+except ImportError:
+    def feature_take_indices(num_features: int, indices: Optional[Union[int, List[int]]] = None,
+                             as_set: bool = False) -> Tuple[List[int], int]:
+        """``(absolute indices, largest index)`` of the features to take: all when ``indices`` is
+        None, the last ``n`` for an int, else the listed ones (negative counts from the end)."""
+        if indices is None:
+            indices = num_features
+        if isinstance(indices, int):
+            torch._assert(0 < indices <= num_features, f'last-n ({indices}) is out of range (1 to {num_features})')
+            take = [num_features - indices + i for i in range(indices)]
+        else:
+            take: List[int] = []
+            for i in indices:
+                idx = num_features + i if i < 0 else i
+                torch._assert(0 <= idx < num_features, f'feature index {idx} is out of range (0 to {num_features - 1})')
+                take.append(idx)
+        if not torch.jit.is_scripting() and as_set:
+            return set(take), max(take)
+        return take, max(take)
+
+try:
+    from huggingface_hub.errors import LocalEntryNotFoundError
+except ImportError:  # huggingface_hub < 0.24
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+
+def _timm_reads_local_dir() -> bool:
+    try:
+        return timm.models.parse_model_name('local-dir:x')[0] == 'local-dir'
+    except AssertionError:  # timm < 1.0.16 asserts the source is '' / 'timm' / 'hf-hub'
+        return False
+
+
+TIMM_HAS_LOCAL_DIR = _timm_reads_local_dir()
+LOCAL_DIR = 'local-dir:'
+
+
+def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """``timm.create_model``; on timm < 1.0.16, which has no ``local-dir:`` source, a
+    ``local-dir:PATH`` name is read here the way later timm reads it: ``PATH/config.json`` names
+    the architecture, its pretrained cfg (label names included) and model args, and
+    ``PATH/model.safetensors`` (or ``pytorch_model.bin``) holds the weights."""
+    if TIMM_HAS_LOCAL_DIR or not model_name.startswith(LOCAL_DIR):
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    path = Path(model_name[len(LOCAL_DIR):])
+    config_file = path / 'config.json'
+    if not config_file.is_file():
+        raise FileNotFoundError(f'{model_name}: no config.json in {path} (a directory written by '
+                                'se_hub.save_pretrained or timm.models.save_for_hf is expected)')
+    config = json.loads(config_file.read_text(encoding='utf-8'))
+    cfg = dict(config.get('pretrained_cfg') or {})
+    for key in ('num_classes', 'label_names', 'label_descriptions'):
+        if key in config:
+            cfg[key] = config[key]
+    if pretrained:
+        weights = next((path / f for f in ('model.safetensors', 'pytorch_model.bin') if (path / f).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f'{model_name}: no model.safetensors or pytorch_model.bin in {path}')
+        # an overlay's file is what timm loads first, on every release
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(weights))
+    for key, value in (config.get('model_args') or {}).items():
+        kwargs.setdefault(key, value)
+    return timm.create_model(config['architecture'], pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
+
+
+__all__ = ['LOCAL_DIR', 'TIMM_HAS_LOCAL_DIR', 'LocalEntryNotFoundError', 'create_classifier', 'create_model',
+           'feature_take_indices', 'get_device_dtype', 'save_for_hf']
