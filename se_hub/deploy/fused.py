@@ -48,6 +48,16 @@ def linear_from_1x1(conv: nn.Conv2d) -> nn.Linear:
     return lin.to(conv.weight.dtype)
 
 
+def scale_add(y: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``y * gate + shortcut`` in one pass (``addcmul``); exported to ONNX as Mul + Add (``addcmul``
+    would add a Mul by its constant 1)."""
+    if torch.jit.is_scripting():
+        return torch.addcmul(shortcut, y, gate)
+    if torch.onnx.is_in_onnx_export():
+        return y * gate + shortcut
+    return torch.addcmul(shortcut, y, gate)
+
+
 class ExcitationGate(nn.Module):
     """``gate(fc2(act(fc1(squeeze(x)))))`` as an (N, C, 1, 1) tensor.
 
@@ -153,8 +163,10 @@ class GatedPointwiseConv(nn.Module):
                 y = y.add_(shortcut)
         elif gate is not None and not self.gate_input:
             y = F.conv2d(x, self.weight, self.bias)
-            # scale + residual add in one pass
-            y = torch.addcmul(shortcut, y, gate) if shortcut is not None else y * gate
+            if shortcut is None:
+                y = y * gate
+            else:
+                y = scale_add(y, gate, shortcut)
         else:
             if gate is not None:
                 x = x * gate

@@ -25,7 +25,7 @@ from torch import nn
 
 from .fused import (
     GATES, ConvAct, ExcitationGate, GatedPointwiseConv, PositionwiseGate, ScaleByGate, fold_conv_bn,
-    linear_from_1x1,
+    linear_from_1x1, scale_add,
 )
 
 __all__ = ['optimize', 'FusedResidualBlock', 'FusedInvertedResidual']
@@ -165,7 +165,7 @@ class FusedResidualBlock(nn.Module):
         if self.pre_se_act:
             y = y.relu()
         if self.gate_out is not None:
-            out = torch.addcmul(shortcut, y, self.gate_out(y))
+            out = scale_add(y, self.gate_out(y), shortcut)
         else:
             if self.se_out is not None:
                 y = self.se_out(y)
