@@ -157,6 +157,9 @@ def label_names(model) -> List[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .deploy.cli import is_exported_file, predict_command
+    if is_exported_file(args.model):  # an exported .onnx / .pt / .pt2 with its preprocessing and labels
+        return predict_command(args, load_image)
     import torch
     from timm.data import create_transform, resolve_data_config
     if not args.model.startswith(('hf-hub:', 'local-dir:')):
@@ -220,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser('predict', help='classify images with a pretrained model')
     p.add_argument('images', nargs='+', metavar='IMAGE', help="image files, or skimage:NAME (e.g. skimage:chelsea)")
-    p.add_argument('--model', required=True, help="MODEL[.TAG], hf-hub:REPO or local-dir:PATH")
+    p.add_argument('--model', required=True, help="MODEL[.TAG], hf-hub:REPO, local-dir:PATH or an exported "
+                   "FILE.onnx / .pt / .pt2 (se-hub export)")
     p.add_argument('--topk', type=int, default=5)
     p.add_argument('--json', action='store_true', help='print JSON')
     p.set_defaults(func=cmd_predict)
@@ -231,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--private', action='store_true')
     p.add_argument('--revision')
     p.set_defaults(func=cmd_push)
+    # --- export: defined and run by se_hub/deploy/cli.py
+    from .deploy.cli import add_parsers as add_deploy_parsers
+    add_deploy_parsers(sub)
     # --- classification fine-tuning: argument definitions here, the work in se_hub/tasks/classification.py
     from .tasks import classification as clf
     p = sub.add_parser('finetune', help='fine-tune a classifier on a directory of images (train/ + val/ class '

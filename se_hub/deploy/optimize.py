@@ -24,8 +24,15 @@ import torch
 from torch import nn
 
 from .fused import (
-    GATES, ConvAct, ExcitationGate, GatedPointwiseConv, PositionwiseGate, ScaleByGate, fold_conv_bn,
-    linear_from_1x1, scale_add,
+    GATES,
+    ConvAct,
+    ExcitationGate,
+    GatedPointwiseConv,
+    PositionwiseGate,
+    ScaleByGate,
+    fold_conv_bn,
+    linear_from_1x1,
+    scale_add,
 )
 
 __all__ = ['optimize', 'FusedResidualBlock', 'FusedInvertedResidual']
