@@ -70,6 +70,7 @@ class ExcitationGate(nn.Module):
         if squeeze not in ('avg', 'max'):
             raise ValueError(f'ExcitationGate squeezes by avg or max pooling, not {squeeze!r}')
         self.squeeze = squeeze
+        self.channels = fc2.out_features
         self.fc1 = fc1
         self.act = act
         self.fc2 = fc2
@@ -81,7 +82,7 @@ class ExcitationGate(nn.Module):
         else:
             s = F.adaptive_avg_pool2d(x, 1).flatten(1)
         s = self.gate(self.fc2(self.act(self.fc1(s))))
-        return s.unsqueeze(-1).unsqueeze(-1)
+        return s.reshape(-1, self.channels, 1, 1)  # one Reshape in ONNX (two Unsqueeze otherwise)
 
     def extra_repr(self) -> str:
         return f'squeeze={self.squeeze!r}'
