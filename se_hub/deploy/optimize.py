@@ -93,6 +93,27 @@ def scale_module(se: Optional[nn.Module]) -> Optional[nn.Module]:
     return copy.deepcopy(se)
 
 
+def _returns_gate(se: nn.Module, gate: nn.Module) -> bool:
+    """Whether the SE unit's forward returns its gate (the caller scales) or the scaled input:
+    probed on a small input, so a block that is kept gets a replacement with its unit's contract."""
+    weight = se.fc1.weight
+    x = torch.rand(1, weight.shape[1], 3, 3, generator=torch.Generator().manual_seed(0)).to(weight)
+    with torch.no_grad():
+        out, g = copy.deepcopy(se).eval()(x), gate.eval()(x)
+    if out.shape == g.shape and torch.allclose(out, g, atol=1e-5):
+        return True
+    if out.shape == x.shape and torch.allclose(out, x * g, atol=1e-5):
+        return False
+    raise ValueError(f'cannot tell what {type(se).__name__} returns (neither its gate nor the scaled input)')
+
+
+def kept_block_se(se: nn.Module) -> nn.Module:
+    """The replacement of an SE unit inside a block whose forward is kept (Inception): the gate
+    module if the unit returns its gate, else gate and scale."""
+    gate = excitation_gate(se)
+    return gate if _returns_gate(se, gate) else ScaleByGate(gate)
+
+
 def _fold_downsample(ds: Optional[nn.Module]) -> Optional[nn.Module]:
     if ds is None:
         return None
@@ -322,7 +343,7 @@ def _replace_blocks(model: nn.Module, fold_gate: bool) -> None:
         elif isinstance(child, ConvBn):
             setattr(model, name, ConvAct(fold_conv_bn(child.conv, child.bn), copy.deepcopy(child.act)))
         elif _is_squeeze_excite(child):
-            setattr(model, name, scale_module(child))  # an SE unit whose block is kept (Inception)
+            setattr(model, name, kept_block_se(child))  # an SE unit whose block is kept (Inception)
         else:
             _replace_blocks(child, fold_gate)
 
