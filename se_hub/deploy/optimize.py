@@ -11,7 +11,8 @@ What it does (each measured in ``bench/bench_deploy.py``):
   add + ReLU run as one ``addcmul`` plus an in-place ReLU;
 * the other SE units (Inception) become ``ScaleByGate`` modules; other attention modules (ECA,
   CBAM) and every other layer are kept as they are;
-* weights in the memory format that runs fastest (channels-last on x86 oneDNN).
+* weights channels-last (oneDNN's preferred layout; faster than NCHW in this project's runs, which
+  were on a shared, loaded machine: rerun ``bench/bench_deploy.py`` to confirm on yours).
 
 The training modules are read for their parameters only (``conv*`` / ``bn*`` / ``se.fc1`` /
 ``se.fc2`` / ``se.squeeze`` / the gate type / ``downsample``): no private method of theirs is
@@ -355,8 +356,7 @@ def optimize(model: nn.Module, memory_format: Optional[torch.memory_format] = to
              fold_gate: bool = True) -> nn.Module:
     """An eval-only copy of ``model`` computing the same function faster (see module docstring).
 
-    ``memory_format``: of the weights (activations follow); ``torch.channels_last`` runs fastest
-    on x86 CPUs (bench/bench_deploy.py), None keeps the model's. ``fold_gate=False`` keeps every
+    ``memory_format``: of the weights (activations follow); None keeps the model's. ``fold_gate=False`` keeps every
     SE scale as an activation multiply (for exports: ONNX / INT8 graphs need static weights).
     The copy keeps the model's attributes (``pretrained_cfg``, ``forward_features``, ...)."""
     from ..models.se_cifar import SECifarResNet
