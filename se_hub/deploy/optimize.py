@@ -136,13 +136,11 @@ class FusedResidualBlock(nn.Module):
     folded. ``branch``: the convolutions before the last one, each with its ReLU; the last
     convolution is ``conv_pw`` (a 1x1: takes the gate) or ``conv_last`` (a 3x3)."""
 
-    def __init__(self, branch: nn.Sequential, conv_pw: Optional[GatedPointwiseConv], conv_last: Optional[nn.Module],
-                 downsample: Optional[nn.Module], pre_act: Optional[nn.Module] = None, shortcut_preact: bool = False,
-                 relu_out: bool = True, pre_se_act: bool = False,
-                 gate_from_input: Optional[nn.Module] = None, gate_in: Optional[nn.Module] = None,
-                 gate_out: Optional[nn.Module] = None, se_out: Optional[nn.Module] = None,
-                 se_pre: Optional[nn.Module] = None, se_3x3: Optional[nn.Module] = None,
-                 se_identity: Optional[nn.Module] = None, se_post: Optional[nn.Module] = None):
+    # no annotations on the module arguments: TorchScript resolves __init__'s annotations for
+    # attributes that are None, and cannot resolve Optional[nn.Module]
+    def __init__(self, branch, conv_pw, conv_last, downsample, pre_act=None, shortcut_preact: bool = False,
+                 relu_out: bool = True, pre_se_act: bool = False, gate_from_input=None, gate_in=None,
+                 gate_out=None, se_out=None, se_pre=None, se_3x3=None, se_identity=None, se_post=None):
         super().__init__()
         self.pre_act = pre_act
         self.shortcut_preact = shortcut_preact
@@ -262,8 +260,7 @@ def fuse_residual_block(block: nn.Module, preact: bool, fold_gate: bool = True) 
 class FusedInvertedResidual(nn.Module):
     """MBConv / depthwise-separable block, BN folded, the SE gate folded into the projection 1x1."""
 
-    def __init__(self, conv_pw: Optional[ConvAct], conv_dw: ConvAct, gate: Optional[nn.Module],
-                 se_other: Optional[nn.Module], conv_pwl: GatedPointwiseConv, has_skip: bool):
+    def __init__(self, conv_pw, conv_dw: ConvAct, gate, se_other, conv_pwl: GatedPointwiseConv, has_skip: bool):
         super().__init__()
         self.conv_pw = conv_pw
         self.conv_dw = conv_dw
