@@ -111,6 +111,9 @@ def label_names(model) -> List[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .deploy.cli import is_exported_file, predict_command
+    if is_exported_file(args.model):  # an exported .onnx / .pt / .pt2 with its preprocessing and labels
+        return predict_command(args, load_image)
     import torch
     from timm.data import create_transform, resolve_data_config
     if not args.model.startswith(('hf-hub:', 'local-dir:')):

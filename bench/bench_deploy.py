@@ -1,0 +1,169 @@
+"""SE's inference cost through every deployment path, models measured round-robin in one run.
+
+Paths: eager PyTorch, ``se_hub.deploy.optimize``, ``torch.compile`` (inductor, freezing),
+onnxruntime fp32, onnxruntime INT8 (static QDQ, per-channel, SE gate path in fp32 for se_hub;
+timm's graphs quantized the same way, their ReduceMean squeeze as exported). Models: se_resnet50b
+and its SE-free twin, timm's seresnet50 and resnet50, se_efficientnet_b0 and its SE-free twin.
+Columns: batch-1 latency (median), batch-16 throughput, SE overhead over the same-layout SE-free
+twin through the same path, speed-up over timm's eager seresnet50 (or se_efficientnet_b0's eager
+for the EfficientNets).
+
+    python bench/bench_deploy.py            # full table (bs1 + bs16, all paths)
+    python bench/bench_deploy.py --quick    # bs1 only, no torch.compile, fewer repeats
+
+onnxruntime runs with ``session.intra_op.allow_spinning=0``: spinning idle threads would slow
+whatever runs next in the round. Weights are random (speed does not depend on them); BN
+statistics are randomised so that nothing is a no-op.
+"""
+import argparse
+import os
+
+# OpenMP worker threads of a busy-waiting runtime slow everything else on a shared machine
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import timm  # noqa: E402
+
+import se_hub  # noqa: E402,F401
+from se_hub.deploy import optimize  # noqa: E402
+from se_hub.deploy.export import export_model, ort_session, sample_images  # noqa: E402
+from se_hub.deploy.quantize import quantize_onnx  # noqa: E402
+
+# (row name, timm name, kwargs, SE-free twin row, reference row for speed-up)
+MODELS = [
+    ('se_resnet50b', 'se_resnet50b', {}, 'se_resnet50b (no SE)', 'timm seresnet50'),
+    ('se_resnet50b (no SE)', 'se_resnet50b', dict(se_layer='none'), None, 'timm seresnet50'),
+    ('timm seresnet50', 'seresnet50', {}, 'timm resnet50', 'timm seresnet50'),
+    ('timm resnet50', 'resnet50', {}, None, 'timm seresnet50'),
+    ('se_efficientnet_b0', 'se_efficientnet_b0', {}, 'se_efficientnet_b0 (no SE)', 'se_efficientnet_b0'),
+    ('se_efficientnet_b0 (no SE)', 'se_efficientnet_b0', dict(se_layer='none'), None, 'se_efficientnet_b0'),
+]
+
+
+def randomize_bn(model):
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return model.eval()
+
+
+def torch_runner(module):
+    def run(x):
+        with torch.inference_mode():
+            return module(x)
+    return run
+
+
+def ort_runner(path, threads):
+    session = ort_session(path, threads)
+    name = session.get_inputs()[0].name
+
+    def run(x):
+        return session.run(None, {name: x.numpy()})
+    return run
+
+
+def build(args, work):
+    runners = {}  # (row, path) -> callable(batch)
+    _, photos = sample_images()
+    for row, name, kwargs, _, _ in MODELS:
+        model = randomize_bn(timm.create_model(name, **kwargs))
+        runners[(row, 'eager')] = torch_runner(model)
+        is_se_hub = name.startswith('se_')
+        if is_se_hub:
+            runners[(row, 'optimize')] = torch_runner(optimize(model))
+        if args.compile:
+            import torch._inductor.config as inductor_config
+            inductor_config.freezing = True
+            target = optimize(model, fold_gate=False) if is_se_hub else model.to(memory_format=torch.channels_last)
+            runners[(row, 'compile')] = torch_runner(torch.compile(target))
+        path = os.path.join(work, row.replace(' ', '_').replace('(', '').replace(')', '') + '.onnx')
+        if is_se_hub:
+            export_model(model, 'onnx', path, dynamic_batch=True)
+        else:  # timm's own graph as exported by the same exporter, with our metadata for calibration
+            export_model_plain(model, path)
+        runners[(row, 'onnxruntime fp32')] = ort_runner(path, args.threads)
+        int8 = path.replace('.onnx', '_int8.onnx')
+        quantize_onnx(path, int8, photos)
+        runners[(row, 'onnxruntime int8')] = ort_runner(int8, args.threads)
+        print(f'built {row}', file=sys.stderr, flush=True)
+    return runners
+
+
+def export_model_plain(model, path):
+    """timm's model through the same ONNX exporter, unoptimized, with se_hub metadata attached."""
+    import json
+
+    import onnx
+
+    from se_hub.deploy.export import METADATA_KEY, metadata
+    torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), path, input_names=['image'], output_names=['logits'],
+                      dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}}, opset_version=17, dynamo=False)
+    proto = onnx.load(path)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata(model))
+    onnx.save(proto, path)
+
+
+def measure(runners, batch, repeats, warmup=3):
+    x = torch.randn(batch, 3, 224, 224)
+    times = {k: [] for k in runners}
+    for run in runners.values():
+        for _ in range(warmup):
+            run(x)
+    for _ in range(repeats):  # round-robin: drifting load hits every path alike
+        for key, run in runners.items():
+            t0 = time.perf_counter()
+            run(x)
+            times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--quick', action='store_true', help='bs1 only, no torch.compile, 5 repeats')
+    parser.add_argument('--repeats', type=int, default=20)
+    parser.add_argument('--threads', type=int, default=2, help='torch and onnxruntime intra-op threads')
+    parser.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
+                        help='include torch.compile (default: yes unless --quick)')
+    args = parser.parse_args()
+    if args.compile is None:
+        args.compile = not args.quick
+    repeats = 5 if args.quick else args.repeats
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as work:
+        runners = build(args, work)
+        bs1 = measure(runners, 1, repeats)
+        bs16 = {} if args.quick else measure(runners, 16, max(3, repeats // 4), warmup=1)
+    paths = ['eager', 'optimize', 'compile', 'onnxruntime fp32', 'onnxruntime int8']
+    header = ['model', 'path', 'bs1 ms', 'bs16 img/s', 'SE overhead bs1', 'speed-up vs eager ref']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for row, _, _, twin, ref in MODELS:
+        for path in paths:
+            key = (row, path)
+            if key not in bs1:
+                continue
+            t = bs1[key]
+            over = f'{100 * (t / bs1[(twin, path)] - 1):+.1f}%' if twin and (twin, path) in bs1 else ''
+            thr = f'{16 / bs16[key]:.1f}' if key in bs16 else ''
+            speed = f'{bs1[(ref, "eager")] / t:.2f}x'
+            lines.append(f'| {row} | {path} | {1000 * t:.1f} | {thr} | {over} | {speed} |')
+    print(f'torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, repeats {repeats}, '
+          f'reference for speed-up: timm seresnet50 eager (ResNets), se_efficientnet_b0 eager (EfficientNets)')
+    print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+    main()

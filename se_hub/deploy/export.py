@@ -1,0 +1,205 @@
+"""Exports to ONNX, TorchScript and torch.export (``.pt2``), each file carrying its preprocessing and
+label names, verified against eager PyTorch on real photos; running exported files.
+
+The exported network is ``optimize(model, fold_gate=False)``: BN folded, the SE squeeze of a
+bottleneck read from the last 1x1 convolution's input, the squeeze as a global pool (ONNX
+``GlobalAveragePool``, which onnxruntime runs as an int8 kernel once quantized; ``ReduceMean``
+would stay fp32 on dequantized tensors), and static weights (no gate folded into them).
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+FORMATS = ('onnx', 'torchscript', 'pt2')
+METADATA_KEY = 'se_hub'  # ONNX metadata_props key / TorchScript and pt2 extra file name (JSON)
+SAMPLE_PHOTOS = ('chelsea', 'coffee', 'astronaut', 'rocket')  # scikit-image's bundled photos
+_DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
+
+
+def label_names(model: nn.Module) -> List[str]:
+    names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    num_classes = getattr(model, 'num_classes', 0)
+    if names and len(names) == num_classes:
+        return list(names)
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    return [str(i) for i in range(num_classes)]
+
+
+def data_config(model: nn.Module, img_size: Optional[int] = None) -> Dict[str, Any]:
+    """The model's own preprocessing (timm's resolved data config), at ``img_size`` if given."""
+    from timm.data import resolve_data_config
+    cfg = resolve_data_config({}, model=model)
+    if img_size:
+        cfg['input_size'] = (cfg['input_size'][0], img_size, img_size)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in _DATA_KEYS}
+
+
+def metadata(model: nn.Module, img_size: Optional[int] = None, **extra) -> Dict[str, Any]:
+    name = getattr(model, 'pretrained_cfg', {}).get('architecture') or type(model).__name__
+    tag = getattr(model, 'pretrained_cfg', {}).get('tag') or ''
+    return dict(model=name, tag=tag, weights=getattr(model, 'loaded_weights', None) or '',
+                preprocessing=data_config(model, img_size), label_names=label_names(model), **extra)
+
+
+def transform_from(meta: Dict[str, Any]):
+    from timm.data import create_transform
+    pre = dict(meta['preprocessing'])
+    pre['input_size'] = tuple(pre['input_size'])
+    pre['mean'], pre['std'] = tuple(pre['mean']), tuple(pre['std'])
+    return create_transform(**pre)
+
+
+def sample_images() -> Tuple[List[str], list]:
+    """scikit-image's bundled real photos as PIL images."""
+    import skimage.data
+    from PIL import Image
+    return [f'skimage:{n}' for n in SAMPLE_PHOTOS], [
+        Image.fromarray(getattr(skimage.data, n)()).convert('RGB') for n in SAMPLE_PHOTOS]
+
+
+def photo_batch(meta: Dict[str, Any], images: Optional[Sequence] = None) -> torch.Tensor:
+    if images is None:
+        images = sample_images()[1]
+    transform = transform_from(meta)
+    return torch.stack([transform(img) for img in images])
+
+
+def _atomic_target(output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{output.stem}.part.', suffix=output.suffix, dir=output.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export_model(model: nn.Module, fmt: str, output: str, img_size: Optional[int] = None,
+                 dynamic_batch: bool = False, opset: int = 17) -> Dict[str, Any]:
+    """Write ``model`` (optimized, eval) to ``output`` in ``fmt``; returns the stored metadata.
+    The file appears only when complete (written beside it, then renamed)."""
+    from .optimize import optimize
+    if fmt not in FORMATS:
+        raise ValueError(f'unknown export format {fmt!r}: use one of {FORMATS}')
+    meta = metadata(model, img_size, format=fmt, dynamic_batch=dynamic_batch)
+    size = meta['preprocessing']['input_size']
+    example = torch.randn(2 if dynamic_batch else 1, *size)
+    fused = optimize(model, memory_format=None, fold_gate=False)
+    output = Path(output)
+    tmp = _atomic_target(output)
+    try:
+        if fmt == 'onnx':
+            import onnx
+            torch.onnx.export(
+                fused, (example,), str(tmp), input_names=['image'], output_names=['logits'], opset_version=opset,
+                dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}} if dynamic_batch else None,
+                dynamo=False)
+            proto = onnx.load(str(tmp))
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+            onnx.save(proto, str(tmp))
+        elif fmt == 'torchscript':
+            scripted = torch.jit.script(fused)
+            torch.jit.save(scripted, str(tmp), _extra_files={METADATA_KEY: json.dumps(meta)})
+        else:
+            dynamic = {'x': {0: torch.export.Dim('batch', min=1, max=1024)}} if dynamic_batch else None
+            program = torch.export.export(fused, (example,), dynamic_shapes=dynamic)
+            torch.export.save(program, str(tmp), extra_files={METADATA_KEY: json.dumps(meta)})
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Running exported files
+
+def ort_session(path: str, threads: Optional[int] = None):
+    """An onnxruntime CPU session; idle worker threads do not spin (they would slow whatever shares the cores)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=opts, providers=['CPUExecutionProvider'])
+
+
+class ExportedModel:
+    """An exported file with its metadata: ``model(batch) -> logits`` (a torch tensor)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f'exported model not found: {path}')
+        suffix = self.path.suffix.lower()
+        if suffix == '.onnx':
+            import onnx
+            proto = onnx.load(str(self.path), load_external_data=False)
+            props = {p.key: p.value for p in proto.metadata_props}
+            if METADATA_KEY not in props:
+                raise ValueError(f'{path} has no se_hub metadata (export it with `se-hub export`)')
+            self.meta = json.loads(props[METADATA_KEY])
+            self.session = ort_session(str(self.path))
+            self.kind = 'onnx'
+        elif suffix == '.pt2':
+            extra = {METADATA_KEY: ''}
+            self.program = torch.export.load(str(self.path), extra_files=extra)
+            self.module = self.program.module()
+            self.meta = self._parse(extra[METADATA_KEY])
+            self.kind = 'pt2'
+        elif suffix in ('.pt', '.ts', '.torchscript'):
+            extra = {METADATA_KEY: ''}
+            self.module = torch.jit.load(str(self.path), _extra_files=extra, map_location='cpu')
+            self.meta = self._parse(extra[METADATA_KEY])
+            self.kind = 'torchscript'
+        else:
+            raise ValueError(f'{path}: unknown exported file type (expected .onnx, .pt2 or .pt/.ts for TorchScript)')
+
+    def _parse(self, text) -> Dict[str, Any]:
+        if not text:
+            raise ValueError(f'{self.path} has no se_hub metadata (export it with `se-hub export`)')
+        return json.loads(text if isinstance(text, str) else text.decode())
+
+    @property
+    def labels(self) -> List[str]:
+        return self.meta['label_names']
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.kind == 'onnx':
+            if not self.meta.get('dynamic_batch') and batch.shape[0] != 1:
+                return torch.cat([self(b[None]) for b in batch])
+            (out,) = self.session.run(None, {self.session.get_inputs()[0].name: batch.numpy()})
+            return torch.from_numpy(out)
+        with torch.inference_mode():
+            if self.kind == 'pt2' and not self.meta.get('dynamic_batch') and batch.shape[0] != 1:
+                return torch.cat([self.module(b[None]) for b in batch])
+            return self.module(batch)
+
+
+def top5(logits: torch.Tensor, names: Sequence[str]) -> List[List[Tuple[str, float]]]:
+    probs = logits.float().softmax(-1)
+    top = probs.topk(min(5, probs.shape[-1]), dim=-1)
+    return [[(names[i], round(float(p), 4)) for p, i in zip(ps.tolist(), ix.tolist())]
+            for ps, ix in zip(top.values, top.indices)]
+
+
+def verify_export(model: nn.Module, path: str) -> Dict[str, Any]:
+    """Max abs logit difference of the exported file against eager PyTorch, and both top-5s, on
+    scikit-image's real photos through the model's own preprocessing."""
+    exported = ExportedModel(path)
+    specs, images = sample_images()
+    batch = photo_batch(exported.meta, images)
+    with torch.inference_mode():
+        ref = model.eval()(batch)
+    out = exported(batch)
+    names = exported.labels
+    return dict(images=specs, max_abs_diff=float((out - ref).abs().max()),
+                cosine=[float(c) for c in torch.nn.functional.cosine_similarity(out, ref, dim=-1)],
+                top5_eager=top5(ref, names), top5_exported=top5(out, names),
+                same_top1=bool((out.argmax(-1) == ref.argmax(-1)).all()))

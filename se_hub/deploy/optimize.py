@@ -1,0 +1,376 @@
+"""``optimize(model)``: the same function as fast as a CPU runs it, for every se_hub family.
+
+What it does (each measured in ``bench/bench_deploy.py``):
+
+* BatchNorm folded into the convolution before it (``torch.nn.utils.fusion.fuse_conv_bn_eval``);
+* residual blocks (SE-ResNet / ResNeXt / SENet / CIFAR, any SE placement) and MBConv blocks
+  rebuilt from their parameters as ``fused`` blocks: the SE squeeze of a bottleneck reads the
+  last 1x1 convolution's input (4x smaller) by linearity, the gate goes into the next 1x1
+  convolution's weights where it precedes one (MBConv, SE-3x3) or where it scales that
+  convolution's output at batch 1 and the weights are the smaller tensor, and scale + residual
+  add + ReLU run as one ``addcmul`` plus an in-place ReLU;
+* the other SE units (Inception) become ``ScaleByGate`` modules; other attention modules (ECA,
+  CBAM) and every other layer are kept as they are;
+* weights channels-last (oneDNN's preferred layout; faster than NCHW in this project's runs, which
+  were on a shared, loaded machine: rerun ``bench/bench_deploy.py`` to confirm on yours).
+
+The training modules are read for their parameters only (``conv*`` / ``bn*`` / ``se.fc1`` /
+``se.fc2`` / ``se.squeeze`` / the gate type / ``downsample``): no private method of theirs is
+called, so they may change their internals.
+"""
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .fused import (
+    GATES,
+    ConvAct,
+    ExcitationGate,
+    GatedPointwiseConv,
+    PositionwiseGate,
+    ScaleByGate,
+    fold_conv_bn,
+    linear_from_1x1,
+    scale_add,
+)
+
+__all__ = ['optimize', 'FusedResidualBlock', 'FusedInvertedResidual']
+
+
+# ---------------------------------------------------------------------------------------------
+# SE units -> gates
+
+def _is_squeeze_excite(se: Optional[nn.Module]) -> bool:
+    """se_hub's SE unit (read by its parameters): 1x1-conv fc1 / fc2, a squeeze name, a gate."""
+    from ..layers import SqueezeExcite
+    return (isinstance(se, SqueezeExcite) and isinstance(getattr(se, 'fc1', None), nn.Conv2d)
+            and isinstance(getattr(se, 'fc2', None), nn.Conv2d)
+            and getattr(se, 'squeeze', 'avg') in ('avg', 'max', 'none'))
+
+
+def _gate_module(se: nn.Module) -> nn.Module:
+    gate = getattr(se, 'gate', 'sigmoid')
+    if isinstance(gate, str):
+        if gate not in GATES:
+            raise ValueError(f'unknown SE gate {gate!r}')
+        return GATES[gate]()
+    return copy.deepcopy(gate)
+
+
+def _act_module(se: nn.Module) -> nn.Module:
+    act = getattr(se, 'act', None)
+    return copy.deepcopy(act) if isinstance(act, nn.Module) else nn.ReLU(inplace=True)
+
+
+def excitation_gate(se: nn.Module, squeeze_from: Optional[nn.Conv2d] = None) -> nn.Module:
+    """The gate of an SE unit; with ``squeeze_from`` (a folded 1x1 conv making the SE's input) the
+    squeeze reads that conv's input and the conv is folded into fc1 (in float64)."""
+    squeeze = getattr(se, 'squeeze', 'avg')
+    act, gate = _act_module(se), _gate_module(se)
+    if squeeze == 'none':
+        return PositionwiseGate(copy.deepcopy(se.fc1), act, copy.deepcopy(se.fc2), gate)
+    fc1, fc2 = linear_from_1x1(se.fc1), linear_from_1x1(se.fc2)
+    if squeeze_from is not None:
+        w1 = fc1.weight.double()
+        b1 = fc1.bias.double() if fc1.bias is not None else torch.zeros(w1.shape[0], dtype=torch.float64)
+        wp = squeeze_from.weight.detach().double().flatten(1)
+        bp = squeeze_from.bias.detach().double()
+        composed = nn.Linear(wp.shape[1], w1.shape[0])
+        with torch.no_grad():
+            composed.weight.copy_(w1 @ wp)
+            composed.bias.copy_(w1 @ bp + b1)
+        fc1 = composed.to(se.fc1.weight.dtype)
+    return ExcitationGate(fc1, act, fc2, gate, squeeze)
+
+
+def scale_module(se: Optional[nn.Module]) -> Optional[nn.Module]:
+    """An SE unit as ``x * gate(x)`` from its parameters; any other attention module as it is."""
+    if se is None or isinstance(se, nn.Identity):
+        return None
+    if _is_squeeze_excite(se):
+        return ScaleByGate(excitation_gate(se))
+    return copy.deepcopy(se)
+
+
+def _returns_gate(se: nn.Module, gate: nn.Module) -> bool:
+    """Whether the SE unit's forward returns its gate (the caller scales) or the scaled input:
+    probed on a small input, so a block that is kept gets a replacement with its unit's contract."""
+    weight = se.fc1.weight
+    x = torch.rand(1, weight.shape[1], 3, 3, generator=torch.Generator().manual_seed(0)).to(weight)
+    with torch.no_grad():
+        out, g = copy.deepcopy(se).eval()(x), gate.eval()(x)
+    if out.shape == g.shape and torch.allclose(out, g, atol=1e-5):
+        return True
+    if out.shape == x.shape and torch.allclose(out, x * g, atol=1e-5):
+        return False
+    raise ValueError(f'cannot tell what {type(se).__name__} returns (neither its gate nor the scaled input)')
+
+
+def kept_block_se(se: nn.Module) -> nn.Module:
+    """The replacement of an SE unit inside a block whose forward is kept (Inception): the gate
+    module if the unit returns its gate, else gate and scale."""
+    gate = excitation_gate(se)
+    return gate if _returns_gate(se, gate) else ScaleByGate(gate)
+
+
+def _fold_downsample(ds: Optional[nn.Module]) -> Optional[nn.Module]:
+    if ds is None:
+        return None
+    if type(ds) is nn.Sequential and len(ds) >= 2 and isinstance(ds[-1], nn.BatchNorm2d) \
+            and isinstance(ds[-2], nn.Conv2d):
+        return nn.Sequential(*[copy.deepcopy(m) for m in ds[:-2]], fold_conv_bn(ds[-2], ds[-1]))
+    return copy.deepcopy(ds)
+
+
+def _pointwise(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and conv.padding == (0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused blocks
+
+class FusedResidualBlock(nn.Module):
+    """An SE residual unit (post- or pre-activation, basic or bottleneck, any SE placement), BN
+    folded. ``branch``: the convolutions before the last one, each with its ReLU; the last
+    convolution is ``conv_pw`` (a 1x1: takes the gate) or ``conv_last`` (a 3x3)."""
+
+    # no annotations on the module arguments: TorchScript resolves __init__'s annotations for
+    # attributes that are None, and cannot resolve Optional[nn.Module]
+    def __init__(self, branch, conv_pw, conv_last, downsample, pre_act=None, shortcut_preact: bool = False,
+                 relu_out: bool = True, pre_se_act: bool = False, gate_from_input=None, gate_in=None,
+                 gate_out=None, se_out=None, se_pre=None, se_3x3=None, se_identity=None, se_post=None):
+        super().__init__()
+        self.pre_act = pre_act
+        self.shortcut_preact = shortcut_preact
+        self.se_pre = se_pre
+        self.branch = branch
+        self.se_3x3 = se_3x3
+        self.gate_in = gate_in
+        self.gate_from_input = gate_from_input
+        self.conv_pw = conv_pw
+        self.conv_last = conv_last
+        self.pre_se_act = pre_se_act
+        self.gate_out = gate_out
+        self.se_out = se_out
+        self.downsample = downsample
+        self.se_identity = se_identity
+        self.relu_out = relu_out
+        self.se_post = se_post
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        if self.pre_act is not None:
+            x = self.pre_act(x)
+            if self.shortcut_preact:
+                shortcut = x
+        if self.se_pre is not None:
+            x = self.se_pre(x)
+        h = self.branch(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        if self.se_identity is not None:
+            shortcut = self.se_identity(shortcut)
+        if self.se_3x3 is not None:
+            h = self.se_3x3(h)
+        if self.conv_pw is not None:
+            if self.gate_from_input is not None:
+                # squeeze from the 1x1's input, gate into its weights or one scale + add pass
+                out = self.conv_pw(h, self.gate_from_input(h), shortcut, self.relu_out)
+                if self.se_post is not None:
+                    out = self.se_post(out)
+                return out
+            if self.gate_in is not None:
+                y = self.conv_pw(h, self.gate_in(h))
+            else:
+                y = self.conv_pw(h)
+        elif self.conv_last is not None:
+            y = self.conv_last(h)
+        else:
+            raise RuntimeError('FusedResidualBlock has no last convolution')
+        if self.pre_se_act:
+            y = y.relu()
+        if self.gate_out is not None:
+            out = scale_add(y, self.gate_out(y), shortcut)
+        else:
+            if self.se_out is not None:
+                y = self.se_out(y)
+            out = y + shortcut
+        if self.relu_out:
+            out = out.relu_()
+        if self.se_post is not None:
+            out = self.se_post(out)
+        return out
+
+
+def fuse_residual_block(block: nn.Module, preact: bool, fold_gate: bool = True) -> FusedResidualBlock:
+    """A post-activation ``BasicBlock`` / ``Bottleneck`` (conv1-bn1[-conv2-bn2]-conv_last-bn_last)
+    or a pre-activation CIFAR unit (bn1-relu-conv1[-bn2-relu-conv2]-bn-relu-conv_last)."""
+    if preact:
+        # bn1 precedes a ReLU and cannot fold; bn2 / bn3 follow conv1 / conv2
+        convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, 'conv3') else [])
+        bns = [block.bn2] + ([block.bn3] if hasattr(block, 'conv3') else []) + [None]
+        pre_act = nn.Sequential(copy.deepcopy(block.bn1), nn.ReLU(inplace=True))
+        placement, pre_se_act, relu_out = 'standard', False, False
+    else:
+        convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, 'conv3') else [])
+        bns = [block.bn1, block.bn2] + ([block.bn3] if hasattr(block, 'conv3') else [])
+        pre_act = None
+        placement = getattr(block, 'se_placement', 'standard')
+        pre_se_act = isinstance(getattr(block, 'pre_se_act', None), nn.ReLU)
+        relu_out = True
+    folded = [fold_conv_bn(c, b) for c, b in zip(convs, bns)]
+    branch = nn.Sequential(*[ConvAct(c, nn.ReLU(inplace=True)) for c in folded[:-1]])
+    last = folded[-1]
+    se = getattr(block, 'se', None)
+    se = None if isinstance(se, nn.Identity) else se
+    is_se = _is_squeeze_excite(se)
+    kw = {}
+    conv_pw, conv_last = None, None
+    if _pointwise(last):
+        gate_input = is_se and placement == '3x3'
+        conv_pw = GatedPointwiseConv(last, gate_input=gate_input, fold_gate=fold_gate)
+    else:
+        conv_last = last
+    if se is not None:
+        if placement == 'standard':
+            if is_se and conv_pw is not None and not pre_se_act and getattr(se, 'squeeze', 'avg') == 'avg':
+                kw['gate_from_input'] = excitation_gate(se, squeeze_from=last)
+            elif is_se:
+                kw['gate_out'] = excitation_gate(se)
+            else:
+                kw['se_out'] = copy.deepcopy(se)
+        elif placement == '3x3':
+            if is_se and conv_pw is not None and getattr(se, 'squeeze', 'avg') != 'none':
+                kw['gate_in'] = excitation_gate(se)
+            else:
+                conv_pw = GatedPointwiseConv(last, gate_input=False, fold_gate=fold_gate) if conv_pw else None
+                kw['se_3x3'] = scale_module(se)
+        elif placement in ('pre', 'identity', 'post'):
+            kw[f'se_{placement}'] = scale_module(se)
+        else:
+            raise ValueError(f'unknown SE placement {placement!r}')
+    ds = getattr(block, 'downsample', None)
+    return FusedResidualBlock(
+        branch, conv_pw, conv_last, _fold_downsample(ds), pre_act=pre_act,
+        shortcut_preact=preact and isinstance(ds, nn.Conv2d), relu_out=relu_out, pre_se_act=pre_se_act, **kw)
+
+
+class FusedInvertedResidual(nn.Module):
+    """MBConv / depthwise-separable block, BN folded, the SE gate folded into the projection 1x1."""
+
+    def __init__(self, conv_pw, conv_dw: ConvAct, gate, se_other, conv_pwl: GatedPointwiseConv, has_skip: bool):
+        super().__init__()
+        self.conv_pw = conv_pw
+        self.conv_dw = conv_dw
+        self.se_other = se_other
+        self.gate = gate
+        self.conv_pwl = conv_pwl
+        self.has_skip = has_skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        if self.conv_pw is not None:
+            x = self.conv_pw(x)
+        x = self.conv_dw(x)
+        if self.se_other is not None:
+            x = self.se_other(x)
+        gate: Optional[torch.Tensor] = None
+        if self.gate is not None:
+            gate = self.gate(x)
+        return self.conv_pwl(x, gate, shortcut if self.has_skip else None)
+
+
+def fuse_inverted_residual(block: nn.Module, fold_gate: bool = True) -> FusedInvertedResidual:
+    if hasattr(block, 'conv_pwl'):  # MBConv: pw -> dw -> SE -> pwl
+        conv_pw = ConvAct(fold_conv_bn(block.conv_pw, block.bn1), copy.deepcopy(block.act1))
+        conv_dw = ConvAct(fold_conv_bn(block.conv_dw, block.bn2), copy.deepcopy(block.act2))
+        pwl = fold_conv_bn(block.conv_pwl, block.bn3)
+    else:  # depthwise-separable: dw -> SE -> pw
+        conv_pw = None
+        conv_dw = ConvAct(fold_conv_bn(block.conv_dw, block.bn1), copy.deepcopy(block.act1))
+        pwl = fold_conv_bn(block.conv_pw, block.bn2)
+    se = getattr(block, 'se', None)
+    gate, se_other = None, None
+    if _is_squeeze_excite(se) and getattr(se, 'squeeze', 'avg') != 'none':
+        gate = excitation_gate(se)
+    else:
+        se_other = scale_module(se)
+    conv_pwl = GatedPointwiseConv(pwl, gate_input=True, fold_gate=fold_gate)
+    return FusedInvertedResidual(conv_pw, conv_dw, gate, se_other, conv_pwl, bool(getattr(block, 'has_skip', False)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole models
+
+def _fold_stem(model: nn.Module, conv_name: str, bn_name: str) -> None:
+    conv, bn = getattr(model, conv_name, None), getattr(model, bn_name, None)
+    if not isinstance(bn, nn.BatchNorm2d) or type(bn).forward is not nn.BatchNorm2d.forward:
+        return
+    if type(conv) is nn.Sequential and isinstance(conv[-1], nn.Conv2d):  # deep stem: fold its last conv
+        conv[-1] = fold_conv_bn(conv[-1], bn)
+    elif isinstance(conv, nn.Conv2d):
+        setattr(model, conv_name, fold_conv_bn(conv, bn))
+    else:
+        return
+    setattr(model, bn_name, nn.Identity())
+
+
+def _fold_sequentials(module: nn.Module) -> None:
+    """(Conv2d, BatchNorm2d) pairs inside plain ``nn.Sequential`` containers (deep stems)."""
+    for m in list(module.modules()):
+        if type(m) is not nn.Sequential:
+            continue
+        for i in range(len(m) - 1):
+            if isinstance(m[i], nn.Conv2d) and type(m[i + 1]) is nn.BatchNorm2d:
+                m[i] = fold_conv_bn(m[i], m[i + 1])
+                m[i + 1] = nn.Identity()
+
+
+def _replace_blocks(model: nn.Module, fold_gate: bool) -> None:
+    from ..models.se_cifar import PreActBlock
+    from ..models.se_inception import ConvBn
+    from ..models.se_mbconv import DepthwiseSeparable, MBConv
+    from ..models.se_residual import ResidualBlock
+    for name, child in list(model.named_children()):
+        if isinstance(child, (ResidualBlock, PreActBlock)):
+            setattr(model, name, fuse_residual_block(child, isinstance(child, PreActBlock), fold_gate))
+        elif isinstance(child, (MBConv, DepthwiseSeparable)):
+            setattr(model, name, fuse_inverted_residual(child, fold_gate))
+        elif isinstance(child, ConvBn):
+            setattr(model, name, ConvAct(fold_conv_bn(child.conv, child.bn), copy.deepcopy(child.act)))
+        elif _is_squeeze_excite(child):
+            setattr(model, name, kept_block_se(child))  # an SE unit whose block is kept (Inception)
+        else:
+            _replace_blocks(child, fold_gate)
+
+
+_STEMS = (('conv1', 'bn1'), ('conv_stem', 'bn1'), ('conv_head', 'bn2'))
+
+
+def optimize(model: nn.Module, memory_format: Optional[torch.memory_format] = torch.channels_last,
+             fold_gate: bool = True) -> nn.Module:
+    """An eval-only copy of ``model`` computing the same function faster (see module docstring).
+
+    ``memory_format``: of the weights (activations follow); None keeps the model's. ``fold_gate=False`` keeps every
+    SE scale as an activation multiply (for exports: ONNX / INT8 graphs need static weights).
+    The copy keeps the model's attributes (``pretrained_cfg``, ``forward_features``, ...)."""
+    from ..models.se_cifar import SECifarResNet
+    from ..models.se_mbconv import EfficientNet
+    from ..models.se_residual import SEResNet
+    was_training = model.training
+    model.eval()
+    try:
+        fused = copy.deepcopy(model)
+    finally:
+        model.train(was_training)
+    fused.requires_grad_(False)
+    if isinstance(fused, (SEResNet, EfficientNet, SECifarResNet)):
+        for conv_name, bn_name in _STEMS:
+            _fold_stem(fused, conv_name, bn_name)
+    _fold_sequentials(fused)
+    _replace_blocks(fused, fold_gate)
+    if memory_format is not None:
+        fused = fused.to(memory_format=memory_format)
+    return fused.eval()

@@ -1,0 +1,119 @@
+"""se_hub.deploy.optimize computes the eager function of every family (max abs logit difference
+<= 1e-4 in float32), keeps hooks working, and runs under torch.jit.script and torch.compile."""
+import pytest
+import timm
+import torch
+
+from _helpers import randomize_batchnorm
+from se_hub.deploy import optimize
+from se_hub.deploy.fused import ExcitationGate, GatedPointwiseConv, ScaleByGate
+
+# one model per family and layout, small inputs; deep ablation networks cut to one block per stage
+# (random deep networks amplify float32 reordering past 1e-4, which says nothing about the fusion)
+ONE = dict(layers=(1, 1, 1, 1))
+FAMILY_MODELS = [
+    ('se_resnet18', {}, 64),                      # Caffe layout, basic blocks, ReLU before SE
+    ('se_resnet50', {}, 64),                      # Caffe layout, stride on the 1x1
+    ('se_resnet50b', {}, 64),                     # timm layout
+    ('se_resnext26d_32x4d', {}, 64),              # ResNeXt, deep stem, avg-pool shortcut
+    ('se_senet154', ONE, 64),                     # SENet: deep stem, 3x3 shortcut, reduce_first
+    ('se_bn_inception', {}, 96),
+    ('se_inception_v3', {}, 160),  # at 96 px its last maps are 1x1: BN calibrated on them blows up
+    ('se_inception_resnet_v2', {}, 139),
+    ('se_efficientnet_b0', {}, 64),               # MBConv, SE before the projection 1x1
+    ('se_tf_efficientnet_b0', {}, 64),            # TF 'same' padding
+    ('se_efficientnet_lite0', {}, 64),            # MBConv without SE
+    ('se_resnet20_cifar', {}, 32),                # CIFAR post-activation, option-A shortcut
+    ('se_resnet164_cifar', dict(layers=(2, 2, 2)), 32),  # pre-activation bottleneck
+    ('se_wrn16_8_cifar', {}, 32),                 # pre-activation wide basic
+]
+ABLATIONS = ['se_resnet50_none', 'se_resnet50_gmp', 'se_resnet50_nosqueeze', 'se_resnet50_tanh', 'se_resnet50_relu',
+             'se_resnet50_pre', 'se_resnet50_post', 'se_resnet50_identity', 'se_resnet50_3x3', 'se_resnet50_stage3']
+
+
+def make(name, kwargs, size, batch=2):
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    model = randomize_batchnorm(timm.create_model(name, **kwargs), calibrate_on=x)
+    return model.eval(), x
+
+
+def assert_same_function(model, fused, x):
+    with torch.no_grad():
+        ref = model(x)
+        out = fused(x)
+        single = fused(x[:1])  # batch 1 takes the gate-into-weights path
+    assert 0.05 < ref.std() < 100  # a live, well-scaled network, not a constant
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(single, ref[:1], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('name,kwargs,size', FAMILY_MODELS, ids=[m[0] for m in FAMILY_MODELS])
+def test_optimize_same_function(name, kwargs, size):
+    model, x = make(name, kwargs, size)
+    fused = optimize(model)
+    assert_same_function(model, fused, x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and type(m) is torch.nn.BatchNorm2d
+                   for m in fused.modules()) or 'cifar' in name  # pre-activation BNs precede a ReLU
+    if name not in ('se_efficientnet_lite0',):
+        assert any(isinstance(m, (ExcitationGate, ScaleByGate)) for m in fused.modules())
+
+
+@pytest.mark.parametrize('name', ABLATIONS)
+def test_optimize_every_se_variant(name):
+    model, x = make(name, ONE, 64)
+    assert_same_function(model, optimize(model), x)
+
+
+@pytest.mark.parametrize('se_layer', ['eca', 'cbam'])
+def test_optimize_keeps_other_attention(se_layer):
+    model, x = make('se_resnet50', dict(ONE, se_layer=se_layer), 64)
+    assert_same_function(model, optimize(model), x)
+
+
+def test_optimize_fold_gate_and_memory_format_options():
+    model, x = make('se_efficientnet_b0', {}, 64)
+    for kwargs in (dict(fold_gate=False), dict(memory_format=None)):
+        assert_same_function(model, optimize(model, **kwargs), x)
+
+
+def test_optimize_leaves_the_original_untouched():
+    model, x = make('se_resnet50b', {}, 64)
+    with torch.no_grad():
+        before = model(x)
+    optimize(model)
+    assert model.layer1[0].bn1 is not None and isinstance(model.layer1[0].bn1, torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=0, rtol=0)
+
+
+def test_hooks_see_every_fused_se_call():
+    model, x = make('se_resnet50b', {}, 64)
+    fused = optimize(model)
+    gates = [m for m in fused.modules() if isinstance(m, ExcitationGate)]
+    convs = [m for m in fused.modules() if isinstance(m, GatedPointwiseConv)]
+    assert len(gates) == 16
+    seen = []
+    handles = [m.register_forward_hook(lambda mod, inp, out: seen.append(out.shape)) for m in gates + convs]
+    with torch.no_grad():
+        fused(x[:1])
+        fused(x)
+    assert len(seen) == 2 * (len(gates) + len(convs))
+    # a gate is the SE unit's excitation: sigmoid values per channel
+    assert all(s[2:] == (1, 1) for s in seen[:1])
+    for h in handles:
+        h.remove()
+
+
+def test_torchscript_of_optimized_models():
+    for name, kwargs, size in [('se_resnet50', ONE, 64), ('se_efficientnet_b0', {}, 64),
+                               ('se_resnet50_3x3', ONE, 64), ('se_wrn16_8_cifar', {}, 32)]:
+        model, x = make(name, kwargs, size)
+        scripted = torch.jit.script(optimize(model))
+        assert_same_function(model, scripted, x)
+
+
+def test_torch_compile_of_optimized_model():
+    model, x = make('se_resnet50', ONE, 64)
+    compiled = torch.compile(optimize(model))
+    assert_same_function(model, compiled, x)
