@@ -64,7 +64,10 @@ def register_family(module_name: str, archs: Dict[str, Dict[str, Any]], model_cl
 
     def create(variant: str, pretrained: bool = False, **kwargs):
         model_args = dict(archs[variant]['args'])
-        if 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the configuration's rounding rule
+        se_layer = kwargs.get('se_layer', model_args.get('se_layer', 'se'))
+        if not (isinstance(se_layer, str) and se_layer == 'se'):
+            model_args.pop('se_args', None)  # the configuration's SE-unit options; the caller's still reach the check
+        elif 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the configuration's rounding rule
             model_args['se_args'] = dict(model_args.get('se_args') or {}, **kwargs.pop('se_args'))
         # a fresh copy per call: timm writes the caller's out_indices into feature_cfg
         return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,

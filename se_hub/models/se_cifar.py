@@ -45,7 +45,7 @@ from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from ..layers import SeLayer, resolve_se_layer
+from ..layers import SeLayer, SqueezeExcite, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import arch, register_family
 from .classifier_head import ClassifierHeadMixin
@@ -102,7 +102,9 @@ class PreActBlock(nn.Module):
         else:
             shortcut = self.downsample(x)
         out = self.residual(x_pre)
-        if self.se is not None:
+        if isinstance(self.se, SqueezeExcite):  # se_hub's SE returns its gate
+            out = out * self.se(out)
+        elif self.se is not None:
             out = self.se(out)
         if self.drop_path is not None:
             out = self.drop_path(out)
