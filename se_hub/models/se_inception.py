@@ -18,7 +18,7 @@ BN-Inception follows the layer list of the Caffe release (hujie-frank/SENet): co
 bias, BatchNorm eps 1e-5, ceil-mode max-pools, average pools counting the padding.
 """
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Final, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,7 @@ class InceptionBlock(nn.Module):
     """Up to four parallel branches, concatenated; either SE on the concatenation (plain block), or a
     residual block: 1x1 projection (with bias) back to the input width, SE, ``x + scale * branch``.
     ``se=False``: a block that never gets SE (Inception-ResNet-v2's stem block and reductions)."""
+    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
 
     def __init__(self, in_chs: int, branches: Sequence[Sequence[Op]], eps: float, attn_layer: AttnLayer = None,
                  residual: bool = False, scale: float = 1.0, act: bool = True, se: bool = True,
@@ -110,6 +111,10 @@ class InceptionBlock(nn.Module):
             self.conv2d = None
             self.out_chs = cat_chs
         self.se = attn_layer(self.out_chs) if attn_layer is not None and se else None
+        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
+        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
+        # specialised copies of one module class
+        self.se_gates = isinstance(self.se, SqueezeExcite)
         # stochastic depth drops the (scaled) residual branch; a plain block has none to drop
         self.drop_path = DropPath(drop_path_rate) if residual and drop_path_rate > 0. else None
         self.act = nn.ReLU() if act else None
@@ -123,7 +128,7 @@ class InceptionBlock(nn.Module):
         out = torch.cat(outs, 1)
         if self.conv2d is not None:
             out = self.conv2d(out)
-        if isinstance(self.se, SqueezeExcite):  # se_hub's SE returns its gate
+        if self.se_gates:
             out = out * self.se(out)
         elif self.se is not None:
             out = self.se(out)
@@ -142,17 +147,22 @@ class InceptionBlock(nn.Module):
 # flat branch names. Each computes its branches; the base class concatenates and applies SE.
 
 class InceptionV3Block(nn.Module):
+    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
     out_chs: int
 
     def _init_se(self, attn_layer: AttnLayer) -> None:
         self.se = attn_layer(self.out_chs) if attn_layer is not None else None
+        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
+        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
+        # specialised copies of one module class
+        self.se_gates = isinstance(self.se, SqueezeExcite)
 
     def branches(self, x: torch.Tensor) -> List[torch.Tensor]:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.cat(self.branches(x), 1)
-        if isinstance(self.se, SqueezeExcite):  # se_hub's SE returns its gate
+        if self.se_gates:
             out = out * self.se(out)
         elif self.se is not None:
             out = self.se(out)

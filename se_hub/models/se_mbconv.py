@@ -22,7 +22,7 @@ converted too ('lukemelas').
 import math
 import re
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -92,16 +92,21 @@ SeFactory = Callable[[int, int], nn.Module]
 class _MBBlock(nn.Module):
     """Shared by both block kinds: SE after the depthwise conv, identity shortcut with
     stochastic depth when the block keeps shape."""
+    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
 
     def _init_common(self, in_chs: int, out_chs: int, mid_chs: int, stride: int,
                      se_factory: Optional[SeFactory], drop_path_rate: float) -> None:
         self.has_skip = stride == 1 and in_chs == out_chs
         self.se = se_factory(mid_chs, in_chs) if se_factory is not None else nn.Identity()
+        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
+        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
+        # specialised copies of one module class
+        self.se_gates = isinstance(self.se, SqueezeExcite)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. and self.has_skip else nn.Identity()
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         """se_hub's SE returns its gate (scaled here); other attention modules return the scaled input."""
-        if isinstance(self.se, SqueezeExcite):
+        if self.se_gates:
             return x * self.se(x)
         return self.se(x)
 

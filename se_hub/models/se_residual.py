@@ -15,7 +15,7 @@ layout are options of one class, not copies:
 import math
 import re
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Final, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ SE_PLACEMENTS = ('standard', 'pre', 'post', 'identity', '3x3')
 
 class ResidualBlock(nn.Module):
     """A residual block with an optional SE unit; subclasses build the branch's convolutions."""
+    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
     expansion = 1
 
     def _init_se(
@@ -55,6 +56,10 @@ class ResidualBlock(nn.Module):
         self.se_placement = se_placement
         se_channels = {'pre': inplanes, '3x3': width}.get(se_placement, outplanes)
         self.se = attn_layer(se_channels) if attn_layer is not None else None
+        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
+        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
+        # specialised copies of one module class
+        self.se_gates = isinstance(self.se, SqueezeExcite)
         self.pre_se_act = nn.ReLU(inplace=True) if pre_se_act else nn.Identity()
         self.act_out = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -80,7 +85,7 @@ class ResidualBlock(nn.Module):
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         """The attention unit applied to ``x``: se_hub's SE returns its gate (scaled here); other
         attention modules (timm's ECA / CBAM, callables) return the scaled input themselves."""
-        if isinstance(self.se, SqueezeExcite):
+        if self.se_gates:
             return x * self.se(x)
         if self.se is not None:
             return self.se(x)
@@ -99,7 +104,7 @@ class ResidualBlock(nn.Module):
         shortcut = self._shortcut(shortcut)
         if self.se_placement == 'identity':
             shortcut = self._attend(shortcut)
-        if isinstance(self.se, SqueezeExcite) and self.se_placement == 'standard':
+        if self.se_gates and self.se_placement == 'standard':
             gate = self.se(x)
             if self.drop_path is not None:
                 x = self.drop_path(x * gate) + shortcut
