@@ -4,7 +4,8 @@ The paper's "GFLOPs" are multiply-accumulates at 224x224 of the convolutions and
 layers, plus the SE unit's own elementwise work: one add per input element for the squeeze
 (average or max pooling) and one multiply per element for the scale. Convolutions and linear
 layers are counted by torch's own ``torch.utils.flop_counter`` (MACs = FLOPs / 2); the SE terms
-are added from hooks on the SE modules. Models are built on the ``meta`` device, so even
+are added from forward hooks on the SE modules (which run in every block, on every
+path). Models are built on the ``meta`` device, so even
 SENet-154 costs no memory and no compute.
 """
 from typing import Optional, Sequence, Tuple
@@ -27,23 +28,17 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     se_macs = []
 
     def se_hook(module: SqueezeExcite, args, _output):
+        # the SE unit returns its gate; the block scales its input by it (one multiply per element)
         n = args[0].numel()
         se_macs.append(n if module.squeeze == 'none' else 2 * n)  # (squeeze +) scale
 
     handles = [m.register_forward_hook(se_hook) for m in model.modules() if isinstance(m, SqueezeExcite)]
-    # The fused residual tail calls the SE's excite() directly; count through the plain path,
-    # which computes the same function and calls the SE module (and so its hook).
-    lean_blocks = [m for m in model.modules() if getattr(m, 'lean_tail', False)]
-    for m in lean_blocks:
-        m.lean_tail = False
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model.eval()(torch.zeros(1, *input_size, device=device))
     finally:
         for h in handles:
             h.remove()
-        for m in lean_blocks:
-            m.lean_tail = True
     return counter.get_total_flops() // 2 + sum(se_macs)
 
 

@@ -198,7 +198,7 @@ def test_se_layer_variants():
     assert count(plain, SqueezeExcite) == 0 and count_params(plain) == plain_resnet_cifar(3)
     se = timm.create_model('se_resnet20_cifar')
     assert [b.se.rd_channels for b in _blocks(se)] == [1] * 3 + [2] * 3 + [4] * 3  # floor(C / 16)
-    assert all(b.lean_tail for b in _blocks(se))  # BN -> SE -> add -> ReLU: the lean tail applies
+    assert all(b.se_gates and b.se_placement == 'standard' for b in _blocks(se))  # the lean tail applies
     for name, cls in [('eca', EcaModule), ('cbam', CbamModule)]:
         model = timm.create_model('se_resnet20_cifar', se_layer=name)
         assert count(model, cls) == 9 and count(model, SqueezeExcite) == 0
@@ -238,7 +238,7 @@ def test_se_sits_on_the_residual_branch_before_the_addition():
         with torch.no_grad():
             x_pre = torch.relu(block.bn1(x))
             u = block.residual(x_pre)
-            scaled = u * block.se.excite(u)
+            scaled = u * block.se(u)
             torch.testing.assert_close(block(x), scaled + block.downsample(x_pre))
 
 
@@ -286,8 +286,11 @@ def test_lean_tail_gradients_equal_plain_path():
     for lean in (True, False):
         model.load_state_dict(state)
         model.zero_grad()
-        for b in _blocks(model):
-            b.lean_tail = lean
+        for b in _blocks(model):  # the plain path: scale + add without the lean backward
+            if lean:
+                b.__dict__.pop('_scale_add', None)
+            else:
+                b._scale_add = lambda y, gate, shortcut, z: torch.addcmul(shortcut, y, gate)
         out = model(x)
         out.pow(2).sum().backward()
         results.append((out.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))

@@ -10,7 +10,7 @@ from torch import nn
 
 from _helpers import randomize_batchnorm
 from se_hub.layers import SqueezeExcite, reduced_channels, resolve_se_layer
-from se_hub.layers.se_tail import batch_norm_with_stats, scale_add_relu
+from se_hub.layers.se_tail import scale_add
 
 
 def reference_se(x, se, pool, gate):
@@ -34,7 +34,7 @@ def test_se_matches_paper_equations(squeeze, pool, gate, gate_fn):
     torch.manual_seed(0)
     se = SqueezeExcite(64, squeeze=squeeze, gate=gate)
     x = torch.randn(2, 64, 7, 5)
-    torch.testing.assert_close(se(x), reference_se(x, se, pool, gate_fn))
+    torch.testing.assert_close(x * se(x), reference_se(x, se, pool, gate_fn))
 
 
 def test_nosqueeze_applies_excitation_per_position():
@@ -43,13 +43,13 @@ def test_nosqueeze_applies_excitation_per_position():
     x = torch.randn(2, 32, 6, 6)
     per_pos = x.permute(0, 2, 3, 1)  # the MLP applied at every position
     s = torch.relu(per_pos @ se.fc1.weight.flatten(1).T + se.fc1.bias) @ se.fc2.weight.flatten(1).T + se.fc2.bias
-    torch.testing.assert_close(se(x), x * torch.sigmoid(s).permute(0, 3, 1, 2))
+    torch.testing.assert_close(x * se(x), x * torch.sigmoid(s).permute(0, 3, 1, 2))
 
 
 def test_se_without_bias_has_no_bias_parameters():
     se = SqueezeExcite(64, bias=False)
     assert se.fc1.bias is None and se.fc2.bias is None
-    assert se(torch.randn(1, 64, 3, 3)).shape == (1, 64, 3, 3)
+    assert se(torch.randn(1, 64, 3, 3)).shape == (1, 64, 1, 1)  # the gate
 
 
 @pytest.mark.parametrize('channels,ratio,divisor,expected', [
@@ -105,24 +105,27 @@ def _tail_inputs(dtype=torch.float64, momentum=0.1):
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.5, 0.5)
-    z = torch.randn(3, 8, 5, 5, dtype=dtype, requires_grad=True)
+    z = (torch.randn(3, 8, 5, 5, dtype=dtype) * 3 + 1).requires_grad_() * 1  # a non-leaf, as a conv output
     s = torch.randn(3, 8, 5, 5, dtype=dtype, requires_grad=True)
     w = torch.randn(8, dtype=dtype, requires_grad=True)
     return bn, z, s, w
 
 
 @pytest.mark.parametrize('momentum', [0.1, None])
-def test_lean_tail_equals_autograd_reference(momentum):
+@pytest.mark.parametrize('per_position', [False, True])
+def test_lean_tail_equals_autograd_reference(momentum, per_position):
     """Forward, every gradient and the BN running statistics equal the plain autograd graph."""
     bn_ref, z, s, w = _tail_inputs(momentum=momentum)
     bn_ours = _tail_inputs(momentum=momentum)[0]
     bn_ours.load_state_dict(bn_ref.state_dict())
 
+    def gate_of(x):
+        return torch.sigmoid(x * w[:, None, None] if per_position else x.mean((2, 3), keepdim=True) * w[:, None, None])
+
     x = bn_ref(z)
-    ref = torch.relu(x * torch.sigmoid(x.mean((2, 3), keepdim=True) * w[:, None, None]) + s)
-    y, mean, invstd = batch_norm_with_stats(z, bn_ours)
-    ours = scale_add_relu(y, torch.sigmoid(y.mean((2, 3), keepdim=True) * w[:, None, None]),
-                          s, z, bn_ours.weight, bn_ours.bias, mean, invstd)
+    ref = torch.relu(x * gate_of(x) + s)
+    y = bn_ours(z)
+    ours = torch.relu(scale_add(y, gate_of(y), s, z, bn_ours))
     torch.testing.assert_close(ours, ref)
     wrt = (z, s, w)
     g_ref = torch.autograd.grad(ref.square().sum(), wrt + (bn_ref.weight, bn_ref.bias))
@@ -133,9 +136,7 @@ def test_lean_tail_equals_autograd_reference(momentum):
         torch.testing.assert_close(bn_ours.state_dict()[key], value)
 
 
-def test_lean_tail_keeps_no_extra_activation():
-    """The tail saves z and the output (which a plain block keeps anyway), not bn(z)."""
-    bn, z, s, w = _tail_inputs(dtype=torch.float32)
+def _saved_storages(fn):
     saved = []
 
     def pack(t):
@@ -143,10 +144,38 @@ def test_lean_tail_keeps_no_extra_activation():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y, mean, invstd = batch_norm_with_stats(z, bn)
+        out = fn()
+    return set(saved), out
+
+
+def test_lean_tail_keeps_no_extra_activation():
+    """The tail saves z (which BatchNorm keeps anyway) and the gate, not bn(z)."""
+    bn, z, s, w = _tail_inputs(dtype=torch.float32)
+    holder = {}
+
+    def tail():
+        holder['y'] = y = bn(z)
         gate = torch.sigmoid(y.mean((2, 3), keepdim=True) * w[:, None, None])
-        out = scale_add_relu(y, gate, s, z, bn.weight, bn.bias, mean, invstd)
-    big = {p for p in saved if p in (z.untyped_storage().data_ptr(), out.untyped_storage().data_ptr(),
-                                     y.untyped_storage().data_ptr())}
-    assert y.untyped_storage().data_ptr() not in big
-    assert big == {z.untyped_storage().data_ptr(), out.untyped_storage().data_ptr()}
+        return scale_add(y, gate, s, z, bn)
+
+    saved, out = _saved_storages(tail)
+    assert z.untyped_storage().data_ptr() in saved
+    assert holder['y'].untyped_storage().data_ptr() not in saved
+    # the plain graph (what a BN output changed by a hook gets) does keep it
+    saved, _ = _saved_storages(lambda: torch.addcmul(s, holder['y'], torch.sigmoid(w)[:, None, None]))
+    assert holder['y'].untyped_storage().data_ptr() in saved
+
+
+def test_lean_tail_falls_back_when_the_bn_output_was_replaced():
+    """A forward hook that changes BatchNorm's output (or a norm layer of another type) gets the
+    plain autograd graph: the gradient stays exact."""
+    bn, z, s, w = _tail_inputs()
+    bn.register_forward_hook(lambda m, i, o: o * 2)
+    y = bn(z)
+    gate = torch.sigmoid(y.mean((2, 3), keepdim=True) * w[:, None, None])
+    ours = scale_add(y, gate, s, z, bn)
+    ref = torch.addcmul(s, y, gate)
+    g_ours = torch.autograd.grad(ours.square().sum(), (z, w, bn.weight), retain_graph=True)
+    g_ref = torch.autograd.grad(ref.square().sum(), (z, w, bn.weight))
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b)

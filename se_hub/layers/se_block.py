@@ -6,6 +6,12 @@ reduction: ratio r (``rd_ratio = 1/r``) or an explicit ``rd_channels``; ``rd_div
            ``C/r`` as the Caffe prototxts do, ``rd_divisor=8`` rounds to a multiple of 8 as timm does
 gate     : 'sigmoid' (paper), 'hard_sigmoid', 'tanh', 'relu'
 act      : the activation between the two FCs, ReLU (paper); MBConv blocks use their own (SiLU)
+
+``SqueezeExcite(x)`` returns the excitation ``s`` (the gate), not ``x * s``: the block that owns
+the unit applies the scale, so a residual block can fuse scale + shortcut add into one pass (and
+keep less for backward, see ``se_tail.py``) while every submodule (``fc1``, ``act``, ``fc2``,
+``gate``) and the unit itself still run as modules: forward hooks, wrappers (LoRA, quantization
+observers) and ``torch.fx`` see every call.
 """
 from typing import Callable, Optional, Union
 
@@ -30,8 +36,26 @@ def reduced_channels(channels: int, rd_ratio: float, rd_divisor: int = 1) -> int
     return make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.)
 
 
+class ExcitationConv(nn.Conv2d):
+    """A 1x1 convolution, stored as one (weight ``(C_out, C_in, 1, 1)``, the layout of every SE
+    checkpoint), that runs as an (N, C) matmul when ``squeezed``: on a 1x1 map a matmul costs a
+    fraction of a convolution at batch 1. Input and output are (N, C, H, W) either way, so
+    anything that wraps or replaces a Conv2d here keeps working."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, squeezed: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
+        self.squeezed = squeezed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.squeezed:
+            return F.linear(x.flatten(1), self.weight.flatten(1), self.bias).unsqueeze(-1).unsqueeze(-1)
+        return self._conv_forward(x, self.weight, self.bias)
+
+
 class SqueezeExcite(nn.Module):
-    """SE unit: ``x * gate(fc2(act(fc1(squeeze(x)))))``, ``act`` ReLU unless ``act_layer`` says otherwise.
+    """SE unit: ``forward(x)`` returns the gate ``gate(fc2(act(fc1(squeeze(x)))))`` ((N, C, 1, 1), or
+    (N, C, H, W) for squeeze='none'); the caller scales: ``x * se(x)``. ``act`` is ReLU unless
+    ``act_layer`` says otherwise.
 
     The excitation weights are stored as 1x1 convolutions (the layout of the Caffe release,
     Cadene's port and timm), so checkpoints map onto ``fc1`` / ``fc2`` without reshaping.
@@ -58,27 +82,30 @@ class SqueezeExcite(nn.Module):
         self.squeeze = squeeze
         self.channels = channels
         self.rd_channels = rd_channels
-        self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=bias)
-        self.act = create_act_layer(act_layer, inplace=True)
-        self.fc2 = nn.Conv2d(rd_channels, channels, kernel_size=1, bias=bias)
+        squeezed = squeeze != 'none'
+        self.fc1 = ExcitationConv(channels, rd_channels, bias=bias, squeezed=squeezed)
+        # not in place: a hook or feature extractor may hold fc1's output
+        self.act = create_act_layer(act_layer, inplace=False)
+        self.fc2 = ExcitationConv(rd_channels, channels, bias=bias, squeezed=squeezed)
         self.gate = GATE_TYPES[gate]()
 
-    def excite(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-channel (or, for squeeze='none', per-position) scale applied to ``x``."""
-        if self.squeeze == 'none':
-            s = self.fc2(self.act(self.fc1(x)))
-            return self.gate(s)
-        if self.squeeze == 'max':
-            pooled = x.amax((2, 3))
-        else:
-            pooled = x.mean((2, 3))
-        # A (N, C) matmul costs a fraction of a 1x1 convolution on a 1x1 map at batch 1.
-        s = F.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias)
-        s = F.linear(self.act(s), self.fc2.weight.flatten(1), self.fc2.bias)
-        return self.gate(s).unsqueeze(-1).unsqueeze(-1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.excite(x)
+        """The per-channel (or, for squeeze='none', per-position) scale for ``x``."""
+        if self.squeeze == 'avg':
+            s = x.mean((2, 3), keepdim=True)
+        elif self.squeeze == 'max':
+            s = x.amax((2, 3), keepdim=True)
+        else:
+            s = x
+        return self.gate(self.fc2(self.act(self.fc1(s))))
 
     def extra_repr(self) -> str:
         return f'squeeze={self.squeeze!r}, channels={self.channels}, rd_channels={self.rd_channels}'
+
+
+def attend(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through a block's attention slot: se_hub's SqueezeExcite returns its gate (scaled
+    here); timm's ECA / CBAM, user callables and ``nn.Identity`` return the scaled input."""
+    if isinstance(attention, SqueezeExcite):
+        return x * attention(x)
+    return attention(x)

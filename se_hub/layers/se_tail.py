@@ -1,55 +1,72 @@
-"""The tail of an SE residual block, ``relu(bn(z) * g + shortcut)``, without its memory cost.
+"""The tail of an SE residual block, ``bn(z) * g + shortcut``, without its memory cost.
 
 Autograd keeps ``bn(z)`` alive for the backward of the multiplication by ``g``: one extra
 activation the size of the block output in every block, about a quarter more saved memory for
 SE-ResNet-50 (the article's second shortcoming). BatchNorm already keeps ``z`` and its batch
 statistics, so the backward here works from those instead (the gate's gradient needs only
-per-channel sums of ``grad * z``) and saves only what a plain residual block saves (``z`` and
-the block output).
+per-channel sums of ``grad * z``) and saves only what a plain residual block saves.
+
+Nothing is bypassed: the block calls its BatchNorm, its SE unit and its output activation as
+modules. ``batch_norm_saved_stats`` only reads, from the autograd graph, the batch statistics
+that the BatchNorm call saved; when the tensor did not come straight from a training-mode
+``nn.BatchNorm2d`` (a hook replaced it, another norm layer sits there, no gradient is
+recorded, ...) it returns None and the block uses the plain ``addcmul``.
 """
 from typing import Optional, Tuple
 
 import torch
-from timm.models import register_notrace_function
 from torch import nn
 
-
-def batch_norm_with_stats(z: torch.Tensor, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training-mode ``bn(z)`` with the same running-statistics update as ``nn.BatchNorm2d``,
-    also returning the batch mean and inverse std that normalised ``z``."""
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    x, mean, invstd = torch.native_batch_norm(
-        z, bn.weight, bn.bias, bn.running_mean, bn.running_var, True, momentum, bn.eps)
-    return x, mean, invstd
+# Autograd nodes of training-mode batch norm whose saved result1 / result2 are the batch mean and
+# inverse standard deviation (cuDNN's "savedInvVariance"), and whose saved input is the BN input.
+_BATCH_NORM_NODES = ('NativeBatchNormBackward0', 'CudnnBatchNormBackward0')
 
 
-class _ScaleAddReLU(torch.autograd.Function):
+def batch_norm_saved_stats(
+        y: torch.Tensor, z: torch.Tensor, bn: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(mean, invstd)`` of the batch when ``y`` is exactly the output of training-mode ``bn(z)`` as
+    recorded by autograd (the statistics that normalised ``z``), else None."""
+    if not isinstance(y, torch.Tensor) or type(bn) is not nn.BatchNorm2d or torch.compiler.is_compiling():
+        return None  # fx proxies, other norm layers, torch.compile: the plain path
+    node = y.grad_fn
+    if node is None or z.grad_fn is None or type(node).__name__ not in _BATCH_NORM_NODES:
+        return None
+    if not node._saved_training:  # normalised by the running statistics: nothing saved to reuse
+        return None
+    # the node's inputs are z and bn.weight (a hook may have swapped either): checked on the graph,
+    # without unpacking the saved input (saved-tensor hooks may have moved it, e.g. to the CPU)
+    edges = node.next_functions
+    if edges[0][0] is not z.grad_fn:
+        return None
+    if bn.weight is not None and bn.weight.requires_grad and getattr(edges[1][0], 'variable', None) is not bn.weight:
+        return None
+    mean, invstd = node._saved_result1, node._saved_result2
+    if mean.shape != (z.shape[1],) or invstd.shape != mean.shape:
+        return None
+    return mean, invstd
+
+
+class _ScaleAdd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gate, shortcut, z, weight, bias, mean, invstd):
-        y = torch.addcmul(shortcut, x, gate).relu_()
-        ctx.save_for_backward(gate, y, z, weight, bias, mean, invstd)
+        ctx.save_for_backward(gate, z, weight, bias, mean, invstd)
         ctx.shortcut_dtype = shortcut.dtype
-        return y
+        return torch.addcmul(shortcut, x, gate)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y):
-        gate, y, z, weight, bias, mean, invstd = ctx.saved_tensors
-        grad_pre = torch.ops.aten.threshold_backward(grad_y, y, 0)  # ReLU's backward, one pass
-        grad_x = grad_pre * gate
+    def backward(ctx, grad):
+        gate, z, weight, bias, mean, invstd = ctx.saved_tensors
+        grad_x = grad * gate
         shape = (1, -1, 1, 1)
         scale = invstd if weight is None else invstd * weight
         if gate.shape[2:] == (1, 1):
             # per-channel gate: sum(g * bn(z)) = scale * (sum(g * z) - mean * sum(g)) + bias * sum(g),
             # from two reductions instead of rebuilding bn(z) at full size (in float32 the relative
             # error grows with |mean| / std of z: ~5e-5 at 200, harmless for training)
-            sum_g = grad_pre.sum((2, 3))
-            sum_gz = (grad_pre * z).sum((2, 3))
+            sum_g = grad.sum((2, 3))
+            sum_gz = (grad * z).sum((2, 3))
             grad_gate = scale * (sum_gz - mean * sum_g)
             if bias is not None:
                 grad_gate = grad_gate + bias * sum_g
@@ -58,16 +75,17 @@ class _ScaleAddReLU(torch.autograd.Function):
             x = (z - mean.view(shape)) * scale.view(shape)
             if bias is not None:
                 x = x + bias.view(shape)
-            grad_gate = grad_pre * x
+            grad_gate = grad * x
         grad_gate = grad_gate.to(gate.dtype)
-        return grad_x, grad_gate, grad_pre.to(ctx.shortcut_dtype), None, None, None, None, None
+        return grad_x, grad_gate, grad.to(ctx.shortcut_dtype), None, None, None, None, None
 
 
-@register_notrace_function
-@torch.fx.wrap
-def scale_add_relu(
-        x: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor, z: torch.Tensor,
-        weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-        mean: torch.Tensor, invstd: torch.Tensor) -> torch.Tensor:
-    """``relu(x * gate + shortcut)`` where ``x = (z - mean) * invstd * weight + bias``."""
-    return _ScaleAddReLU.apply(x, gate, shortcut, z.detach(), weight, bias, mean.detach(), invstd.detach())
+def scale_add(
+        x: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor, z: torch.Tensor, bn: nn.Module) -> torch.Tensor:
+    """``x * gate + shortcut`` for ``x = bn(z)``; when ``x`` is training-mode BatchNorm's output,
+    autograd keeps ``z`` (which BatchNorm keeps anyway) and the gate, not ``x``."""
+    stats = batch_norm_saved_stats(x, z, bn) if torch.is_grad_enabled() else None
+    if stats is None:
+        return torch.addcmul(shortcut, x, gate)
+    mean, invstd = stats
+    return _ScaleAdd.apply(x, gate, shortcut, z.detach(), bn.weight, bn.bias, mean.detach(), invstd.detach())

@@ -2,6 +2,7 @@
 paper row it reproduces (with the paper's figures), and the timm model computing the same
 function. Family modules register their models here and with timm in one step."""
 import copy
+import inspect
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Tuple
@@ -42,6 +43,36 @@ def arch(description: str, paper: Dict[str, Any] = None, upstream: str = '', **a
 # create_model leaves the same ones out of model._model_args)
 _NOT_MODEL_ARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'device', 'dtype', 'pretrained_model_args')
 
+# The keyword arguments an entrypoint docstring may list, with what they do. Each model lists
+# those its class takes and its configuration can honour (``documented_kwargs``).
+MODEL_KWARGS: Dict[str, str] = {
+    'num_classes': 'classifier width; 0 for none',
+    'in_chans': 'input channels',
+    'global_pool': "'avg', 'max', 'avgmax', ...",
+    'drop_rate': 'dropout before the classifier',
+    'drop_path_rate': 'stochastic depth of the residual branches',
+    'features_only': "timm's feature extraction (with out_indices)",
+    'se_layer': "'se', 'eca', 'cbam', 'none' or a callable taking the channel count",
+    'se_args': "options of se_layer='se': rd_ratio, rd_channels, rd_divisor, squeeze, gate, bias, act_layer",
+    'se_ratio': "SE width as a fraction of the block's input channels",
+    'se_placement': "'standard', 'pre', 'post', 'identity' or '3x3'",
+    'se_stages': 'the stages (0-3) that get SE',
+}
+_SE_ONLY = ('se_args', 'se_ratio', 'se_placement', 'se_stages')  # meaningless without SE
+
+
+def documented_kwargs(model_cls: type, config: Dict[str, Any]) -> Tuple[str, ...]:
+    """The ``MODEL_KWARGS`` a model of class ``model_cls`` built from ``config`` accepts and honours:
+    the class's own parameters (``features_only`` is timm's), minus the class's
+    ``unsupported_kwargs(config)``; the SE options only where the configuration has SE."""
+    params = inspect.signature(model_cls).parameters
+    unsupported = set(getattr(model_cls, 'unsupported_kwargs', lambda c: ())(config))
+    se_layer = config.get('se_layer', params['se_layer'].default if 'se_layer' in params else None)
+    has_se = isinstance(se_layer, str) and se_layer == 'se'
+    return tuple(k for k in MODEL_KWARGS
+                 if (k in params or k == 'features_only') and k not in unsupported
+                 and (has_se or k not in _SE_ONLY))
+
 
 def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
     def entrypoint(pretrained: bool = False, **kwargs):
@@ -72,7 +103,10 @@ def register_family(module_name: str, archs: Dict[str, Dict[str, Any]], model_cl
 
     def create(variant: str, pretrained: bool = False, **kwargs):
         model_args = dict(archs[variant]['args'])
-        if 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the configuration's rounding rule
+        se_layer = kwargs.get('se_layer', model_args.get('se_layer', 'se'))
+        if not (isinstance(se_layer, str) and se_layer == 'se'):
+            model_args.pop('se_args', None)  # the configuration's SE-unit options; the caller's still reach the check
+        elif 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the configuration's rounding rule
             model_args['se_args'] = dict(model_args.get('se_args') or {}, **kwargs.pop('se_args'))
         # a fresh copy per call: timm writes the caller's out_indices into feature_cfg
         return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
@@ -90,8 +124,8 @@ def register_family(module_name: str, archs: Dict[str, Dict[str, Any]], model_cl
             f'{info.description}.\n\n'
             + (f"Paper row: {info.paper['row']}.\n" if info.paper.get('row') else '')
             + (f"Same function as timm's `{info.upstream}`.\n" if info.upstream else '')
-            + "Accepts timm's create_model kwargs (num_classes, in_chans, global_pool, drop_rate, "
-              "drop_path_rate, features_only, ...) and se_layer= ('none', 'se', 'eca', 'cbam' or a callable)."
+            + 'Keyword arguments: ' + ', '.join(
+                f'`{k}` ({MODEL_KWARGS[k]})' for k in documented_kwargs(model_cls, spec['args'])) + '.'
         )
         setattr(module, name, register_model(entrypoint))
         MODELS[name] = info

@@ -18,16 +18,17 @@ BN-Inception follows the layer list of the Caffe release (hujie-frank/SENet): co
 bias, BatchNorm eps 1e-5, ceil-mode max-pools, average pools counting the padding.
 """
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Final, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+from timm.layers import DropPath
 from timm.models import checkpoint
 from torch import nn
 
 from .._compat import feature_take_indices
-from ..layers import SeLayer, resolve_se_layer
+from ..layers import SeLayer, SqueezeExcite, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
 from .classifier_head import ClassifierHeadMixin
@@ -86,9 +87,11 @@ class InceptionBlock(nn.Module):
     """Up to four parallel branches, concatenated; either SE on the concatenation (plain block), or a
     residual block: 1x1 projection (with bias) back to the input width, SE, ``x + scale * branch``.
     ``se=False``: a block that never gets SE (Inception-ResNet-v2's stem block and reductions)."""
+    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
 
     def __init__(self, in_chs: int, branches: Sequence[Sequence[Op]], eps: float, attn_layer: AttnLayer = None,
-                 residual: bool = False, scale: float = 1.0, act: bool = True, se: bool = True):
+                 residual: bool = False, scale: float = 1.0, act: bool = True, se: bool = True,
+                 drop_path_rate: float = 0.):
         super().__init__()
         if not 2 <= len(branches) <= 4:
             raise ValueError('an Inception block has 2 to 4 branches')
@@ -108,6 +111,12 @@ class InceptionBlock(nn.Module):
             self.conv2d = None
             self.out_chs = cat_chs
         self.se = attn_layer(self.out_chs) if attn_layer is not None and se else None
+        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
+        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
+        # specialised copies of one module class
+        self.se_gates = isinstance(self.se, SqueezeExcite)
+        # stochastic depth drops the (scaled) residual branch; a plain block has none to drop
+        self.drop_path = DropPath(drop_path_rate) if residual and drop_path_rate > 0. else None
         self.act = nn.ReLU() if act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,10 +128,15 @@ class InceptionBlock(nn.Module):
         out = torch.cat(outs, 1)
         if self.conv2d is not None:
             out = self.conv2d(out)
-        if self.se is not None:
+        if self.se_gates:
+            out = out * self.se(out)
+        elif self.se is not None:
             out = self.se(out)
         if self.residual:
-            out = out * self.scale + x
+            out = out * self.scale
+            if self.drop_path is not None:
+                out = self.drop_path(out)
+            out = out + x
         if self.act is not None:
             out = self.act(out)
         return out
@@ -133,17 +147,24 @@ class InceptionBlock(nn.Module):
 # flat branch names. Each computes its branches; the base class concatenates and applies SE.
 
 class InceptionV3Block(nn.Module):
+    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
     out_chs: int
 
     def _init_se(self, attn_layer: AttnLayer) -> None:
         self.se = attn_layer(self.out_chs) if attn_layer is not None else None
+        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
+        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
+        # specialised copies of one module class
+        self.se_gates = isinstance(self.se, SqueezeExcite)
 
     def branches(self, x: torch.Tensor) -> List[torch.Tensor]:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.cat(self.branches(x), 1)
-        if self.se is not None:
+        if self.se_gates:
+            out = out * self.se(out)
+        elif self.se is not None:
             out = self.se(out)
         return out
 
@@ -290,14 +311,27 @@ _V3_BLOCKS = {'v3_a': InceptionV3A, 'v3_b': InceptionV3B, 'v3_c': InceptionV3C, 
 #   'v3_a' .. 'v3_e'  Inception-v3 blocks: their keyword arguments
 
 
-def _build_layer(kind: str, args: Any, in_chs: int, eps: float, attn_layer: AttnLayer) -> Tuple[nn.Module, int]:
+def _residual_blocks(kind: str, args: Any) -> int:
+    """How many residual Inception blocks a layer of the plan holds (stochastic depth drops those)."""
+    if kind == 'block':
+        return int(bool(args.get('residual')))
+    if kind == 'repeat':
+        return args['n'] if args['block'].get('residual') else 0
+    return 0
+
+
+def _build_layer(kind: str, args: Any, in_chs: int, eps: float, attn_layer: AttnLayer,
+                 drop_path_rates: Iterator[float]) -> Tuple[nn.Module, int]:
     if kind in ('conv', 'max'):
         return _build_op((kind, *args), in_chs, eps)
     if kind == 'block':
-        block = InceptionBlock(in_chs, eps=eps, attn_layer=attn_layer, **args)
+        dpr = next(drop_path_rates) if args.get('residual') else 0.
+        block = InceptionBlock(in_chs, eps=eps, attn_layer=attn_layer, drop_path_rate=dpr, **args)
         return block, block.out_chs
     if kind == 'repeat':
-        blocks = [InceptionBlock(in_chs, eps=eps, attn_layer=attn_layer, **args['block']) for _ in range(args['n'])]
+        blocks = [InceptionBlock(in_chs, eps=eps, attn_layer=attn_layer, **args['block'],
+                                 drop_path_rate=next(drop_path_rates) if args['block'].get('residual') else 0.)
+                  for _ in range(args['n'])]
         return nn.Sequential(*blocks), blocks[-1].out_chs
     if kind in _V3_BLOCKS:
         block = _V3_BLOCKS[kind](in_chs, eps=eps, attn_layer=attn_layer, **args)
@@ -314,6 +348,12 @@ class SEInception(ClassifierHeadMixin, nn.Module):
     """
     layer_names: List[str]
 
+    @staticmethod
+    def unsupported_kwargs(config: Dict[str, Any]) -> Tuple[str, ...]:
+        """Keyword arguments this class takes that configuration ``config`` cannot honour."""
+        has_residual = any(_residual_blocks(kind, args) for _, kind, args in config['layers'])
+        return () if has_residual else ('drop_path_rate',)
+
     def __init__(
             self,
             layers: Sequence[Tuple[str, str, Any]],
@@ -323,6 +363,7 @@ class SEInception(ClassifierHeadMixin, nn.Module):
             in_chans: int = 3,
             global_pool: str = 'avg',
             drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
             se_layer: SeLayer = 'se',
             se_args: Optional[Dict[str, Any]] = None,
             device=None,
@@ -336,13 +377,23 @@ class SEInception(ClassifierHeadMixin, nn.Module):
             self.drop_rate = drop_rate
             self.grad_checkpointing = False
             attn_layer = resolve_se_layer(se_layer, se_args)
+            names = [name for name, _, _ in layers]
+            missing = [name for name, _ in feature_taps if name not in names]
+            if missing:
+                raise ValueError(f'feature_taps name layers {missing} that the layer plan does not have')
+            num_residual = sum(_residual_blocks(kind, args) for _, kind, args in layers)
+            if drop_path_rate > 0. and not num_residual:
+                raise ValueError(f'drop_path_rate={drop_path_rate}: stochastic depth drops residual branches, and '
+                                 'this Inception network has none (only Inception-ResNet-v2 does)')
+            # linear decay over the residual blocks, as timm's ResNets and EfficientNets do
+            rates = iter([drop_path_rate * i / max(num_residual - 1, 1) for i in range(num_residual)])
 
             chs, widths = in_chans, {}
             for name, kind, args in layers:
-                module, chs = _build_layer(kind, args, chs, bn_eps, attn_layer)
+                module, chs = _build_layer(kind, args, chs, bn_eps, attn_layer, rates)
                 self.add_module(name, module)
                 widths[name] = chs
-            self.layer_names = [name for name, _, _ in layers]
+            self.layer_names = names
             self.feature_info = [dict(num_chs=widths[name], reduction=reduction, module=name)
                                  for name, reduction in feature_taps]
 

@@ -22,7 +22,7 @@ converted too ('lukemelas').
 import math
 import re
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from timm.models import checkpoint_seq
 from torch import nn
 
 from .._compat import feature_take_indices
-from ..layers import SeLayer, SqueezeExcite, resolve_se_layer
+from ..layers import SeLayer, SqueezeExcite, reduced_channels, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
 from .classifier_head import ClassifierHeadMixin
@@ -92,12 +92,23 @@ SeFactory = Callable[[int, int], nn.Module]
 class _MBBlock(nn.Module):
     """Shared by both block kinds: SE after the depthwise conv, identity shortcut with
     stochastic depth when the block keeps shape."""
+    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
 
     def _init_common(self, in_chs: int, out_chs: int, mid_chs: int, stride: int,
                      se_factory: Optional[SeFactory], drop_path_rate: float) -> None:
         self.has_skip = stride == 1 and in_chs == out_chs
         self.se = se_factory(mid_chs, in_chs) if se_factory is not None else nn.Identity()
+        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
+        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
+        # specialised copies of one module class
+        self.se_gates = isinstance(self.se, SqueezeExcite)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. and self.has_skip else nn.Identity()
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """se_hub's SE returns its gate (scaled here); other attention modules return the scaled input."""
+        if self.se_gates:
+            return x * self.se(x)
+        return self.se(x)
 
     def _shortcut(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         if self.has_skip:
@@ -123,7 +134,7 @@ class DepthwiseSeparable(_MBBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.se(self.act1(self.bn1(self.conv_dw(x))))
+        x = self._attend(self.act1(self.bn1(self.conv_dw(x))))
         return self._shortcut(self.bn2(self.conv_pw(x)), shortcut)
 
 
@@ -149,7 +160,7 @@ class MBConv(_MBBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.act1(self.bn1(self.conv_pw(x)))
-        x = self.se(self.act2(self.bn2(self.conv_dw(x))))
+        x = self._attend(self.act2(self.bn2(self.conv_dw(x))))
         return self._shortcut(self.bn3(self.conv_pwl(x)), shortcut)
 
 
@@ -158,17 +169,23 @@ BLOCKS = {'ds': DepthwiseSeparable, 'ir': MBConv}
 
 def _se_factory(se_layer: SeLayer, se_ratio: float, se_args: Optional[Dict[str, Any]],
                 act_layer: Callable[..., nn.Module]) -> Optional[SeFactory]:
-    """'se': se_hub's SqueezeExcite at ``se_ratio`` x the block input width, with the block's
-    activation (as MBConv has it); other attention layers / callables get the channel count only."""
+    """'se': se_hub's SqueezeExcite at ``se_ratio`` (or ``se_args['rd_ratio']``) x the block input
+    width, floored, or rounded to a multiple of ``se_args['rd_divisor']`` when given; an explicit
+    ``se_args['rd_channels']`` fixes the width of every block. The block's activation sits between
+    the FCs unless ``se_args['act_layer']`` says otherwise. Other attention layers / callables get
+    the channel count only."""
+    attn_layer = resolve_se_layer(se_layer, se_args)  # validates se_args against se_layer
     if isinstance(se_layer, str) and se_layer == 'se':
         args = dict(se_args or {})
         args.setdefault('act_layer', act_layer)
         ratio = args.pop('rd_ratio', se_ratio)
+        divisor = args.pop('rd_divisor', 1)
 
         def make_se(channels: int, in_chs: int) -> nn.Module:
-            return SqueezeExcite(channels, rd_channels=max(1, int(in_chs * ratio)), **args)
+            if 'rd_channels' in args:
+                return SqueezeExcite(channels, **args)
+            return SqueezeExcite(channels, rd_channels=reduced_channels(in_chs, ratio, divisor), **args)
         return make_se
-    attn_layer = resolve_se_layer(se_layer)
     if attn_layer is None:
         return None
     return lambda channels, in_chs: attn_layer(channels)

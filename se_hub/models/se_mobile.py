@@ -27,7 +27,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_act_layer
 from torch import nn
 
-from ..layers import SeLayer, resolve_se_layer
+from ..layers import SeLayer, attend, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import arch, register_family
 from .staged import StagedNet
@@ -61,7 +61,7 @@ class DepthwiseSeparableBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv_dw(x)))
-        return self.se(self.act2(self.bn2(self.conv_pw(x))))
+        return attend(self.se, self.act2(self.bn2(self.conv_pw(x))))
 
 
 class SEMobileNet(StagedNet):
@@ -156,7 +156,7 @@ class ShuffleUnit(nn.Module):
         y = self.act1(self.bn1(self.conv1(x)))
         if self.groups > 1:
             y = channel_shuffle(y, self.groups)
-        y = self.se(self.bn3(self.conv2(self.bn2(self.conv_dw(y)))))
+        y = attend(self.se, self.bn3(self.conv2(self.bn2(self.conv_dw(y)))))
         if self.stride == 2:
             return self.act_out(torch.cat([self.pool(x), y], dim=1))
         return self.act_out(x + y)

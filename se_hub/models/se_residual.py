@@ -15,7 +15,7 @@ layout are options of one class, not copies:
 import math
 import re
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Final, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from timm.models import checkpoint_seq
 from torch import nn
 
 from .._compat import feature_take_indices
-from ..layers import SeLayer, SqueezeExcite, batch_norm_with_stats, resolve_se_layer, scale_add_relu
+from ..layers import SeLayer, SqueezeExcite, resolve_se_layer, scale_add
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
 from .classifier_head import ClassifierHeadMixin
@@ -37,6 +37,7 @@ SE_PLACEMENTS = ('standard', 'pre', 'post', 'identity', '3x3')
 
 class ResidualBlock(nn.Module):
     """A residual block with an optional SE unit; subclasses build the branch's convolutions."""
+    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
     expansion = 1
 
     def _init_se(
@@ -55,12 +56,14 @@ class ResidualBlock(nn.Module):
         self.se_placement = se_placement
         se_channels = {'pre': inplanes, '3x3': width}.get(se_placement, outplanes)
         self.se = attn_layer(se_channels) if attn_layer is not None else None
+        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
+        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
+        # specialised copies of one module class
+        self.se_gates = isinstance(self.se, SqueezeExcite)
         self.pre_se_act = nn.ReLU(inplace=True) if pre_se_act else nn.Identity()
         self.act_out = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else None
-        # The memory-lean tail needs exactly: BN -> SE -> add -> ReLU (see layers/se_tail.py).
-        self.lean_tail = isinstance(self.se, SqueezeExcite) and se_placement == 'standard' and not pre_se_act
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """The residual branch up to (not including) its last BatchNorm."""
@@ -79,35 +82,46 @@ class ResidualBlock(nn.Module):
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.downsample is None else self.downsample(x)
 
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention unit applied to ``x``: se_hub's SE returns its gate (scaled here); other
+        attention modules (timm's ECA / CBAM, callables) return the scaled input themselves."""
+        if self.se_gates:
+            return x * self.se(x)
+        if self.se is not None:
+            return self.se(x)
+        return x
+
     @torch.jit.unused
-    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.residual(x)
-        shortcut = self._shortcut(x)
-        bn = self.last_bn()
-        if bn.training and torch.is_grad_enabled() and type(bn) is nn.BatchNorm2d:  # batch statistics
-            y, mean, invstd = batch_norm_with_stats(z, bn)
-            return scale_add_relu(y, self.se.excite(y), shortcut, z, bn.weight, bn.bias, mean, invstd)
-        y = bn(z)
-        # one fused pass for scale + add instead of two
-        return torch.addcmul(shortcut, y, self.se.excite(y)).relu_()
+    def _scale_add(self, y: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return scale_add(y, gate, shortcut, z, self.last_bn())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lean_tail and (self.drop_path is None or not self.training) and not torch.jit.is_scripting():
-            return self._forward_lean(x)
         shortcut = x
-        if self.se is not None and self.se_placement == 'pre':
-            x = self.se(x)
-        x = self.pre_se_act(self.last_norm(self.residual(x)))
-        if self.se is not None and self.se_placement == 'standard':
-            x = self.se(x)
-        if self.drop_path is not None:
-            x = self.drop_path(x)
+        if self.se_placement == 'pre':
+            x = self._attend(x)
+        z = self.residual(x)
+        x = self.pre_se_act(self.last_norm(z))
         shortcut = self._shortcut(shortcut)
-        if self.se is not None and self.se_placement == 'identity':
-            shortcut = self.se(shortcut)
-        x = self.act_out(x + shortcut)
-        if self.se is not None and self.se_placement == 'post':
-            x = self.se(x)
+        if self.se_placement == 'identity':
+            shortcut = self._attend(shortcut)
+        if self.se_gates and self.se_placement == 'standard':
+            gate = self.se(x)
+            if self.drop_path is not None:
+                x = self.drop_path(x * gate) + shortcut
+            elif torch.jit.is_scripting():
+                x = torch.addcmul(shortcut, x, gate)
+            else:
+                # scale + add in one pass; in training autograd keeps the BN input, not x (se_tail.py)
+                x = self._scale_add(x, gate, shortcut, z)
+        else:
+            if self.se_placement == 'standard':
+                x = self._attend(x)
+            if self.drop_path is not None:
+                x = self.drop_path(x)
+            x = x + shortcut
+        x = self.act_out(x)
+        if self.se_placement == 'post':
+            x = self._attend(x)
         return x
 
 
@@ -167,8 +181,8 @@ class Bottleneck(ResidualBlock):
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))
-        if self.se is not None and self.se_placement == '3x3':
-            x = self.se(x)
+        if self.se_placement == '3x3':
+            x = self._attend(x)
         return self.conv3(x)
 
     def last_norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,6 +242,8 @@ class SEResNet(ClassifierHeadMixin, nn.Module):
                 raise ValueError(f"stem_type={stem_type!r} is not '' (7x7) or 'deep' (3x3 x3)")
             if stem_pool not in ('ceil', 'pad'):
                 raise ValueError(f"stem_pool={stem_pool!r} is not 'ceil' (Caffe) or 'pad' (torchvision)")
+            if len(layers) != 4:
+                raise ValueError(f'layers={tuple(layers)} must give the block count of each of the 4 stages')
             if not set(se_stages) <= {0, 1, 2, 3}:
                 raise ValueError(f"se_stages={tuple(se_stages)} must be a subset of stage indices 0-3")
             self.num_classes = num_classes

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from timm.models import register_notrace_module
 from torch import nn
 
-from ..layers import SeLayer, resolve_se_layer
+from ..layers import SeLayer, attend, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import arch, register_family
 from .se_cifar import CIFAR10_MEAN, CIFAR10_STD
@@ -85,7 +85,7 @@ class ShakeBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act2(self.bn1(self.conv1(self.act1(x))))
-        return self.se(self.bn2(self.conv2(x)))
+        return attend(self.se, self.bn2(self.conv2(x)))
 
 
 class ShakeShortcut(nn.Module):

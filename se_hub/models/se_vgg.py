@@ -21,7 +21,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from ..layers import SeLayer, resolve_se_layer
+from ..layers import SeLayer, attend, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
 from .staged import StagedNet
@@ -43,7 +43,7 @@ class ConvBnReluSE(nn.Module):
         self.se = attn_layer(out_chs) if attn_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.se(self.act(self.bn(self.conv(x))))
+        return attend(self.se, self.act(self.bn(self.conv(x))))
 
 
 class VGGClassifierMLP(nn.Module):
