@@ -48,7 +48,7 @@ def x():
 
 # Every model that names a timm counterpart (the catalog's ``upstream``), at a small input size.
 UPSTREAM_OF = {name: info.upstream for name, info in sorted(MODELS.items()) if info.upstream}
-SIZE = 32  # the smallest input every residual and MBConv model takes (1x1 final map)
+SIZE = 64  # small, yet a 2x2 final map: BatchNorm calibrated on 4 images keeps the logits O(10)
 
 
 def expected_layout(upstream_name: str) -> str:
@@ -65,14 +65,15 @@ def assert_same_logits(model, x, ref32, ref64, what):
     """Max abs difference <= 1e-4 in float32. The deepest networks at random weights (EfficientNet-B5..B7,
     SENet-154, ...) round more than that in float32 on their own (timm's float32 logits differ from
     timm's float64 logits by up to ~1e-3): there, the float32 gap must be no larger than timm's own
-    rounding, and float64 decides (1e-8: the same function agrees to ~1e-12)."""
+    rounding, and float64 decides (1e-8 of the logits' scale: the same function agrees to ~1e-12)."""
     diff = (logits(model, x) - ref32).abs().max().item()
     if diff <= 1e-4:
         return
     ref64 = ref64()
     own_rounding = (ref32 - ref64).abs().max().item()
     assert diff <= 4 * own_rounding, f'{what}: float32 logits differ by {diff:.2e}, timm rounds {own_rounding:.2e}'
-    torch.testing.assert_close(logits(model.double(), x.double()), ref64, atol=1e-8, rtol=0, msg=f'{what}, float64')
+    atol = 1e-8 * max(1., ref64.abs().max().item())
+    torch.testing.assert_close(logits(model.double(), x.double()), ref64, atol=atol, rtol=0, msg=f'{what}, float64')
 
 
 @pytest.mark.parametrize('name', list(UPSTREAM_OF))
