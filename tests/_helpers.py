@@ -32,3 +32,57 @@ def randomize_batchnorm(model: torch.nn.Module, calibrate_on: Optional[torch.Ten
             for m, momentum in zip(bns, momenta):
                 m.momentum = momentum
     return model.eval()
+
+
+def gradients_as_state_dict(model: torch.nn.Module) -> dict:
+    """``model``'s state dict with every parameter replaced by its gradient (buffers kept as they
+    are), so that a checkpoint converter maps gradients to another layout's names exactly as it
+    maps the weights (every converter is a renaming / reshaping: linear, so it commutes with the
+    gradient)."""
+    params = dict(model.named_parameters())
+    return {k: (params[k].grad if k in params else v) for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent cost figures: counted on upstream (timm / torchvision) modules, plus the SE unit by
+# the paper's formula. Nothing here calls se_hub.
+
+def conv_linear_macs(model: torch.nn.Module, input_size=(3, 224, 224)) -> int:
+    """Multiply-adds of the convolutions and linear layers of one forward at batch 1
+    (``torch.utils.flop_counter`` counts 2 FLOPs per multiply-add); works on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, *input_size, device=device))
+    return counter.get_total_flops() // 2
+
+
+def param_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def se_unit_params(channels: int, r: int = 16) -> int:
+    """The paper's SE unit: FC C -> C/r (floored, as the Caffe release) and FC C/r -> C, with biases:
+    2 C^2 / r weights + C / r + C biases."""
+    reduced = max(1, channels // r)
+    return 2 * channels * reduced + reduced + channels
+
+
+def se_unit_macs(channels: int, height: int, width: int, r: int = 16) -> int:
+    """The SE unit's multiply-adds as README counts them: the two FCs (2 C^2 / r), one operation
+    per element for the squeeze (global average pooling) and one for the scale."""
+    return 2 * channels * max(1, channels // r) + 2 * channels * height * width
+
+
+def output_shapes(model: torch.nn.Module, module_names, input_size) -> list:
+    """(C, H, W) of the named submodules' outputs in one forward (meta device is fine)."""
+    modules = dict(model.named_modules())
+    shapes = {}
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
+               for n in module_names]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *input_size, device=device))
+    for h in handles:
+        h.remove()
+    return [shapes[n] for n in module_names]

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import torchvision
 
+from _helpers import conv_linear_macs, output_shapes, param_count, se_unit_macs, se_unit_params
 from se_hub.cli import format_table, model_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +38,20 @@ def test_readme_tables_are_generated_from_code(block, spec):
     assert readme_block(block) == expected, "run: PYTHONPATH=. python tools/refresh_readme_tables.py"
 
 
+def independent_se_resnet50_cost(r):
+    """Parameters and multiply-adds of the Caffe-layout SE-ResNet-50 with reduction r, from upstream
+    modules and the paper's SE formula: torchvision's ResNet-50 parameters; timm's legacy_seresnet50
+    conv + linear multiply-adds less its own (r = 16) SE FCs; plus one SE unit per block output."""
+    with torch.device('meta'):
+        baseline_params = param_count(torchvision.models.resnet50())
+        upstream = timm.create_model('legacy_seresnet50')
+    names = [n for n, _ in upstream.named_modules() if n.endswith('.se_module')]
+    units = output_shapes(upstream, names, (3, 224, 224))
+    baseline_macs = conv_linear_macs(upstream) - sum(2 * c * (c // 16) for c, _, _ in units)
+    return (baseline_params + sum(se_unit_params(c, r) for c, _, _ in units),
+            baseline_macs + sum(se_unit_macs(c, h, w, r) for c, h, w in units))
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, '-m', 'se_hub.cli', *args], capture_output=True, text=True, cwd=REPO)
 
@@ -47,7 +63,8 @@ def test_list_prints_measured_and_paper_figures():
     assert lines[0].split()[:3] == ['model', 'params', '(M)']
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == {'se_resnet50_r2', 'se_resnet50_r4', 'se_resnet50_r8', 'se_resnet50_r32', 'se_resnet50_relu'}
-    assert rows['se_resnet50_r2'].split()[1:3] == ['45.70', '3.889']
+    params, macs = independent_se_resnet50_cost(r=2)
+    assert rows['se_resnet50_r2'].split()[1:3] == [f'{params / 1e6:.2f}', f'{macs / 1e9:.3f}']
 
 
 def test_list_plain_name_is_a_substring_filter():
@@ -141,4 +158,5 @@ def test_info_shows_weights_sources_and_metrics():
     result = run_cli('info', 'se_resnet50')
     assert result.returncode == 0, result.stderr
     assert 'se_resnet50-ce0d4300.pth' in result.stdout and 'top-1 77.63' in result.stdout
-    assert 'layout cadene' in result.stdout and 'multiply-adds: 3.872 G' in result.stdout
+    _, macs = independent_se_resnet50_cost(r=16)
+    assert 'layout cadene' in result.stdout and f'multiply-adds: {macs / 1e9:.3f} G' in result.stdout

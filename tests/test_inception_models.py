@@ -12,7 +12,7 @@ from timm.models.inception_v3 import InceptionAux
 from torch.utils.flop_counter import FlopCounterMode
 
 import se_hub
-from _helpers import randomize_batchnorm
+from _helpers import conv_linear_macs, output_shapes, randomize_batchnorm, se_unit_macs, se_unit_params
 from se_hub.complexity import count_macs, count_params, model_complexity
 from se_hub.layers import SqueezeExcite
 from se_hub.models.catalog import MODELS
@@ -70,8 +70,39 @@ def test_bn_inception_layout_is_the_caffe_release():
     feats = model.forward_intermediates(torch.zeros(1, 3, 224, 224, device='meta'), intermediates_only=True)
     assert [tuple(f.shape[1:]) for f in feats] == [(64, 112, 112), (192, 56, 56), (320, 28, 28), (608, 14, 14),
                                                    (1024, 7, 7)]
-    assert count_params(model) == 11_931_622
-    assert count_params(meta_model('se_bn_inception', se_layer='none')) == 11_285_224
+
+
+# BN-Inception's modules as Ioffe & Szegedy (2015, Fig. 5) and the release's prototxt list them:
+# (input channels, #1x1, (#3x3 reduce, #3x3), (#double 3x3 reduce, #double 3x3), pool projection or 0).
+# 3c and 4e have stride 2 and pass the max-pooled input through.
+BN_INCEPTION_MODULES = [
+    (192, 64, (64, 64), (64, 96), 32), (256, 64, (64, 96), (64, 96), 64), (320, 0, (128, 160), (64, 96), 0),
+    (576, 224, (64, 96), (96, 128), 128), (576, 192, (96, 128), (96, 128), 128),
+    (576, 160, (128, 160), (128, 160), 128), (608, 96, (128, 192), (160, 192), 128),
+    (608, 0, (128, 192), (192, 256), 0), (1056, 352, (192, 320), (160, 224), 128),
+    (1024, 352, (192, 320), (192, 224), 128),
+]
+
+
+def bn_inception_params_by_hand(num_classes=1000):
+    """Convolutions without bias, each followed by a BatchNorm (weight + bias); a linear classifier."""
+    def conv(c_in, c_out, k):
+        return c_in * c_out * k * k + 2 * c_out
+    total = conv(3, 64, 7) + conv(64, 64, 1) + conv(64, 192, 3)
+    for c_in, n1x1, (r3, n3), (rd, nd), proj in BN_INCEPTION_MODULES:
+        total += (conv(c_in, n1x1, 1) if n1x1 else 0) + conv(c_in, r3, 1) + conv(r3, n3, 3)
+        total += conv(c_in, rd, 1) + conv(rd, nd, 3) + conv(nd, nd, 3) + (conv(c_in, proj, 1) if proj else 0)
+    return total + 1024 * num_classes + num_classes
+
+
+def test_bn_inception_params_by_hand():
+    """The plain network has BN-Inception's parameters counted from its layer table; SE adds one paper
+    SE unit (floor(C/16) wide) per module output."""
+    widths = [c_in for c_in, *_ in BN_INCEPTION_MODULES[1:]] + [1024]
+    assert widths == [256, 320, 576, 576, 576, 608, 608, 1056, 1024, 1024]
+    plain = bn_inception_params_by_hand()
+    assert count_params(meta_model('se_bn_inception', se_layer='none')) == plain
+    assert count_params(meta_model('se_bn_inception')) == plain + sum(se_unit_params(c) for c in widths)
 
 
 def test_bn_inception_preprocessing_is_caffe_mean_subtraction():
@@ -87,20 +118,31 @@ def test_bn_inception_preprocessing_is_caffe_mean_subtraction():
 # ---------------------------------------------------------------------------------------------
 # SE-Inception-v3 / SE-Inception-ResNet-v2 against timm
 
-@pytest.mark.parametrize('name,gmacs,se_gmacs,se_params', [
-    ('se_inception_v3', 5.71, 5.72, 25_496_188),
-    ('se_inception_resnet_v2', 13.16, 13.19, 64_387_444),
-])
-def test_cost_equals_timm_network(name, gmacs, se_gmacs, se_params):
-    """The design notes' (shared/DESIGN.md) measurements of timm's modules (5.71 / 13.16 G at 299),
-    parameter for parameter."""
+# Where the SE units sit in timm's networks: after each Inception-v3 block's concatenation; on
+# each Inception-ResNet-v2 residual branch (its last 1x1 conv), before the scaled addition.
+SE_POSITIONS = {
+    'se_inception_v3': ['Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a', 'Mixed_6b', 'Mixed_6c', 'Mixed_6d',
+                        'Mixed_6e', 'Mixed_7a', 'Mixed_7b', 'Mixed_7c'],
+    'se_inception_resnet_v2': [f'repeat.{i}.conv2d' for i in range(10)] + [f'repeat_1.{i}.conv2d' for i in range(20)]
+    + [f'repeat_2.{i}.conv2d' for i in range(9)] + ['block8.conv2d'],
+}
+
+
+@pytest.mark.parametrize('name,gmacs', [('se_inception_v3', 5.71), ('se_inception_resnet_v2', 13.16)])
+def test_cost_equals_timm_network_plus_paper_se_units(name, gmacs):
+    """With se_layer='none', timm's network parameter for parameter and multiply-add for multiply-add
+    (the design notes' (shared/DESIGN.md) measurements: 5.71 / 13.16 G at 299); with SE, that plus one
+    paper SE unit per position, sized from the outputs of timm's own modules."""
     upstream = meta_model(UPSTREAM[name][0])
     plain = meta_model(name, se_layer='none')
-    assert count_params(plain) == count_params(upstream)
-    assert count_macs(plain, (3, 299, 299)) == count_macs(upstream, (3, 299, 299))
-    assert round(count_macs(plain, (3, 299, 299)) / 1e9, 2) == gmacs
+    base_params, base_macs = count_params(upstream), conv_linear_macs(upstream, (3, 299, 299))
+    assert count_params(plain) == base_params
+    assert count_macs(plain, (3, 299, 299)) == base_macs
+    assert round(base_macs / 1e9, 2) == gmacs
+    shapes = output_shapes(upstream, SE_POSITIONS[name], (3, 299, 299))
     params, macs = model_complexity(name)
-    assert params == se_params and round(macs / 1e9, 2) == se_gmacs
+    assert params == base_params + sum(se_unit_params(c) for c, _, _ in shapes)
+    assert macs == base_macs + sum(se_unit_macs(c, h, w) for c, h, w in shapes)
 
 
 def test_inception_resnet_v2_reports_paper_and_measured_cost():

@@ -12,7 +12,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
 
 import se_hub
-from _helpers import randomize_batchnorm
+from _helpers import conv_linear_macs, output_shapes, randomize_batchnorm
 from se_hub.complexity import count_params, model_complexity
 from se_hub.layers import SqueezeExcite
 from se_hub.models import se_mbconv
@@ -88,10 +88,35 @@ def test_params_and_feature_info_equal_timm(name):
     assert [len(s) for s in model.blocks] == [len(s) for s in ref.blocks]
 
 
-@pytest.mark.parametrize('name,millions', [('se_efficientnet_b0', 5.29), ('se_efficientnet_b7', 66.35),
-                                           ('se_efficientnet_lite0', 4.65), ('se_tf_efficientnet_b7', 66.35)])
-def test_param_counts(name, millions):
-    assert round(count_params(meta(name)) / 1e6, 2) == millions
+# Tan & Le, "EfficientNet" (ICML 2019), Table 2: parameters (M) of B0 ... B7.
+EFFICIENTNET_PAPER_PARAMS = [5.3, 7.8, 9.2, 12, 19, 30, 43, 66]
+
+
+@pytest.mark.parametrize('i', range(8))
+def test_param_counts_match_efficientnet_paper(i):
+    """Rounded as the paper prints them (0.1M for B0-B2, 1M from B3); timm's B2 (the network that
+    carries the weights) has 9.11M where the paper prints 9.2M, so B2 is held within 0.1M."""
+    paper = EFFICIENTNET_PAPER_PARAMS[i]
+    for name in (f'se_efficientnet_b{i}', f'se_tf_efficientnet_b{i}'):
+        millions = count_params(meta(name)) / 1e6
+        if i == 2:
+            assert abs(millions - paper) <= 0.1, f'{name}: {millions:.2f}M vs paper {paper}M'
+        else:
+            assert round(millions, 1 if i < 3 else 0) == paper, f'{name}: {millions:.2f}M vs paper {paper}M'
+
+
+@pytest.mark.parametrize('name', ['se_efficientnet_b0', 'se_efficientnet_b7', 'se_tf_efficientnet_b3',
+                                  'se_efficientnet_lite0'])
+def test_multiply_adds_are_timm_network_plus_se_elementwise(name):
+    """timm's network counted (conv + linear, its SE FCs included) plus the squeeze and scale of
+    each SE unit (one operation per element each), sized from timm's own modules' inputs."""
+    upstream = meta(MODELS[name].upstream)
+    size = timm.models.get_pretrained_cfg(name).input_size
+    names = [n for n, m in upstream.named_modules() if n.endswith('.se') and not isinstance(m, torch.nn.Identity)]
+    units = output_shapes(upstream, names, size)
+    assert bool(units) == ('lite' not in name)
+    _, macs = model_complexity(name)
+    assert macs == conv_linear_macs(upstream, size) + sum(2 * c * h * w for c, h, w in units)
 
 
 @pytest.mark.parametrize('name,paper_gmacs', [('se_efficientnet_b0', 0.39), ('se_efficientnet_b1', 0.70)])
@@ -362,11 +387,16 @@ def test_features_intermediates_and_pruning():
     torch.testing.assert_close(final, model.forward_features(x))
     torch.testing.assert_close(model.get_classifier()(pre), out)
 
-    trained = copy.deepcopy(model)
-    trained.set_grad_checkpointing(True)
-    y = torch.randn(2, 3, 64, 64, requires_grad=True)
-    trained.train()(y).sum().backward()
-    assert y.grad is not None and trained.conv_stem.weight.grad is not None
+    # gradient checkpointing recomputes blocks in backward: the same input and parameter gradients
+    plain, checkpointed = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    checkpointed.set_grad_checkpointing(True)
+    grads = []
+    for m in (plain, checkpointed):
+        y = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        m(y).sum().backward()
+        grads.append([y.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
     kept = model.prune_intermediate_layers(indices=[2])
     assert kept == [2] and model.num_classes == 0 and len(model.blocks) == 3

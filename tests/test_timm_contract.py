@@ -1,5 +1,6 @@
 """The timm model contract for every registered se_hub model (timm's own test file, run by
 tests/test_timm_suite.py, checks the same on its side)."""
+import copy
 import inspect
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from timm.models import get_pretrained_cfg
 from timm.models._registry import _model_entrypoints, _model_to_module
 
 import se_hub
+from _helpers import randomize_batchnorm
 from se_hub.layers import SqueezeExcite
 from se_hub.models import se_residual
 from se_hub.models.catalog import MODELS
@@ -190,6 +192,33 @@ def test_grad_checkpointing_gives_same_output_and_grads(name):
     torch.testing.assert_close(out2, out)
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize('name', ['se_resnet18', 'se_efficientnet_b0'])
+def test_torchscript_training_gradients_equal_eager(name):
+    """A scripted model trains like the eager one: same loss, same parameter gradients, same updated
+    BatchNorm statistics (the scripted copy runs the same SE tail code as TorchScript). float64: in
+    float32, training-mode BatchNorm over a 2-image batch amplifies rounding past any useful bar."""
+    torch.manual_seed(0)
+    eager = randomize_batchnorm(timm.create_model(name, drop_rate=0.)).double().train()
+    scripted = torch.jit.script(copy.deepcopy(eager))
+    size = 75 if 'inception' in name else 32
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([3, 9])
+    loss = torch.nn.functional.cross_entropy(eager(x), target)
+    scripted_loss = torch.nn.functional.cross_entropy(scripted(x), target)
+    torch.testing.assert_close(scripted_loss, loss)
+    loss.backward()
+    scripted_loss.backward()
+    scripted_params = dict(scripted.named_parameters())
+    assert set(scripted_params) == {k for k, _ in eager.named_parameters()}
+    for key, p in eager.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, key
+        torch.testing.assert_close(scripted_params[key].grad, p.grad, rtol=1e-6, atol=1e-9 * p.grad.abs().max().item(),
+                                   msg=key)
+    scripted_state = scripted.state_dict()
+    for key, value in eager.state_dict().items():
+        torch.testing.assert_close(scripted_state[key], value, msg=key)
 
 
 def test_group_matcher_and_no_weight_decay_drive_timm_optim():

@@ -1,27 +1,71 @@
 """timm's own model tests (tests/test_models.py of the timm sdist of the installed version)
-run on every se_hub model: passing them is what "timm-conformant" means.
+run on se_hub models: passing them is what "timm-conformant" means.
 
-.ci/run fetches the file from the package registry into .ci/cache/timm-tests/ (tests never
-touch the network); elsewhere set SE_HUB_TIMM_TESTS to a copy of it.
+What runs (README says the same): the forward, forward_features, forward_intermediates and default-cfg
+tests on every model; backward, intermediates-as-features, the pruning contract, torch.fx forward /
+backward on one model per code path (CODE_PATHS); TorchScript on one model per family and layout
+(SCRIPT_MODELS). Inputs are capped at 64 px (timm's own size knobs; the Inception stems take their
+139 px minimum).
+
+The file comes from the package registry: .ci/run fetches it into .ci/cache/timm-tests/; a plain
+``python -m pytest`` fetches it there too when it is missing (pip, in a subprocess: the registry is
+the only network the tests use). If that fails, collection fails and says why; set
+SE_HUB_TIMM_TESTS to a copy of the file, or SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly (then
+every one of its tests is reported as skipped, with the reason).
 """
 import importlib.util
 import os
+import subprocess
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 import timm
 
 import se_hub  # noqa: F401
+from se_hub.models.catalog import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
-SUITE = Path(os.environ.get('SE_HUB_TIMM_TESTS', REPO / '.ci' / 'cache' / 'timm-tests' / 'test_models.py'))
+CACHE = REPO / '.ci' / 'cache' / 'timm-tests'
+SUITE = Path(os.environ.get('SE_HUB_TIMM_TESTS', CACHE / 'test_models.py'))
 
-if not SUITE.is_file():
-    if os.environ.get('CI'):
-        raise RuntimeError(f"timm's test suite is missing at {SUITE}: .ci/run fetches it before the tests")
-    pytest.skip(f"timm's tests/test_models.py not found at {SUITE} (run .ci/run once, or set SE_HUB_TIMM_TESTS)",
-                allow_module_level=True)
+
+def fetch_suite(dest_dir: Path = CACHE) -> Path:
+    """tests/test_models.py from the sdist of the installed timm, as .ci/run gets it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, '-m', 'pip', 'download', '-q', '--disable-pip-version-check', '--no-deps',
+                        '--no-binary', ':all:', f'timm=={timm.__version__}', '-d', tmp],
+                       check=True, capture_output=True, text=True, timeout=600)
+        sdist = next(Path(tmp).glob('timm-*.tar.gz'))
+        with tarfile.open(sdist) as tar:
+            member = tar.getmember(f'timm-{timm.__version__}/tests/test_models.py')
+            data = tar.extractfile(member).read()
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    part = dest_dir / 'test_models.py.part'
+    part.write_bytes(data)
+    part.replace(dest_dir / 'test_models.py')  # atomic: never a half-written suite
+    (dest_dir / 'VERSION').write_text(timm.__version__ + '\n')
+    return dest_dir / 'test_models.py'
+
+
+SKIP_REASON = None
+if os.environ.get('SE_HUB_SKIP_TIMM_SUITE'):
+    SKIP_REASON = "SE_HUB_SKIP_TIMM_SUITE is set: timm's own model tests were NOT run"
+elif not SUITE.is_file():
+    if 'SE_HUB_TIMM_TESTS' in os.environ:
+        raise RuntimeError(f'SE_HUB_TIMM_TESTS={SUITE} does not exist')
+    try:
+        SUITE = fetch_suite()
+    except (subprocess.SubprocessError, OSError, StopIteration, KeyError) as e:
+        detail = getattr(e, 'stderr', '') or e
+        raise RuntimeError(
+            f"timm's tests/test_models.py is missing at {SUITE} and could not be fetched from the package registry "
+            f'(pip download timm=={timm.__version__} --no-binary :all:): {detail}. Run .ci/run once, set '
+            'SE_HUB_TIMM_TESTS to a copy of the file, or set SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly') from e
+if SKIP_REASON:
+    pytest.skip(SKIP_REASON, allow_module_level=True)
 
 
 def _load_suite():
@@ -33,6 +77,8 @@ def _load_suite():
 
 
 suite = _load_suite()
+# timm's size knobs: big inputs only make the same code slower (models with a minimum size keep it)
+suite.TARGET_BWD_SIZE = suite.TARGET_JIT_SIZE = suite.TARGET_FWD_FX_SIZE = suite.TARGET_BWD_FX_SIZE = 64
 SE_MODELS = timm.list_models('se_*')
 # The heavier tests run on one model per distinct code path (block type, stem, SE variant and
 # placement, padding, family); the others differ from one of these only in depth / width / input
@@ -56,6 +102,10 @@ SCRIPT_MODELS = ['se_resnet18', 'se_resnet34b', 'se_resnet50', 'se_resnext26d_32
                  'se_resnet50_pre', 'se_resnet50_post', 'se_resnet50_identity', 'se_resnet50_3x3',
                  'se_resnet50_none', 'se_resnet50_gmp', 'se_inception_v3', 'se_resnet20_cifar',
                  'se_efficientnet_b0', 'se_tf_efficientnet_b0']
+# ... and every family and layout is scripted: SENet-154's stem and grouped blocks, the Caffe-layout
+# ResNeXt, the pre-activation CIFAR blocks, MBConv without SE (Lite), BN-Inception and Inception-ResNet-v2
+SCRIPT_MODELS += ['se_resnet50b', 'se_senet154', 'se_resnext26_32x4d', 'se_resnet164_cifar', 'se_wrn16_8_cifar',
+                  'se_efficientnet_lite0', 'se_bn_inception', 'se_inception_resnet_v2']
 
 CASES = [
     ('test_model_default_cfgs', SE_MODELS, dict(batch_size=1, cfg_device='meta')),
@@ -73,6 +123,19 @@ CASES = [
 
 def test_code_path_models_are_registered():
     assert set(CODE_PATHS + SCRIPT_MODELS) <= set(SE_MODELS)
+
+
+def test_every_family_runs_backward_fx_and_torchscript():
+    families = {info.family for info in MODELS.values()}
+    for selection in (CODE_PATHS, SCRIPT_MODELS):
+        assert {MODELS[m].family for m in selection} == families
+    # the layouts README lists: Caffe and timm residual layouts, SENet-154 (the Caffe grouped block,
+    # as in the Caffe SE-ResNeXt, scripted too), pre-activation CIFAR blocks, TF padding, Lite, each Inception
+    for name in ('se_resnet50', 'se_resnet50b', 'se_resnext26d_32x4d', 'se_senet154', 'se_resnet164_cifar',
+                 'se_wrn16_8_cifar', 'se_tf_efficientnet_b0', 'se_efficientnet_lite0', 'se_bn_inception',
+                 'se_inception_v3', 'se_inception_resnet_v2'):
+        assert name in CODE_PATHS and name in SCRIPT_MODELS, name
+    assert 'se_resnext26_32x4d' in SCRIPT_MODELS
 
 
 @pytest.mark.timm_suite
