@@ -1,3 +1,3 @@
 from .factory import ATTENTION_LAYERS, SeLayer, resolve_se_layer
-from .se_block import GATE_TYPES, SQUEEZE_TYPES, ExcitationConv, SqueezeExcite, attend, reduced_channels
+from .se_block import GATE_TYPES, SQUEEZE_TYPES, AttentionSlot, ExcitationConv, SqueezeExcite, reduced_channels
 from .se_tail import batch_norm_saved_stats, scale_add

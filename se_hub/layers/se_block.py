@@ -13,7 +13,7 @@ keep less for backward, see ``se_tail.py``) while every submodule (``fc1``, ``ac
 ``gate``) and the unit itself still run as modules: forward hooks, wrappers (LoRA, quantization
 observers) and ``torch.fx`` see every call.
 """
-from typing import Callable, Optional, Union
+from typing import Callable, Final, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -103,9 +103,19 @@ class SqueezeExcite(nn.Module):
         return f'squeeze={self.squeeze!r}, channels={self.channels}, rd_channels={self.rd_channels}'
 
 
-def attend(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x`` through a block's attention slot: se_hub's SqueezeExcite returns its gate (scaled
-    here); timm's ECA / CBAM, user callables and ``nn.Identity`` return the scaled input."""
-    if isinstance(attention, SqueezeExcite):
-        return x * attention(x)
-    return attention(x)
+
+class AttentionSlot(nn.Module):
+    """Base of a block with one attention unit in ``self.se``: se_hub's SqueezeExcite returns its
+    gate, which the block applies; timm's ECA / CBAM and user callables return the scaled input;
+    no unit is ``nn.Identity``. ``se_gates`` is a TorchScript constant, so only the branch taken
+    is compiled."""
+    se_gates: Final[bool]
+
+    def _init_attention(self, attention: Optional[nn.Module]) -> None:
+        self.se = attention if attention is not None else nn.Identity()
+        self.se_gates = isinstance(attention, SqueezeExcite)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        if self.se_gates:
+            return x * self.se(x)
+        return self.se(x)

@@ -27,7 +27,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_act_layer
 from torch import nn
 
-from ..layers import SeLayer, attend, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import arch, register_family
 from .staged import StagedNet
@@ -45,7 +45,7 @@ MOBILENET_V1_STAGES: Tuple[Tuple[Tuple[int, int], ...], ...] = (
 )
 
 
-class DepthwiseSeparableBlock(nn.Module):
+class DepthwiseSeparableBlock(AttentionSlot):
     """3x3 depthwise conv -> BN -> act -> 1x1 pointwise conv -> BN -> act -> SE."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, act_layer: Callable[..., nn.Module],
@@ -57,11 +57,11 @@ class DepthwiseSeparableBlock(nn.Module):
         self.conv_pw = nn.Conv2d(in_chs, out_chs, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_chs)
         self.act2 = act_layer(inplace=True)
-        self.se = attn_layer(out_chs) if attn_layer is not None else nn.Identity()
+        self._init_attention(attn_layer(out_chs) if attn_layer is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv_dw(x)))
-        return attend(self.se, self.act2(self.bn2(self.conv_pw(x))))
+        return self._attend(self.act2(self.bn2(self.conv_pw(x))))
 
 
 class SEMobileNet(StagedNet):
@@ -127,7 +127,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
-class ShuffleUnit(nn.Module):
+class ShuffleUnit(AttentionSlot):
     """ShuffleNet unit (Zhang et al., Fig. 2 b/c): 1x1 group conv -> BN -> ReLU -> channel shuffle
     -> 3x3 depthwise conv (stride) -> BN -> 1x1 group conv -> BN -> SE; then add the identity
     (stride 1) or concatenate a 3x3/2 average-pooled shortcut (stride 2), then ReLU."""
@@ -148,7 +148,7 @@ class ShuffleUnit(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid_chs)
         self.conv2 = nn.Conv2d(mid_chs, branch_chs, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(branch_chs)
-        self.se = attn_layer(branch_chs) if attn_layer is not None else nn.Identity()
+        self._init_attention(attn_layer(branch_chs) if attn_layer is not None else None)
         self.pool = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
         self.act_out = nn.ReLU(inplace=True)
 
@@ -156,7 +156,7 @@ class ShuffleUnit(nn.Module):
         y = self.act1(self.bn1(self.conv1(x)))
         if self.groups > 1:
             y = channel_shuffle(y, self.groups)
-        y = attend(self.se, self.bn3(self.conv2(self.bn2(self.conv_dw(y)))))
+        y = self._attend(self.bn3(self.conv2(self.bn2(self.conv_dw(y)))))
         if self.stride == 2:
             return self.act_out(torch.cat([self.pool(x), y], dim=1))
         return self.act_out(x + y)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from timm.models import register_notrace_module
 from torch import nn
 
-from ..layers import SeLayer, attend, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import arch, register_family
 from .se_cifar import CIFAR10_MEAN, CIFAR10_STD
@@ -70,7 +70,7 @@ class ShakeShake(nn.Module):
         return shake_shake_mix(x1, x2, alpha, beta)
 
 
-class ShakeBranch(nn.Module):
+class ShakeBranch(AttentionSlot):
     """ReLU -> 3x3 conv (stride) -> BN -> ReLU -> 3x3 conv -> BN -> SE."""
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, attn_layer):
@@ -81,11 +81,11 @@ class ShakeBranch(nn.Module):
         self.act2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_chs)
-        self.se = attn_layer(out_chs) if attn_layer is not None else nn.Identity()
+        self._init_attention(attn_layer(out_chs) if attn_layer is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act2(self.bn1(self.conv1(self.act1(x))))
-        return attend(self.se, self.bn2(self.conv2(x)))
+        return self._attend(self.bn2(self.conv2(x)))
 
 
 class ShakeShortcut(nn.Module):

@@ -21,7 +21,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from ..layers import SeLayer, attend, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
 from .staged import StagedNet
@@ -32,7 +32,7 @@ __all__ = ['SEVGG', 'VGG16_STAGES']
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
-class ConvBnReluSE(nn.Module):
+class ConvBnReluSE(AttentionSlot):
     """3x3 conv (with bias, as torchvision's VGG) -> BN -> ReLU -> SE."""
 
     def __init__(self, in_chs: int, out_chs: int, attn_layer):
@@ -40,10 +40,10 @@ class ConvBnReluSE(nn.Module):
         self.conv = nn.Conv2d(in_chs, out_chs, 3, padding=1)
         self.bn = nn.BatchNorm2d(out_chs)
         self.act = nn.ReLU(inplace=True)
-        self.se = attn_layer(out_chs) if attn_layer is not None else nn.Identity()
+        self._init_attention(attn_layer(out_chs) if attn_layer is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return attend(self.se, self.act(self.bn(self.conv(x))))
+        return self._attend(self.act(self.bn(self.conv(x))))
 
 
 class VGGClassifierMLP(nn.Module):
