@@ -166,7 +166,7 @@ def test_cli_export_and_predict_real_weights(tmp_path, capsys):
     the same predictions on a real photo through `se-hub predict`."""
     import json
     path = tmp_path / 'lite0.onnx'
-    code, out, _ = _cli(['export', 'se_efficientnet_lite0.tf_in1k', '--format', 'onnx', '--output', str(path),
+    code, out, _ = _cli(['export', 'se_tf_efficientnet_lite0.tf_in1k', '--format', 'onnx', '--output', str(path),
                          '--dynamic-batch', '--json'], capsys)
     assert code == 0
     report = json.loads(out)
@@ -174,7 +174,7 @@ def test_cli_export_and_predict_real_weights(tmp_path, capsys):
     code, out, _ = _cli(['predict', '--model', str(path), 'skimage:chelsea', 'skimage:coffee', '--json'], capsys)
     assert code == 0
     exported = json.loads(out)
-    code, out, _ = _cli(['predict', '--model', 'se_efficientnet_lite0.tf_in1k', 'skimage:chelsea', 'skimage:coffee',
+    code, out, _ = _cli(['predict', '--model', 'se_tf_efficientnet_lite0.tf_in1k', 'skimage:chelsea', 'skimage:coffee',
                          '--json'], capsys)
     eager = json.loads(out)
     for a, b in zip(exported, eager):
