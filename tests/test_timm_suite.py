@@ -123,6 +123,10 @@ CASES = [
     ('test_model_forward_fx', CODE_PATHS, dict(batch_size=1)),
     ('test_model_backward_fx', CODE_PATHS, dict(batch_size=2)),
     ('test_model_forward_torchscript', SCRIPT_MODELS, dict(batch_size=1)),
+    # se_vgg16's own head (the MLP of 4096-wide layers): backward and fx too, not the costly pruning contract
+    ('test_model_backward', ['se_vgg16'], dict(batch_size=2)),
+    ('test_model_forward_fx', ['se_vgg16'], dict(batch_size=1)),
+    ('test_model_backward_fx', ['se_vgg16'], dict(batch_size=2)),
 ]
 
 
