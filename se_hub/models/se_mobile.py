@@ -87,10 +87,7 @@ class SEMobileNet(StagedNet):
         with torch.device(device) if device is not None else nullcontext():
             act = get_act_layer(act_layer)
             attn_layer = resolve_se_layer(se_layer, se_args)
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+            self._init_net(num_classes, in_chans, drop_rate)
             self.conv_stem = nn.Conv2d(in_chans, stem_width, 3, stride=2, padding=1, bias=False)
             self.bn1 = nn.BatchNorm2d(stem_width)
             self.act1 = act(inplace=True)
@@ -191,10 +188,7 @@ class SEShuffleNet(StagedNet):
             if bad:
                 raise ValueError(f'stage widths {bad} do not split into groups={groups} bottlenecks of width / 4')
             attn_layer = resolve_se_layer(se_layer, se_args)
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+            self._init_net(num_classes, in_chans, drop_rate)
             self.conv1 = nn.Conv2d(in_chans, stem_width, 3, stride=2, padding=1, bias=False)
             self.bn1 = nn.BatchNorm2d(stem_width)
             self.act1 = nn.ReLU(inplace=True)

@@ -143,10 +143,7 @@ class SEShakeShake(StagedNet):
         super().__init__()
         with torch.device(device) if device is not None else nullcontext():
             attn_layer = resolve_se_layer(se_layer, se_args)
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+            self._init_net(num_classes, in_chans, drop_rate)
             self.conv1 = nn.Conv2d(in_chans, stem_width, 3, padding=1, bias=False)
             self.bn1 = nn.BatchNorm2d(stem_width)
             self.stem_pool = nn.Identity()

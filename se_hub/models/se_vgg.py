@@ -89,10 +89,7 @@ class SEVGG(StagedNet):
         super().__init__()
         with torch.device(device) if device is not None else nullcontext():
             attn_layer = resolve_se_layer(se_layer, se_args)
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+            self._init_net(num_classes, in_chans, drop_rate)
             self.stem_pool = nn.Identity()
             in_chs, blocks, reduction = in_chans, [], 1
             self.feature_info = []

@@ -23,6 +23,13 @@ class StagedNet(ClassifierHeadMixin, nn.Module):
     stem_feature = False
     final_changes_width = False  # True when ``final`` maps the last stage's width to another (VGG's MLP)
 
+    def _init_net(self, num_classes: int, in_chans: int, drop_rate: float) -> None:
+        """The attributes timm's model API reads on every model (in each family's constructor)."""
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
