@@ -24,26 +24,6 @@ import time
 from pathlib import Path
 
 
-def write_digits(root: Path, size: int, val_fraction: float, seed: int) -> dict:
-    """root/train/<digit>/*.png and root/val/<digit>/*.png, a stratified split; returns the counts."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)  # 0..16 -> 0..255
-    index = np.arange(len(images))
-    train_idx, val_idx = train_test_split(index, test_size=val_fraction, random_state=seed, stratify=digits.target)
-    for split, chosen in (('train', train_idx), ('val', val_idx)):
-        for i in chosen:
-            folder = root / split / str(digits.target[i])
-            folder.mkdir(parents=True, exist_ok=True)
-            # white digit on black, 8x8 -> size x size, three channels as the ImageNet model expects
-            Image.fromarray(images[i]).resize((size, size), Image.BILINEAR).convert('RGB').save(folder / f'{i}.png')
-    return {'train': len(train_idx), 'val': len(val_idx)}
-
-
 def run(name: str, data: Path, output: Path, epochs: int, pretrained: bool, args) -> dict:
     import se_hub.tasks
 
@@ -89,6 +69,7 @@ def main(argv=None) -> int:
         work = args.workdir or Path(tmp)
         data = work / 'digits'
         if not (data / 'train').is_dir():
+            from se_hub.tasks.data import write_digits
             counts = write_digits(data, args.img_size, args.val_fraction, args.seed)
             print(f"digits: {counts['train']} train / {counts['val']} val images at "
                   f'{args.img_size}x{args.img_size} in {data}', file=sys.stderr)

@@ -2,6 +2,7 @@
 not wait for torch). Each verb names its handler as ``'module:function'``; the handler is
 imported only when the verb runs."""
 import argparse
+import ast
 
 AMP = ['auto', 'off', 'bf16', 'fp16']
 DETECTOR_KINDS = ['fasterrcnn', 'retinanet', 'maskrcnn']
@@ -33,10 +34,27 @@ def _engine_arguments(p: argparse.ArgumentParser, batch_size: int, workers: int)
                    help='when stderr is not a terminal: one progress line every N steps (default 50)')
 
 
+def model_argument(text: str):
+    """``KEY=VALUE`` of ``--model-arg``: VALUE is a Python literal (``None``, ``0.25``, ``(2, 3)``,
+    ``{'rd_ratio': 0.25}``) or else a plain string (``eca``)."""
+    key, sep, value = text.partition('=')
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. se_layer=eca, se_args={{'rd_ratio':0.25}}), "
+                                         f'got {text!r}')
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return key.strip(), parsed
+
+
 def _add_finetune(sub) -> None:
     p = sub.add_parser('finetune', help='fine-tune a classifier on a directory of images (train/ + val/ class '
                        'folders, or train.csv + val.csv)')
     p.add_argument('--model', required=True, help='MODEL[.TAG], local-dir:PATH or hf-hub:REPO')
+    p.add_argument('--model-arg', dest='model_kwargs', type=model_argument, action='append', default=[],
+                   metavar='KEY=VALUE', help="an architecture argument, repeatable: se_layer=eca, se_layer=None, "
+                   "se_args={'rd_ratio':0.125}, se_placement=pre, se_stages=(3,4)")
     p.add_argument('--data', required=True, metavar='DIR', help='train/ and val/ class folders, train.csv and '
                    'val.csv ("path,label" rows, paths relative to DIR), or a Places-365 tree')
     _engine_arguments(p, batch_size=32, workers=2)

@@ -63,3 +63,12 @@ def local_hub():
         yield hub
     finally:
         hub.stop()
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+    """scikit-learn's real handwritten digits as class folders (train/ + val/, 32x32 RGB), written once."""
+    from se_hub.tasks.data import write_digits
+    root = tmp_path_factory.mktemp('digits')
+    write_digits(root, size=32, val_fraction=0.25, seed=0)
+    return root

@@ -435,3 +435,34 @@ def test_schedule_options_are_checked_before_any_work(tmp_path, options, message
     with pytest.raises(ValueError, match=message):
         finetune(MODEL, tmp_path / 'no-data-needed', epochs=1, output=tmp_path / 'out', **options)
     assert not (tmp_path / 'out').exists()
+
+
+def test_model_arguments_from_the_command_line_build_and_reload(digits_dir, tmp_path):
+    """--model-arg reaches the architecture (ECA in place of SE here, an SE-free net with None) and the
+    export reloads as that architecture with plain timm."""
+    import timm
+    from timm.layers import EcaModule
+
+    from se_hub.cli import main
+    out = tmp_path / 'eca'
+    assert main(['finetune', '--model', 'se_resnet20_cifar', '--data', str(digits_dir), '--epochs', '1',
+                 '--output', str(out), '--no-pretrained', '--batch-size', '64', '--workers', '0', '--no-progress',
+                 '--model-arg', 'se_layer=eca', '--model-arg', 'layers=(1, 1, 1)']) == 0
+    reloaded = timm.create_model(f'local-dir:{out}')
+    assert sum(isinstance(m, EcaModule) for m in reloaded.modules()) == 3
+    plain = tmp_path / 'plain'
+    assert main(['finetune', '--model', 'se_resnet20_cifar', '--data', str(digits_dir), '--epochs', '1',
+                 '--output', str(plain), '--no-pretrained', '--batch-size', '64', '--workers', '0', '--no-progress',
+                 '--model-arg', 'se_layer=None', '--model-arg', 'layers=(1, 1, 1)']) == 0
+    reloaded = timm.create_model(f'local-dir:{plain}')
+    assert not any('se' in name.split('.') for name, _ in reloaded.named_modules())
+    ref = timm.create_model('se_resnet20_cifar', layers=(1, 1, 1), se_layer='none', num_classes=10)
+    assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+def test_model_argument_that_is_not_key_value_is_refused(capsys):
+    from se_hub.cli import main
+    with pytest.raises(SystemExit):
+        main(['finetune', '--model', 'se_resnet20_cifar', '--data', '.', '--epochs', '1', '--output', 'x',
+              '--model-arg', 'eca'])
+    assert 'expected KEY=VALUE' in capsys.readouterr().err

@@ -38,6 +38,9 @@ from .engine import Engine, Progress, Task, TrainConfig, autocast, plan_device
 class FinetuneOptions:
     """Options of :func:`finetune` (``se-hub finetune --help`` describes each)."""
     pretrained: bool = True
+    # architecture arguments of the model (se_layer, se_args, se_placement, se_stages, ...), recorded in the
+    # export so that it reloads; with pretrained weights the model must keep their shapes
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
     batch_size: int = 32  # per process
     img_size: Optional[int] = None  # default: the model's pretrained input size
     optimizer: str = 'adamw'  # 'adamw', 'sgd' (Nesterov), 'momentum' (plain, the paper's); any timm name
@@ -74,8 +77,8 @@ class FinetuneOptions:
 
 
 # options that change the computation: a resumed run with other values cannot continue exactly
-_SAME_ON_RESUME = ('batch_size', 'img_size', 'optimizer', 'lr', 'weight_decay', 'momentum', 'warmup_epochs',
-                   'sched', 'decay_epochs', 'decay_rate', 'min_lr', 'label_smoothing', 'layer_decay',
+_SAME_ON_RESUME = ('model_kwargs', 'batch_size', 'img_size', 'optimizer', 'lr', 'weight_decay', 'momentum',
+                   'warmup_epochs', 'sched', 'decay_epochs', 'decay_rate', 'min_lr', 'label_smoothing', 'layer_decay',
                    'freeze_backbone', 'freeze_bn', 'ema', 'ema_decay', 'amp', 'augment', 'cutout', 'drop_rate',
                    'drop_path_rate', 'grad_clip', 'seed')
 
@@ -150,14 +153,19 @@ def _model_spec(spec: str) -> str:
     return f'local-dir:{spec}' if Path(spec).is_dir() else spec
 
 
-def _create_model(spec: str, pretrained: bool, **kwargs) -> nn.Module:
+def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, Any]] = None, **kwargs) -> nn.Module:
+    """``kwargs`` left at 0 / None are timm's defaults and not passed; ``model_kwargs`` always are
+    (``se_layer=None`` means the SE-free network)."""
     import timm
 
     from ..hub import _architecture
     from ..models.catalog import split_model_name
     if isinstance(spec, str) and not spec.startswith(('local-dir:', 'hf-hub:')):
         split_model_name(spec)
-    model = timm.create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v})
+    model_kwargs = dict(model_kwargs or {})
+    if 'se_layer' in model_kwargs and model_kwargs['se_layer'] is None:
+        model_kwargs['se_layer'] = 'none'  # timm.create_model drops None values: None would mean the default SE
+    model = timm.create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v}, **model_kwargs)
     _architecture(model)  # a local-dir: / hf-hub: model must be an se_hub one too
     return model
 
@@ -351,7 +359,8 @@ class ClassificationTask(Task):
         from timm.data import create_transform
         opts = self.opts
         net = _create_model(self.spec, pretrained=opts.pretrained and not resuming, num_classes=len(self.classes),
-                            drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path_rate)
+                            drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path_rate,
+                            model_kwargs=opts.model_kwargs)
         _record_input_size(net, opts.img_size)
         data_cfg = _data_config(net, opts.img_size)
         self.splits.train.transform = train_transform(data_cfg, opts.augment, opts.cutout)
@@ -460,6 +469,7 @@ def finetune_command(args) -> int:
     """``se-hub finetune`` (arguments: se_hub_cli/parsers.py)."""
     from ..weights.sources import WeightsUnavailableError
     options = {f.name: getattr(args, f.name) for f in fields(FinetuneOptions) if hasattr(args, f.name)}
+    options['model_kwargs'] = dict(options.get('model_kwargs') or ())  # --model-arg KEY=VALUE pairs
     try:
         result = finetune(args.model, args.data, args.epochs, args.output, **options)
     except WeightsUnavailableError as e:
