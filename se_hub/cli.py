@@ -111,19 +111,22 @@ def label_names(model) -> List[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .deploy.cli import is_exported_file, predict_command
-    if is_exported_file(args.model):  # an exported .onnx / .pt / .pt2 with its preprocessing and labels
-        return predict_command(args, load_image)
     import torch
-    from timm.data import create_transform, resolve_data_config
-    if not args.model.startswith(('hf-hub:', 'local-dir:')):
-        split_model_name(args.model)
+
+    from .deploy.cli import is_exported_file, predict_exported
     images = [load_image(spec) for spec in args.images]
-    model = create_model(args.model, pretrained=True).eval()
-    transform = create_transform(**resolve_data_config({}, model=model))
-    names = label_names(model)
-    with torch.inference_mode():
-        probs = model(torch.stack([transform(img) for img in images])).softmax(-1)
+    if is_exported_file(args.model):  # an exported .onnx / .pt / .pt2 with its preprocessing and labels
+        probs, names, header = predict_exported(args.model, images)
+    else:
+        from timm.data import create_transform, resolve_data_config
+        if not args.model.startswith(('hf-hub:', 'local-dir:')):
+            split_model_name(args.model)
+        model = create_model(args.model, pretrained=True).eval()
+        transform = create_transform(**resolve_data_config({}, model=model))
+        names = label_names(model)
+        with torch.inference_mode():
+            probs = model(torch.stack([transform(img) for img in images])).softmax(-1)
+        header = f"{args.model} ({getattr(model, 'loaded_weights', None) or args.model})"
     results = []
     for spec, p in zip(args.images, probs):
         top = p.topk(min(args.topk, p.numel()))
@@ -133,7 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
-    print(f"{args.model} ({getattr(model, 'loaded_weights', None) or args.model})")
+    print(header)
     for r in results:
         print(r['image'])
         for pred in r['predictions']:

@@ -75,31 +75,16 @@ def _print_verification(spec: str, report: Dict[str, Any], int8: bool) -> None:
         print(f'  {kind}export: ' + '; '.join(f'{n} {p:.1%}' for n, p in exported))
 
 
-def predict_command(args: argparse.Namespace, load_image) -> int:
-    """``se-hub predict --model FILE.onnx|.pt|.pt2 IMAGE...``: preprocessing and labels from the file."""
+def predict_exported(path: str, images):
+    """Class probabilities of ``images`` (PIL) from an exported ``.onnx`` / ``.pt`` / ``.pt2`` file, with the
+    preprocessing and labels stored alongside it: ``(probabilities, label names, header line)``."""
     import torch
 
     from .export import ExportedModel, transform_from
-    exported = ExportedModel(args.model)
+    exported = ExportedModel(path)
     transform = transform_from(exported.meta)
-    images = [load_image(spec) for spec in args.images]
-    logits = exported(torch.stack([transform(img) for img in images]))
-    names = exported.labels
-    probs = logits.float().softmax(-1)
-    results = []
-    for spec, p in zip(args.images, probs):
-        top = p.topk(min(args.topk, p.numel()))
-        results.append({'image': spec, 'predictions': [
-            {'label': names[i], 'index': int(i), 'probability': round(float(v), 4)}
-            for v, i in zip(top.values.tolist(), top.indices.tolist())]})
-    if args.json:
-        print(json.dumps(results, indent=1))
-        return 0
+    probs = exported(torch.stack([transform(img) for img in images])).float().softmax(-1)
     meta = exported.meta
-    print(f"{args.model} ({exported.kind}{', INT8' if 'int8' in meta else ''}: {meta['model']}"
-          f"{'.' + meta['tag'] if meta.get('tag') else ''})")
-    for r in results:
-        print(r['image'])
-        for pred in r['predictions']:
-            print(f"  {pred['probability']:7.2%}  {pred['label']}")
-    return 0
+    header = (f"{path} ({exported.kind}{', INT8' if 'int8' in meta else ''}: {meta['model']}"
+              f"{'.' + meta['tag'] if meta.get('tag') else ''})")
+    return probs, exported.labels, header
