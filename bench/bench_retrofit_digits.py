@@ -10,7 +10,7 @@ function). Prints the final validation figures of every run, their mean over see
 top-1 after each epoch, and draws both runs' validation curves (mean over seeds) into one PNG.
 
     pip install -e '.[bench]'
-    python bench/bench_retrofit_digits.py --workdir runs/retrofit_digits   # 128px, 3 epochs, seeds 0 and 1
+    python bench/bench_retrofit_digits.py --workdir runs/retrofit_digits   # 96px, 3 epochs, seeds 0 and 1
 
 With ``--workdir`` the data and every run directory are kept: ``WORKDIR/retrofit_s0`` holds the
 retrofitted model's export (``timm.create_model('local-dir:WORKDIR/retrofit_s0')``), e.g. for
@@ -56,9 +56,9 @@ def draw(rows_by_kind, path: Path, title: str) -> None:
                 row[f'{kind}_{key}'] = statistics.mean(r['history'][e][key] for r in rows)
         history.append(row)
     names = {'plain': 'plain', 'retrofit': '+ SE retrofit'}
-    draw_curves(history, path, title=title,
-                loss_keys=[(f'{names[k]}: val', f'{k}_val_loss') for k in rows_by_kind],
-                metric_keys=[(f'{names[k]}: val', f'{k}_top1') for k in rows_by_kind],
+    draw_curves(history, path, title=title + '; left: val loss',
+                loss_keys=[(names[k], f'{k}_val_loss') for k in rows_by_kind],
+                metric_keys=[(names[k], f'{k}_top1') for k in rows_by_kind],
                 metric_title='val top-1 (%)', metric_range=None)
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     p.add_argument('--tag', default='tf_in1k', help='pretrained tag (tf_in1k: the PyPI wheel, offline)')
     p.add_argument('--epochs', type=int, default=3)
     p.add_argument('--seeds', default='0,1', help='comma-separated seeds; each runs plain and retrofitted')
-    p.add_argument('--img-size', type=int, default=128, help='input size the digits are upsampled to')
+    p.add_argument('--img-size', type=int, default=96, help='input size the digits are upsampled to')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--lr', type=float, default=2e-3, help='AdamW peak LR, every run')
     p.add_argument('--warmup-epochs', type=float, default=0.25)
