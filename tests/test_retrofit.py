@@ -223,6 +223,31 @@ def test_resume_rebuilds_the_retrofitted_network(digits_dir, tmp_path, capsys):
     assert len(_se_units(reloaded)) == 3
 
 
+def test_frozen_backbone_trains_the_classifier_and_the_new_se_units_only(digits_dir, tmp_path):
+    """--freeze-backbone --freeze-bn with --retrofit: the pretrained weights (an SE-free export made
+    here) stay as loaded; the classifier and the new SE units train."""
+    from se_hub.hub import save_pretrained
+    from se_hub.tasks import checkpoints
+    from se_hub.tasks.classification import finetune
+    # random BN in place of trained weights (a fresh net zero-initialises each branch's last BN: dead branches)
+    base = randomize_batchnorm(timm.create_model('se_resnet20_cifar', se_layer='none', layers=(1, 1, 1),
+                                                 num_classes=10))
+    save_pretrained(base, tmp_path / 'base', label_names=[str(i) for i in range(10)])
+    out = tmp_path / 'frozen'
+    finetune(f"local-dir:{tmp_path / 'base'}", digits_dir, 1, out, retrofit=True, freeze_backbone=True, freeze_bn=True,
+             batch_size=64, num_workers=0, progress=False)
+    trained = checkpoints.load(out / 'last.pth')['model']
+    start = base.state_dict()
+    for key, value in trained.items():
+        if key.startswith('fc.') or '.se.' in key:
+            assert key in start or '.se.fc' in key, key
+            if key.endswith(('fc.weight', 'se.fc2.weight', 'se.fc2.bias')):
+                assert not torch.equal(value, start.get(key, torch.zeros_like(value))), key  # trained
+        else:
+            assert torch.equal(value, start[key]), key  # frozen: as loaded
+    assert sum('.se.fc2.weight' in k for k in trained) == 3
+
+
 # ------------------------------------------------------------------------------------- errors
 
 def test_networks_that_already_have_se_are_refused():

@@ -381,6 +381,11 @@ class ClassificationTask(Task):
         self.splits.train.transform = train_transform(data_cfg, opts.augment, opts.cutout)
         self.splits.val.transform = create_transform(**data_cfg, is_training=False)
         _freeze(net, opts.freeze_backbone, opts.freeze_bn)
+        if opts.retrofit and opts.freeze_backbone:  # the new SE units are not the pretrained backbone: they train
+            from ..layers import SqueezeExcite
+            for m in net.modules():
+                if isinstance(m, SqueezeExcite):
+                    m.requires_grad_(True)
         from torch.utils.data import DataLoader
         self.val_loader = DataLoader(engine.share(self.splits.val), batch_size=opts.batch_size, shuffle=False,
                                      num_workers=opts.num_workers, pin_memory=engine.device.type == 'cuda')
