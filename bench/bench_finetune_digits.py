@@ -24,20 +24,22 @@ import time
 from pathlib import Path
 
 
-def run(name: str, data: Path, output: Path, epochs: int, pretrained: bool, args) -> dict:
+def run(name: str, data: Path, output: Path, epochs: int, pretrained: bool, args, **options) -> dict:
+    """One fine-tuning run; ``options``: more :func:`se_hub.tasks.finetune` options (e.g. ``seed``, ``retrofit``)."""
     import se_hub.tasks
 
     start = time.perf_counter()
     result = se_hub.tasks.finetune(
         f'{args.model}.{args.tag}' if pretrained else args.model, data, epochs=epochs, output=output,
-        pretrained=pretrained, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
-        augment=args.augment, seed=args.seed, num_workers=args.workers, progress=not args.quiet, export='last')
+        **dict(dict(pretrained=pretrained, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                    augment=args.augment, seed=args.seed, num_workers=args.workers, progress=not args.quiet,
+                    export='last'), **options))
     wall = time.perf_counter() - start
     last = result.history[-1]
     return {'run': name, 'epochs': epochs, 'wall_s': wall,
             'train_s': sum(h['train_time_s'] for h in result.history), 'top1': last['top1'], 'top5': last['top5'],
             'loss': last['val_loss'], 'top1_per_epoch': [h['top1'] for h in result.history],
-            'train_s_per_epoch': [h['train_time_s'] for h in result.history]}
+            'train_s_per_epoch': [h['train_time_s'] for h in result.history], 'history': result.history}
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@
 __version__ = '0.1.0'
 
 from . import layers, models
+from .analysis.retrofit import retrofit
 from .hub import push_to_hub
 from .layers import SqueezeExcite
 from .models import MODELS, SEResNet

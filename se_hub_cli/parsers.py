@@ -55,6 +55,12 @@ def _add_finetune(sub) -> None:
     p.add_argument('--model-arg', dest='model_kwargs', type=model_argument, action='append', default=[],
                    metavar='KEY=VALUE', help="an architecture argument, repeatable: se_layer=eca, se_layer=None, "
                    "se_args={'rd_ratio':0.125}, se_placement=pre, se_stages=(3,4)")
+    p.add_argument('--retrofit', action='store_true', help='add SE units to the pretrained SE-free model first '
+                   '(se_hub.retrofit: the output is unchanged until training moves them); the export reloads as the '
+                   'retrofitted network')
+    p.add_argument('--retrofit-arg', dest='retrofit_args', type=model_argument, action='append', default=[],
+                   metavar='KEY=VALUE', help="an option of --retrofit, repeatable: se_args={'rd_ratio':0.125}, "
+                   'placement=pre (standard, pre, post, identity, 3x3), stages=(2,3)')
     p.add_argument('--data', required=True, metavar='DIR', help='train/ and val/ class folders, train.csv and '
                    'val.csv ("path,label" rows, paths relative to DIR), or a Places-365 tree')
     _engine_arguments(p, batch_size=32, workers=2)

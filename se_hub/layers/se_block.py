@@ -4,7 +4,8 @@ squeeze  : 'avg' (global average pooling, the paper's choice), 'max' (global max
            'none' (the paper's "NoSqueeze": the excitation runs at every position with 1x1 convs)
 reduction: ratio r (``rd_ratio = 1/r``) or an explicit ``rd_channels``; ``rd_divisor=1`` floors
            ``C/r`` as the Caffe prototxts do, ``rd_divisor=8`` rounds to a multiple of 8 as timm does
-gate     : 'sigmoid' (paper), 'hard_sigmoid', 'tanh', 'relu'
+gate     : 'sigmoid' (paper), 'hard_sigmoid', 'tanh', 'relu'; '2sigmoid' (2 * sigmoid, range (0, 2), exactly 1
+           at 0: with a zero last FC the unit is an identity, which ``se_hub.retrofit`` uses)
 act      : the activation between the two FCs, ReLU (paper); MBConv blocks use their own (SiLU)
 
 ``SqueezeExcite(x)`` returns the excitation ``s`` (the gate), not ``x * s``: the block that owns
@@ -21,11 +22,23 @@ from timm.layers import create_act_layer, make_divisible
 from torch import nn
 
 SQUEEZE_TYPES = ('avg', 'max', 'none')
+
+
+class DoubledSigmoid(nn.Module):
+    """``2 * sigmoid(z)``: the paper's gate stretched to (0, 2) so that z = 0 gives exactly 1 (sigmoid(0)
+    is exactly 0.5 in floating point); its slope there is 0.5, so a unit whose last FC starts at zero
+    passes its input through unchanged and still learns."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * torch.sigmoid(x)
+
+
 GATE_TYPES = {
     'sigmoid': nn.Sigmoid,
     'hard_sigmoid': nn.Hardsigmoid,
     'tanh': nn.Tanh,
     'relu': nn.ReLU,
+    '2sigmoid': DoubledSigmoid,
 }
 
 

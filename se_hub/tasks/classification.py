@@ -41,6 +41,10 @@ class FinetuneOptions:
     # architecture arguments of the model (se_layer, se_args, se_placement, se_stages, ...), recorded in the
     # export so that it reloads; with pretrained weights the model must keep their shapes
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # add SE units to the (pretrained, SE-free) model before training, output unchanged at the start
+    # (se_hub.retrofit); retrofit_args are its options: se_args, placement, stages
+    retrofit: bool = False
+    retrofit_args: Dict[str, Any] = field(default_factory=dict)
     batch_size: int = 32  # per process
     img_size: Optional[int] = None  # default: the model's pretrained input size
     optimizer: str = 'adamw'  # 'adamw', 'sgd' (Nesterov), 'momentum' (plain, the paper's); any timm name
@@ -81,6 +85,7 @@ _SAME_ON_RESUME = ('model_kwargs', 'batch_size', 'img_size', 'optimizer', 'lr', 
                    'warmup_epochs', 'sched', 'decay_epochs', 'decay_rate', 'min_lr', 'label_smoothing', 'layer_decay',
                    'freeze_backbone', 'freeze_bn', 'ema', 'ema_decay', 'amp', 'augment', 'cutout', 'drop_rate',
                    'drop_path_rate', 'grad_clip', 'seed')
+_SAME_ON_RESUME += ('retrofit', 'retrofit_args')
 
 
 @dataclass
@@ -331,6 +336,13 @@ def _options(options: Dict[str, Any]) -> FinetuneOptions:
         opts.weight_decay = 1e-4 if sgd else 0.05
     if opts.cutout < 0:
         raise ValueError(f'cutout must be 0 (off) or a square side in pixels, got {opts.cutout}')
+    opts.retrofit_args = dict(opts.retrofit_args or ())  # a dict, or the CLI's KEY=VALUE pairs
+    unknown = sorted(set(opts.retrofit_args) - {'se_args', 'placement', 'stages'})
+    if unknown:
+        raise ValueError(f"unknown retrofit option(s) {', '.join(unknown)}; se_hub.retrofit takes se_args, placement, "
+                         'stages')
+    if opts.retrofit_args and not opts.retrofit:
+        raise ValueError(f'retrofit options {dict(opts.retrofit_args)} given without retrofit (--retrofit)')
     return opts
 
 
@@ -361,11 +373,19 @@ class ClassificationTask(Task):
         net = _create_model(self.spec, pretrained=opts.pretrained and not resuming, num_classes=len(self.classes),
                             drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path_rate,
                             model_kwargs=opts.model_kwargs)
+        if opts.retrofit:  # before the optimizer exists; on resume the same architecture, then last.pth loads
+            from ..analysis.retrofit import retrofit
+            net = retrofit(net, **opts.retrofit_args)
         _record_input_size(net, opts.img_size)
         data_cfg = _data_config(net, opts.img_size)
         self.splits.train.transform = train_transform(data_cfg, opts.augment, opts.cutout)
         self.splits.val.transform = create_transform(**data_cfg, is_training=False)
         _freeze(net, opts.freeze_backbone, opts.freeze_bn)
+        if opts.retrofit and opts.freeze_backbone:  # the new SE units are not the pretrained backbone: they train
+            from ..layers import SqueezeExcite
+            for m in net.modules():
+                if isinstance(m, SqueezeExcite):
+                    m.requires_grad_(True)
         from torch.utils.data import DataLoader
         self.val_loader = DataLoader(engine.share(self.splits.val), batch_size=opts.batch_size, shuffle=False,
                                      num_workers=opts.num_workers, pin_memory=engine.device.type == 'cuda')
@@ -411,9 +431,10 @@ class ClassificationTask(Task):
 
     def start_text(self, engine: Engine) -> str:
         s = self.splits
-        return (f'fine-tuning {self.spec} on {s.root} ({s.layout} layout: {len(s.train)} train / {len(s.val)} val '
-                f'images, {len(self.classes)} classes) for {self.epochs} epochs, {engine.pg.world} process(es) on '
-                f'{engine.device.type}')
+        retrofitted = ' with SE retrofitted' if self.opts.retrofit else ''
+        return (f'fine-tuning {self.spec}{retrofitted} on {s.root} ({s.layout} layout: {len(s.train)} train / '
+                f'{len(s.val)} val images, {len(self.classes)} classes) for {self.epochs} epochs, {engine.pg.world} '
+                f'process(es) on {engine.device.type}')
 
     def epoch_text(self, row: Dict[str, Any]) -> str:
         k = self.k
@@ -437,7 +458,8 @@ class ClassificationTask(Task):
         metrics = [{'dataset': f"{self.splits.root.name} (val, {row['val_images']} images)",
                     'top1': round(top1, 2), f'top{k}': round(topk, 2), 'provenance': 'se-hub finetune',
                     'reference': f"epoch {ckpt['epoch']} of {self.epochs} ({which})"}]
-        notes = (f"Fine-tuned with `se-hub finetune` from `{self.spec}` on {len(self.classes)} classes "
+        retrofitted = ' with SE units retrofitted (se_hub.retrofit)' if self.opts.retrofit else ''
+        notes = (f"Fine-tuned with `se-hub finetune` from `{self.spec}`{retrofitted} on {len(self.classes)} classes "
                  f"({', '.join(self.classes[:10])}{', ...' if len(self.classes) > 10 else ''}).")
         save_pretrained(net, engine.out, label_names=self.classes, metrics=metrics, notes=notes)
         pushed = None
@@ -470,6 +492,7 @@ def finetune_command(args) -> int:
     from ..weights.sources import WeightsUnavailableError
     options = {f.name: getattr(args, f.name) for f in fields(FinetuneOptions) if hasattr(args, f.name)}
     options['model_kwargs'] = dict(options.get('model_kwargs') or ())  # --model-arg KEY=VALUE pairs
+    options['retrofit_args'] = dict(options.get('retrofit_args') or ())  # --retrofit-arg KEY=VALUE pairs
     try:
         result = finetune(args.model, args.data, args.epochs, args.output, **options)
     except WeightsUnavailableError as e:
