@@ -84,8 +84,7 @@ class FinetuneOptions:
 _SAME_ON_RESUME = ('model_kwargs', 'batch_size', 'img_size', 'optimizer', 'lr', 'weight_decay', 'momentum',
                    'warmup_epochs', 'sched', 'decay_epochs', 'decay_rate', 'min_lr', 'label_smoothing', 'layer_decay',
                    'freeze_backbone', 'freeze_bn', 'ema', 'ema_decay', 'amp', 'augment', 'cutout', 'drop_rate',
-                   'drop_path_rate', 'grad_clip', 'seed')
-_SAME_ON_RESUME += ('retrofit', 'retrofit_args')
+                   'drop_path_rate', 'grad_clip', 'seed', 'retrofit', 'retrofit_args')
 
 
 @dataclass
