@@ -41,6 +41,8 @@ class FinetuneOptions:
     # architecture arguments of the model (se_layer, se_args, se_placement, se_stages, ...), recorded in the
     # export so that it reloads; with pretrained weights the model must keep their shapes
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # with pretrained weights: SE units start fresh, every other tensor loads (se_hub.analysis.ablate)
+    fresh_se: bool = False
     batch_size: int = 32  # per process
     img_size: Optional[int] = None  # default: the model's pretrained input size
     optimizer: str = 'adamw'  # 'adamw', 'sgd' (Nesterov), 'momentum' (plain, the paper's); any timm name
@@ -153,13 +155,18 @@ def _model_spec(spec: str) -> str:
     return f'local-dir:{spec}' if Path(spec).is_dir() else spec
 
 
-def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, Any]] = None, **kwargs) -> nn.Module:
+def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, Any]] = None, fresh_se: bool = False,
+                  log=print, **kwargs) -> nn.Module:
     """``kwargs`` left at 0 / None are timm's defaults and not passed; ``model_kwargs`` always are
-    (``se_layer=None`` means the SE-free network)."""
+    (``se_layer=None`` means the SE-free network). ``fresh_se``: pretrained weights for all but the
+    SE units, which start fresh (their shapes may differ from the weights')."""
     import timm
 
     from ..hub import _architecture
     from ..models.catalog import split_model_name
+    if pretrained and fresh_se:
+        from ..analysis.ablate import create_with_fresh_se
+        return create_with_fresh_se(spec, model_kwargs, log=log, **kwargs)
     if isinstance(spec, str) and not spec.startswith(('local-dir:', 'hf-hub:')):
         split_model_name(spec)
     model_kwargs = dict(model_kwargs or {})
@@ -360,7 +367,7 @@ class ClassificationTask(Task):
         opts = self.opts
         net = _create_model(self.spec, pretrained=opts.pretrained and not resuming, num_classes=len(self.classes),
                             drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path_rate,
-                            model_kwargs=opts.model_kwargs)
+                            model_kwargs=opts.model_kwargs, fresh_se=opts.fresh_se, log=engine.log)
         _record_input_size(net, opts.img_size)
         data_cfg = _data_config(net, opts.img_size)
         self.splits.train.transform = train_transform(data_cfg, opts.augment, opts.cutout)
