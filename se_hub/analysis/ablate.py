@@ -182,7 +182,7 @@ def _term(term: str, what: str) -> Dict[str, Any]:
             known = sorted(named_variants())
             close = difflib.get_close_matches(term, known, n=3)
             raise AblationError(
-                f'{what}: unknown variant {term!r}' + (f" (did you mean {', '.join(close)}?)" if close else '')
+                f'{what}: unknown name {term!r}' + (f" (did you mean {', '.join(close)}?)" if close else '')
                 + f"; named variants: {', '.join(known)}, r<N>, stage<N>; or KEY:VALUE terms (se_layer:eca, "
                 "se_args:{'rd_ratio':0.25}, gate:tanh, se_stages:(2,3)); see `se-hub ablate --list-variants`")
         return found
@@ -536,6 +536,15 @@ def finetune_argv(base: str, data, epochs: int, run: Path, seed: int, model_kwar
     return argv
 
 
+def shell_quote(arg: str) -> str:
+    """``arg`` for a POSIX shell: as it is when safe, in double quotes when it holds single quotes
+    only (Python literals read better so), else shlex's single quotes."""
+    quoted = shlex.quote(arg)
+    if quoted != arg and "'" in arg and not set(arg) & set('"$`\\!'):
+        return f'"{arg}"'
+    return quoted
+
+
 @dataclass
 class Run:
     variant: Variant
@@ -597,9 +606,9 @@ def ablate(base: str, data, variants, epochs: int, output, seeds: Union[int, str
             plan.append(Run(v, seed, path, state, kwargs))
     _write_plan(out, base, data, int(epochs), seed_list, items, base_kwargs, options)
     if print_commands:
-        commands = ['se-hub ' + shlex.join(finetune_argv(base, data, epochs, r.path, r.seed, r.model_kwargs, options,
-                                                         resume=r.state == 'resume'))
-                    for r in plan if r.state != 'done']
+        commands = ['se-hub ' + ' '.join(map(shell_quote, finetune_argv(
+            base, data, epochs, r.path, r.seed, r.model_kwargs, options, resume=r.state == 'resume')))
+            for r in plan if r.state != 'done']
         done = sum(r.state == 'done' for r in plan)
         log(f'{len(commands)} of {len(plan)} runs to do ({done} finished); when they have run: '
             f'se-hub ablate --collect {shlex.quote(str(out))}', file=sys.stderr)
@@ -704,7 +713,7 @@ def collect(output, log=print) -> AblationResult:
         for seed in seeds:
             path = run_dir(out, label, seed)
             history = _metrics(path)
-            state = run_state(path, epochs) if path.is_dir() else 'missing'
+            state = run_state(path, epochs) if path.is_dir() else 'new'
             info = _read_json(path / RUN_INFO)
             record = {'variant': label, 'seed': seed, 'path': str(path), 'state': state,
                       'epochs': history[-1]['epoch'] if history else 0}
@@ -795,7 +804,8 @@ def _markdown(out: Path, rows, runs, plan, metric: str, memory_what: Optional[st
              + (memory_what or 'not measured (runs made outside `se-hub ablate`)') + '.']
     unfinished = [r for r in runs if r['state'] != 'done']
     if unfinished:
-        notes += ['', 'not finished (left out): ' + ', '.join(f"{r['variant']}/seed{r['seed']} ({r['state']})"
+        state = lambda r: 'not started' if r['state'] == 'new' else f"{r['epochs']} epochs so far"
+        notes += ['', 'not finished (left out): ' + ', '.join(f"{r['variant']}/seed{r['seed']} ({state(r)})"
                                                               for r in unfinished)]
     return '\n'.join(head + table + notes) + '\n'
 
