@@ -163,7 +163,7 @@ def _add_ablate(sub) -> None:
                    '(variant, seed) instead of running; then `se-hub ablate --collect OUT`')
     p.add_argument('--collect', metavar='OUT', help='only build the tables and plots from the finished runs in OUT')
     p.add_argument('--list-variants', action='store_true', help='print the named variants and what each changes')
-    _finetune_arguments(p, skip=('--data', '--epochs', '--output', '--seed', '--resume', '--push'))
+    _finetune_arguments(p, skip=('--data', '--epochs', '--output', '--seed', '--resume', '--push', '--fresh-se'))
     p.set_defaults(handler='se_hub.analysis.ablate:ablate_command')
 
 

@@ -360,5 +360,8 @@ def test_cli_errors(tmp_path, digits_dir, capsys):
     assert "unknown name 'nope'" in capsys.readouterr().err
     with pytest.raises(AblationError, match='sets seed'):
         ablate(BASE, digits_dir, 'r4', epochs=1, output=tmp_path / 'y', seed=3)
+    with pytest.raises(AblationError, match='has no published pretrained weights.*--no-pretrained'):
+        ablate(BASE, digits_dir, 'r4', epochs=1, output=tmp_path / 'z', pretrained=True)
+    assert not (tmp_path / 'y').exists() and not (tmp_path / 'z').exists()
     assert main(['ablate', '--list-variants']) == 0
     assert 'nosqueeze' in capsys.readouterr().out

@@ -45,7 +45,9 @@ multiply-adds at the run's input size (:mod:`se_hub.complexity`), train time, pe
 ``accuracy_vs_cost.png`` and ``curves.png`` (train loss and val top-1 of every variant per epoch,
 means over seeds). Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the run; on
 the CPU the growth of this process's peak resident set (VmHWM, reset per run) over its size at
-the start, data-loader workers not counted. Runs made by printed commands have no memory figure.
+the start, data-loader workers not counted (the first run of a process also counts one-off
+allocations: caches, the data set's file list). Runs made by printed commands have no memory
+figure.
 """
 import argparse
 import csv
@@ -584,13 +586,19 @@ def ablate(base: str, data, variants, epochs: int, output, seeds: Union[int, str
                             'arguments: model_kwargs=)')
     if int(epochs) < 1:
         raise AblationError(f'epochs must be at least 1, got {epochs}')
-    split_model_name(base)
+    name, tag = split_model_name(base)
     if base.startswith(('local-dir:', 'hf-hub:')):
         raise AblationError('the base must be a registered se_hub model (MODEL[.TAG]), not a directory or Hub repo')
     seed_list = parse_seeds(seeds)
     items = parse_variants(variants)
     base_kwargs = dict(model_kwargs or {})
     opts = _options(dict(options, model_kwargs=base_kwargs))  # unknown option names fail here
+    if opts.pretrained and not base_kwargs.get('pretrained_cfg_overlay'):
+        from ..weights.manifest import UnknownWeightsError, find_weights
+        try:
+            find_weights(name, tag)
+        except UnknownWeightsError as e:
+            raise AblationError(f'{e}; sweep from random weights with --no-pretrained (pretrained=False)') from None
     splits = find_splits(data, check_images=False)
     check_variants(base, items, base_kwargs, len(splits.classes))
     options = dict(options, fresh_se=bool(opts.pretrained))
