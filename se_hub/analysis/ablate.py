@@ -792,11 +792,13 @@ def _markdown(out: Path, rows, runs, plan, metric: str, memory_what: Optional[st
     head = [f'# Design-space sweep: {plan.get("base", "")}'.rstrip(), '']
     if plan:
         from ..tasks.classification import FinetuneOptions
+        shared = plan.get('model_kwargs') or {}
         defaults = FinetuneOptions()
         options = {k: v for k, v in plan.get('options', {}).items()
                    if k != 'fresh_se' and (not hasattr(defaults, k) or getattr(defaults, k) != v)}
         head += [f"data `{plan['data']}`, {plan['epochs']} epochs, seeds {', '.join(map(str, seeds))}; shared "
-                 f"architecture arguments: {describe_change(plan.get('model_kwargs') or {})}; options: "
+                 f"architecture arguments: {describe_change(shared) if shared else 'none'}; "
+                 'options: '
                  + (', '.join(f'{k}={v}' for k, v in options.items()) or 'the defaults')
                  + ('; pretrained: SE units start fresh in every variant' if plan.get('options', {}).get('fresh_se')
                     else ''), '']
