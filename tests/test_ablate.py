@@ -259,6 +259,11 @@ def test_pretrained_base_loads_the_shared_weights_and_starts_se_fresh(digits_dir
     commands = ablate(BASE, digits_dir, 'r4', epochs=1, output=tmp_path / 'p', seeds=1, model_kwargs=base_kwargs,
                       print_commands=True, log=quiet, **options).commands
     assert '--fresh-se' in shlex.split(commands[0])
+    # finetune without it: timm's strict load fails on the new SE shapes, with a message that says what to do
+    from se_hub.tasks import finetune
+    with pytest.raises(ValueError, match='do not fit the SE design asked for \\(se_args\\): add --fresh-se'):
+        finetune(BASE, digits_dir, 1, tmp_path / 'strict', model_kwargs=dict(base_kwargs, se_args={'rd_ratio': 0.25}),
+                 **dict(options, progress=False))
 
 
 def test_fresh_se_on_real_imagenet_weights():

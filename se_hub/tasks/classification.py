@@ -172,7 +172,15 @@ def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, 
     model_kwargs = dict(model_kwargs or {})
     if 'se_layer' in model_kwargs and model_kwargs['se_layer'] is None:
         model_kwargs['se_layer'] = 'none'  # timm.create_model drops None values: None would mean the default SE
-    model = timm.create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v}, **model_kwargs)
+    try:
+        model = timm.create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v}, **model_kwargs)
+    except RuntimeError as e:
+        se_design = sorted({'se_layer', 'se_args', 'se_ratio', 'se_placement', 'se_stages'} & set(model_kwargs))
+        if pretrained and se_design and 'state_dict' in str(e):
+            raise ValueError(f"the pretrained weights do not fit the SE design asked for ({', '.join(se_design)}): "
+                             'add --fresh-se (fresh_se=True) to load every other tensor and start the SE units '
+                             'fresh') from None
+        raise
     _architecture(model)  # a local-dir: / hf-hub: model must be an se_hub one too
     return model
 
