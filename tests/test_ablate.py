@@ -86,6 +86,19 @@ def test_tables_agree_with_every_runs_metrics(sweep):
     assert (out / 'ablation.csv').read_text() == before
 
 
+def test_collect_without_the_plan_reads_the_run_directories(sweep, tmp_path):
+    """Runs copied by hand (no sweep.json): collect finds OUT/<label>/seed<k>/ and reads each
+    variant's architecture arguments from its export."""
+    src, _ = sweep
+    out = tmp_path / 'by_hand'
+    for variant, seed in (('eca', 1), ('r4', 0)):
+        shutil.copytree(src / variant / f'seed{seed}', out / variant / f'seed{seed}')
+    rows = {r['variant']: r for r in collect(out, log=quiet).rows}
+    assert sorted(rows) == ['eca', 'r4'] and all(r['runs'] == 1 for r in rows.values())
+    assert rows['eca']['top1_mean'] == pytest.approx(read_metrics(out / 'eca' / 'seed1')[-1]['top1'])
+    assert 'se_layer=eca' in rows['eca']['change'] and 'se_args.rd_ratio=0.25' in rows['r4']['change']
+
+
 def test_same_budget_different_seeds(sweep):
     out, _ = sweep
     checkpoints = {(v, k): torch.load(out / v / f'seed{k}' / 'last.pth', map_location='cpu', weights_only=False)
@@ -353,7 +366,7 @@ def test_adding_se_to_an_se_free_base_applies():
     check_variants('se_tf_efficientnet_lite0', parse_variants('none,se,eca,r8=se+r8'), {}, 10)
 
 
-def test_cli_errors(tmp_path, digits_dir, capsys):
+def test_cli_errors(tmp_path, digits_dir, capsys, monkeypatch):
     empty = tmp_path / 'empty'
     empty.mkdir()
     assert main(['ablate', '--collect', str(empty)]) == 1
@@ -368,5 +381,9 @@ def test_cli_errors(tmp_path, digits_dir, capsys):
     with pytest.raises(AblationError, match='has no published pretrained weights.*--no-pretrained'):
         ablate(BASE, digits_dir, 'r4', epochs=1, output=tmp_path / 'z', pretrained=True)
     assert not (tmp_path / 'y').exists() and not (tmp_path / 'z').exists()
+    monkeypatch.setenv('WORLD_SIZE', '2')  # under torchrun: each process would run the whole sweep
+    with pytest.raises(AblationError, match='under torchrun'):
+        ablate(BASE, digits_dir, 'r4', epochs=1, output=tmp_path / 'w', **FAST)
+    monkeypatch.delenv('WORLD_SIZE')
     assert main(['ablate', '--list-variants']) == 0
     assert 'nosqueeze' in capsys.readouterr().out
