@@ -514,11 +514,15 @@ def finetune_argv(base: str, data, epochs: int, run: Path, seed: int, model_kwar
             '--seed', str(seed)]
     for key, value in model_kwargs.items():
         argv += ['--model-arg', f'{key}={value!r}']
+    from ..tasks.classification import FinetuneOptions
     actions = {a.dest: a for a in _finetune_parser()._actions if a.option_strings}
+    defaults = FinetuneOptions()
     for key, value in options.items():
         if key in ('model_kwargs', 'seed', 'resume'):
             continue
         action = actions.get(key)
+        if action is None and getattr(defaults, key, object()) == value:
+            continue  # an option the command line does not take, left at its default
         if action is None:
             raise AblationError(f'finetune option {key}={value!r} has no `se-hub finetune` flag: it cannot be printed '
                                 'as a command (run the sweep here instead)')
