@@ -48,10 +48,29 @@ def model_argument(text: str):
     return key.strip(), parsed
 
 
+class _Without:
+    """A parser whose ``add_argument`` leaves out the options named in ``skip`` (another verb takes
+    the fine-tuning options less those it defines its own way)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, skip=()):
+        self.parser, self.skip = parser, set(skip)
+
+    def add_argument(self, *flags, **kwargs) -> None:
+        if not self.skip.intersection(flags):
+            self.parser.add_argument(*flags, **kwargs)
+
+
 def _add_finetune(sub) -> None:
     p = sub.add_parser('finetune', help='fine-tune a classifier on a directory of images (train/ + val/ class '
                        'folders, or train.csv + val.csv)')
     p.add_argument('--model', required=True, help='MODEL[.TAG], local-dir:PATH or hf-hub:REPO')
+    _finetune_arguments(p)
+    p.set_defaults(handler='se_hub.tasks.classification:finetune_command')
+
+
+def _finetune_arguments(p, skip=()) -> None:
+    """Every option of ``finetune`` but --model (``ablate`` takes them too, less ``skip``)."""
+    p = _Without(p, skip)
     p.add_argument('--model-arg', dest='model_kwargs', type=model_argument, action='append', default=[],
                    metavar='KEY=VALUE', help="an architecture argument, repeatable: se_layer=eca, se_layer=None, "
                    "se_args={'rd_ratio':0.125}, se_placement=pre, se_stages=(3,4)")
@@ -89,7 +108,9 @@ def _add_finetune(sub) -> None:
     p.add_argument('--push', metavar='REPO', help='publish the fine-tuned model to this Hub repo')
     p.add_argument('--no-check-images', dest='check_images', action='store_false',
                    help='skip opening every image before training (large data sets)')
-    p.set_defaults(handler='se_hub.tasks.classification:finetune_command')
+    p.add_argument('--fresh-se', action='store_true',
+                   help='with pretrained weights: load every tensor but those of the SE units, which start from '
+                   'their initialisation (what a --model-arg SE design change needs: se_args, se_layer, ...)')
 
 
 def _add_evaluate(sub) -> None:
@@ -131,6 +152,26 @@ def _add_finetune_detect(sub) -> None:
     p.add_argument('--anchor-sizes', type=int, nargs=5, metavar='S', help='base anchor size per pyramid level')
     p.add_argument('--fpn-channels', type=int, default=256)
     p.set_defaults(handler='se_hub.tasks.detection:run_cli')
+
+
+def _add_ablate(sub) -> None:
+    p = sub.add_parser('ablate', help='design-space sweep: fine-tune SE variants of one network with the same budget '
+                       'and seeds, then tables and plots (se_hub/analysis/ablate.py)')
+    p.add_argument('--base', help='the network every variant changes: a registered MODEL[.TAG] (residual or MBConv)')
+    p.add_argument('--data', metavar='DIR', help='a data directory, as for finetune')
+    p.add_argument('--variants', metavar='LIST', help='comma-separated variants: paper rows (r4, gmp, nosqueeze, pre, '
+                   'identity, 3x3, none, tanh, stage2, ...), attention layers (se, eca, cbam), base, rN, stageN, '
+                   "combinations (r8+tanh) and named designs (late=se_stages:(2,3)+gate:tanh); see --list-variants")
+    p.add_argument('--epochs', type=int, help='epochs of every run')
+    p.add_argument('--seeds', default='3', metavar='K|LIST', help='K seeds (0..K-1), or a comma list (default 3)')
+    p.add_argument('--output', metavar='OUT', help='OUT/<variant>/seed<k>/ per run, OUT/ablation.md / .csv / .png')
+    p.add_argument('--print-commands', action='store_true', help='print one `se-hub finetune` command per unfinished '
+                   '(variant, seed) instead of running; then `se-hub ablate --collect OUT`')
+    p.add_argument('--collect', metavar='OUT', help='only build the tables and plots from the finished runs in OUT')
+    p.add_argument('--list-variants', action='store_true', help='print the named variants and what each changes')
+    _finetune_arguments(p, skip=('--data', '--epochs', '--output', '--seed', '--resume', '--push', '--fresh-se',
+                                 '--retrofit', '--retrofit-arg'))  # variants are the sweep's SE designs
+    p.set_defaults(handler='se_hub.analysis.ablate:ablate_command')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,4 +236,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_evaluate(sub)
     _add_finetune_detect(sub)
+    _add_ablate(sub)
     return parser

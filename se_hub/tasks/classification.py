@@ -45,6 +45,8 @@ class FinetuneOptions:
     # (se_hub.retrofit); retrofit_args are its options: se_args, placement, stages
     retrofit: bool = False
     retrofit_args: Dict[str, Any] = field(default_factory=dict)
+    # with pretrained weights: SE units start fresh, every other tensor loads (se_hub.analysis.ablate)
+    fresh_se: bool = False
     batch_size: int = 32  # per process
     img_size: Optional[int] = None  # default: the model's pretrained input size
     optimizer: str = 'adamw'  # 'adamw', 'sgd' (Nesterov), 'momentum' (plain, the paper's); any timm name
@@ -157,19 +159,32 @@ def _model_spec(spec: str) -> str:
     return f'local-dir:{spec}' if Path(spec).is_dir() else spec
 
 
-def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, Any]] = None, **kwargs) -> nn.Module:
+def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, Any]] = None, fresh_se: bool = False,
+                  log=print, **kwargs) -> nn.Module:
     """``kwargs`` left at 0 / None are timm's defaults and not passed; ``model_kwargs`` always are
-    (``se_layer=None`` means the SE-free network)."""
+    (``se_layer=None`` means the SE-free network). ``fresh_se``: pretrained weights for all but the
+    SE units, which start fresh (their shapes may differ from the weights')."""
     import timm
 
     from ..hub import _architecture
     from ..models.catalog import split_model_name
+    if pretrained and fresh_se:
+        from ..analysis.ablate import create_with_fresh_se
+        return create_with_fresh_se(spec, model_kwargs, log=log, **kwargs)
     if isinstance(spec, str) and not spec.startswith(('local-dir:', 'hf-hub:')):
         split_model_name(spec)
     model_kwargs = dict(model_kwargs or {})
     if 'se_layer' in model_kwargs and model_kwargs['se_layer'] is None:
         model_kwargs['se_layer'] = 'none'  # timm.create_model drops None values: None would mean the default SE
-    model = timm.create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v}, **model_kwargs)
+    try:
+        model = timm.create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v}, **model_kwargs)
+    except RuntimeError as e:
+        se_design = sorted({'se_layer', 'se_args', 'se_ratio', 'se_placement', 'se_stages'} & set(model_kwargs))
+        if pretrained and se_design and 'state_dict' in str(e):
+            raise ValueError(f"the pretrained weights do not fit the SE design asked for ({', '.join(se_design)}): "
+                             'add --fresh-se (fresh_se=True) to load every other tensor and start the SE units '
+                             'fresh') from None
+        raise
     _architecture(model)  # a local-dir: / hf-hub: model must be an se_hub one too
     return model
 
@@ -371,7 +386,7 @@ class ClassificationTask(Task):
         opts = self.opts
         net = _create_model(self.spec, pretrained=opts.pretrained and not resuming, num_classes=len(self.classes),
                             drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path_rate,
-                            model_kwargs=opts.model_kwargs)
+                            model_kwargs=opts.model_kwargs, fresh_se=opts.fresh_se, log=engine.log)
         if opts.retrofit:  # before the optimizer exists; on resume the same architecture, then last.pth loads
             from ..analysis.retrofit import retrofit
             net = retrofit(net, **opts.retrofit_args)

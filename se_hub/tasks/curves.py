@@ -1,11 +1,13 @@
-"""Small charts drawn with PIL only (no matplotlib): training curves and a confusion matrix."""
+"""Small charts drawn with PIL only (no matplotlib): training curves (one run, or several on one
+chart), a labelled scatter with error bars, and a confusion matrix."""
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw, ImageFont
 
 WHITE, BLACK, GREY, LIGHT = (255, 255, 255), (0, 0, 0), (110, 110, 110), (225, 225, 225)
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 128), (128, 128, 0)]
 
 Series = Tuple[str, Sequence[float], Sequence[float]]  # (label, xs, ys)
 
@@ -33,7 +35,9 @@ def _label(v: float) -> str:
 
 
 def _panel(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], title: str, series: Sequence[Series],
-           font, y_range: Optional[Tuple[float, float]] = None) -> None:
+           font, y_range: Optional[Tuple[float, float]] = None, legend: str = 'top') -> None:
+    """One chart in ``box``; ``legend``: one row above the plot ('top'), a column right of it
+    ('right': for many series), or none ('')."""
     x0, y0, x1, y1 = box  # the plot area, axes on its left and bottom edges
     draw.text((x0, y0 - 16), title, fill=BLACK, font=font)
     xs = [x for _, sx, _ in series for x in sx]
@@ -63,7 +67,7 @@ def _panel(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], title: str
         draw.text((x - draw.textlength(text, font=font) / 2, y1 + 6), text, fill=BLACK, font=font)
         t += step
     draw.line([(x0, y0), (x0, y1), (x1, y1)], fill=BLACK)
-    lx = x1  # legend: one row above the plot, right-aligned
+    lx = x1  # legend 'top': one row above the plot, right-aligned
     for i, (name, sx, sy) in reversed(list(enumerate(series))):
         colour = COLOURS[i % len(COLOURS)]
         points = [(px(x), py(y)) for x, y in zip(sx, sy) if y is not None and math.isfinite(y)]
@@ -71,10 +75,87 @@ def _panel(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], title: str
             draw.line(points, fill=colour, width=2)
         for x, y in points:
             draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
-        lx -= draw.textlength(name, font=font) + 24
-        draw.line([(lx, y0 - 10), (lx + 16, y0 - 10)], fill=colour, width=3)
-        draw.text((lx + 20, y0 - 16), name, fill=BLACK, font=font)
-        lx -= 10
+        if legend == 'top':
+            lx -= draw.textlength(name, font=font) + 24
+            draw.line([(lx, y0 - 10), (lx + 16, y0 - 10)], fill=colour, width=3)
+            draw.text((lx + 20, y0 - 16), name, fill=BLACK, font=font)
+            lx -= 10
+    if legend == 'right':
+        _legend_column(draw, (x1 + 14, y0), [name for name, _, _ in series], font)
+
+
+def _legend_column(draw: ImageDraw.ImageDraw, at: Tuple[float, float], names: Sequence[str], font) -> None:
+    """One row per series (colour swatch, name), downwards from ``at``."""
+    for i, name in enumerate(names):
+        x, y = at[0], at[1] + 14 * i
+        draw.line([(x, y + 6), (x + 16, y + 6)], fill=COLOURS[i % len(COLOURS)], width=3)
+        draw.text((x + 20, y), name, fill=BLACK, font=font)
+
+
+def draw_sweep_curves(curves: Dict[str, Sequence[Dict]], path, title: str = '', metric: str = 'top1',
+                      metric_title: str = 'val top-1 (%)') -> None:
+    """The training curves of several runs on one chart (the paper's "training dynamics" figure):
+    train loss (left) and a validation metric (right) per epoch, one line per run. ``curves``:
+    {legend: rows with 'epoch', 'train_loss' and ``metric``}."""
+    font = ImageFont.load_default()
+    names = list(curves)
+    legend_w = int(max([font.getlength(n) for n in names] + [40])) + 40
+    img = Image.new('RGB', (760 + legend_w, 300), WHITE)
+    draw = ImageDraw.Draw(img)
+    if title:
+        draw.text((10, 4), title, fill=GREY, font=font)
+    series = lambda key: [(n, [r['epoch'] for r in rows], [r.get(key) for r in rows]) for n, rows in curves.items()]
+    _panel(draw, (55, 40, 360, 260), 'train loss', series('train_loss'), font, legend='')
+    _panel(draw, (435, 40, 740, 260), metric_title, series(metric), font, legend='right')
+    for x in (207, 587):
+        draw.text((x - 15, 280), 'epoch', fill=GREY, font=font)
+    img.save(path, format='PNG')
+
+
+def draw_scatter(points: Sequence[Tuple[str, float, float, Optional[float]]], path, x_title: str, y_title: str,
+                 title: str = '') -> None:
+    """One labelled point per (name, x, y, y error) with a +-error bar, e.g. accuracy against cost."""
+    font = ImageFont.load_default()
+    names = [p[0] for p in points]
+    legend_w = int(max([font.getlength(n) for n in names] + [40])) + 40
+    img = Image.new('RGB', (560 + legend_w, 360), WHITE)
+    draw = ImageDraw.Draw(img)
+    x0, y0, x1, y1 = 70, 40, 540, 300
+    draw.text((10, 4), title or f'{y_title} against {x_title}', fill=GREY, font=font)
+    finite = [p for p in points if all(v is not None and math.isfinite(v) for v in p[1:3])]
+    if not finite:
+        draw.rectangle((x0, y0, x1, y1), outline=BLACK)
+        img.save(path, format='PNG')
+        return
+    err = lambda p: p[3] if p[3] is not None and math.isfinite(p[3]) else 0.0
+    xt = nice_ticks(min(p[1] for p in finite), max(p[1] for p in finite))
+    yt = nice_ticks(min(p[2] - err(p) for p in finite), max(p[2] + err(p) for p in finite))
+    px = lambda x: x0 + (x - xt[0]) / (xt[-1] - xt[0]) * (x1 - x0)
+    py = lambda y: y1 - (y - yt[0]) / (yt[-1] - yt[0]) * (y1 - y0)
+    for t in yt:
+        draw.line([(x0, py(t)), (x1, py(t))], fill=LIGHT)
+        text = _label(t)
+        draw.text((x0 - 6 - draw.textlength(text, font=font), py(t) - 6), text, fill=BLACK, font=font)
+    for t in xt:
+        draw.line([(px(t), y1), (px(t), y1 + 4)], fill=BLACK)
+        text = _label(t)
+        draw.text((px(t) - draw.textlength(text, font=font) / 2, y1 + 6), text, fill=BLACK, font=font)
+    draw.line([(x0, y0), (x0, y1), (x1, y1)], fill=BLACK)
+    draw.text(((x0 + x1) / 2 - draw.textlength(x_title, font=font) / 2, y1 + 22), x_title, fill=GREY, font=font)
+    draw.text((x0, y0 - 16), y_title, fill=BLACK, font=font)
+    for i, p in enumerate(points):
+        if p not in finite:
+            continue
+        colour = COLOURS[i % len(COLOURS)]
+        x, y, e = px(p[1]), py(p[2]), err(p)
+        if e:
+            draw.line([(x, py(p[2] - e)), (x, py(p[2] + e))], fill=colour, width=1)
+            for yy in (py(p[2] - e), py(p[2] + e)):
+                draw.line([(x - 3, yy), (x + 3, yy)], fill=colour, width=1)
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+        draw.text((x + 6, y - 12), p[0], fill=colour, font=font)
+    _legend_column(draw, (x1 + 14, y0), names, font)
+    img.save(path, format='PNG')
 
 
 def draw_curves(history: Sequence[Dict], path, title: str = '', loss_keys: Optional[Sequence[Tuple[str, str]]] = None,
