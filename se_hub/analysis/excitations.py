@@ -214,7 +214,8 @@ class _Recorder:
 @dataclass
 class ExcitationStats:
     """Per-class gate statistics of each SE block: ``means[b]`` / ``stds[b]`` are (classes,
-    channels) float64 arrays for block ``blocks[b]`` (in the order the forward pass runs them),
+    channels) float64 arrays for block ``blocks[b]`` (in module order, which for se_hub's models is the
+    order the forward pass runs them),
     ``counts[k]`` the images of class ``classes[k]``; ``std`` is the population std (ddof=0)."""
     blocks: List[str]
     classes: List[str]
