@@ -223,9 +223,10 @@ class ExcitationStats:
     means: List[np.ndarray]
     stds: List[np.ndarray]
     kinds: List[str] = field(default_factory=list)
-    model: str = ''
+    model: str = ''  # as given (a name, local-dir:PATH, ...)
     data: str = ''
     split: str = 'val'
+    architecture: str = ''
 
     @property
     def channels(self) -> List[int]:
@@ -309,7 +310,8 @@ class ExcitationStats:
         for name, mean, std in zip(self.blocks, self.means, self.stds):
             tensors[f'mean/{name}'] = np.ascontiguousarray(mean, dtype=np.float32)
             tensors[f'std/{name}'] = np.ascontiguousarray(std, dtype=np.float32)
-        meta = {'format': FORMAT, 'model': self.model, 'data': self.data, 'split': self.split,
+        meta = {'format': FORMAT, 'model': self.model, 'architecture': self.architecture, 'data': self.data,
+                'split': self.split,
                 'blocks': self.blocks, 'kinds': self.kinds, 'classes': self.classes,
                 'selectivity': [{k: r[k] for k in ('block', 'between', 'within', 'selectivity')}
                                 for r in self.selectivity()]}
@@ -339,7 +341,7 @@ class ExcitationStats:
             stds = [f.get_tensor(f'std/{b}').astype(np.float64) for b in meta['blocks']]
             counts = f.get_tensor('counts')
         return cls(meta['blocks'], meta['classes'], counts, means, stds, meta.get('kinds', []), meta.get('model', ''),
-                   meta.get('data', ''), meta.get('split', 'val'))
+                   meta.get('data', ''), meta.get('split', 'val'), meta.get('architecture', ''))
 
     # ------------------------------------------------------------------------ figures
 
@@ -368,7 +370,7 @@ class ExcitationStats:
         return (0.0, 1.0) if lo >= -0.05 and hi <= 1.05 else None
 
     def _title(self) -> str:
-        return f'{self.model} on {Path(self.data).name or self.data} ({self.split})'
+        return f'{self.architecture or self.model} on {Path(self.data).name or self.data} ({self.split})'
 
     def _draw_by_depth(self, f, chosen: List[int]) -> None:
         from ..tasks.curves import draw_channel_panels
@@ -545,7 +547,7 @@ def collect_excitations(model: Union[str, nn.Module], data, classes: Optional[Se
     stds = [np.sqrt(np.maximum(r.m2.numpy() / np.maximum(r.count.numpy(), 1)[:, None], 0.0)) for r in recorder.running]
     return ExcitationStats(blocks=[g.name for g in gates], classes=kept, counts=counts, means=means, stds=stds,
                            kinds=[g.kind for g in gates], model=spec or _model_name(model), data=str(data),
-                           split=split)
+                           split=split, architecture=_model_name(model))
 
 
 class _Labelled(torch.utils.data.Dataset):
