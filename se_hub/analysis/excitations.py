@@ -364,10 +364,11 @@ class ExcitationStats:
         return sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
 
     def _y_range(self) -> Optional[Tuple[float, float]]:
-        """[0, 1] for every panel when the gates lie there (sigmoid gates): depths compare at a glance."""
-        lo = min(float((m - s).min()) for m, s in zip(self.means, self.stds))
-        hi = max(float((m + s).max()) for m, s in zip(self.means, self.stds))
-        return (0.0, 1.0) if lo >= -0.05 and hi <= 1.05 else None
+        """[0, 1] for every panel when the mean gates lie there (sigmoid-like gates), so that depths
+        compare at a glance; else each panel its own range."""
+        lo = min(float(m.min()) for m in self.means)
+        hi = max(float(m.max()) for m in self.means)
+        return (0.0, 1.0) if lo >= 0 and hi <= 1 else None
 
     def _title(self) -> str:
         return f'{self.architecture or self.model} on {Path(self.data).name or self.data} ({self.split})'
@@ -389,17 +390,21 @@ class ExcitationStats:
     def _draw_last_blocks(self, f, chosen: List[int]) -> None:
         from ..tasks.curves import draw_channel_panels
         blocks = list(range(len(self.blocks)))[-3:]
+        y_range = self._y_range()
         panels = []
         for k in chosen:
             for b in blocks:
                 xs = list(range(self.channels[b]))
                 mu, sd = self.means[b][k], self.stds[b][k]
                 series = [(self.classes[k], xs, mu.tolist()), ('all', xs, self.pooled(b)[0].tolist())]
-                band = [(0, xs, (mu - sd).tolist(), (mu + sd).tolist())]
+                lo, hi = mu - sd, mu + sd
+                if y_range is not None:  # gates in [0, 1]: so is any image's gate, whatever mean + std says
+                    lo, hi = np.clip(lo, *y_range), np.clip(hi, *y_range)
+                band = [(0, xs, lo.tolist(), hi.tolist())]
                 panels.append((f'class {self.classes[k]}, {self.blocks[b]}', series, band))
         draw_channel_panels(panels, f, title=f'excitation per channel (mean, band: +/- 1 std) in the last blocks: '
                             f'{self._title()}', legend=['class mean', 'all classes'], columns=len(blocks),
-                            grey_last=True, single_colour=True, y_range=self._y_range())
+                            grey_last=True, single_colour=True, y_range=y_range)
 
 
 # --------------------------------------------------------------------------- files, atomically
