@@ -517,15 +517,15 @@ def collect_excitations(model: Union[str, nn.Module], data, classes: Optional[Se
         classes = classes.split(',')
     dev = torch.device(plan_device(device, 'off', environ={}).device)
     splits = find_splits(data, check_images=False)  # unreadable images fail when read, naming the file
+    dataset = getattr(splits, split)
+    indices, labels, kept = _select(dataset, list(splits.classes), classes, max_images,
+                                    f'the {split} split of {splits.root}')
     spec = model if isinstance(model, str) else None
     if spec is not None:
         model = _create_model(_model_spec(spec), pretrained=pretrained)
     gates = find_gates(model)
     if not gates:
         raise NoGatesError(_no_gates_message(model))
-    dataset = getattr(splits, split)
-    indices, labels, kept = _select(dataset, list(splits.classes), classes, max_images,
-                                    f'the {split} split of {splits.root}')
     dataset.transform = create_transform(**_data_config(model, img_size), is_training=False)
     loader = DataLoader(_Labelled(Subset(dataset, indices), labels), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=dev.type == 'cuda')
