@@ -25,6 +25,7 @@ from se_hub.layers import SqueezeExcite
 from se_hub.tasks.data import DataError, find_splits, read_image
 
 EPOCHS = 6
+SIZE = 16  # the digits are 8x8 scans: 16x16 keeps every detail at a quarter of the 32x32 cost
 
 
 def _images(model, samples, img_size=None):
@@ -62,7 +63,7 @@ def trained(digits_dir, tmp_path_factory):
     torch.manual_seed(0)
     model = timm.create_model('se_resnet20_cifar', num_classes=10, layers=(1, 1, 1))
     splits = find_splits(digits_dir)
-    x, y = _images(model, splits.train.samples)
+    x, y = _images(model, splits.train.samples, SIZE)
     y = torch.from_numpy(y)
     steps = EPOCHS * math.ceil(len(x) / 64)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -87,25 +88,25 @@ def trained(digits_dir, tmp_path_factory):
 def test_trained_model_is_accurate(trained):
     """The finding below is about a network that learned the task (not a random one)."""
     model, _, splits = trained
-    x, y = _images(model, splits.val.samples)
+    x, y = _images(model, splits.val.samples, SIZE)
     with torch.no_grad():
         top1 = (model(x).argmax(1).numpy() == y).mean()
-    assert top1 > 0.85, top1
+    assert top1 > 0.9, top1
 
 
 def test_late_blocks_are_more_class_selective(trained, digits_dir):
     """The paper's "role of excitation": early gates are shared by the classes, late ones are class-specific."""
     model, _, _ = trained
-    stats = collect_excitations(model, digits_dir, num_workers=0, progress=False)
+    stats = collect_excitations(model, digits_dir, img_size=SIZE, num_workers=0, progress=False)
     rows = stats.selectivity()
     assert [r['block'] for r in rows] == ['layer1.0.se', 'layer2.0.se', 'layer3.0.se']
     sel = [r['selectivity'] for r in rows]
-    assert sel[-1] > 1.3 * sel[0], sel
+    assert sel[-1] > 1.5 * sel[0], sel
     assert rows[-1]['between'] > 3 * rows[0]['between'], rows
     # the same measure on the untrained network: no such growth from depth alone
     torch.manual_seed(0)
     fresh = timm.create_model('se_resnet20_cifar', num_classes=10, layers=(1, 1, 1))
-    untrained = [r['selectivity'] for r in collect_excitations(fresh, digits_dir, num_workers=0,
+    untrained = [r['selectivity'] for r in collect_excitations(fresh, digits_dir, img_size=SIZE, num_workers=0,
                                                                progress=False).selectivity()]
     assert sel[-1] > untrained[-1], (sel, untrained)
 
@@ -120,8 +121,8 @@ def _selectivity_by_hand(mean, std):
 def test_statistics_equal_a_direct_computation(trained, digits_dir, tmp_path):
     model, _, splits = trained
     # batches of 7 mix classes and split them across batches: the running merge must still be exact
-    stats = collect_excitations(model, digits_dir, batch_size=7, num_workers=0, progress=False)
-    x, y = _images(model, splits.val.samples)
+    stats = collect_excitations(model, digits_dir, img_size=SIZE, batch_size=7, num_workers=0, progress=False)
+    x, y = _images(model, splits.val.samples, SIZE)
     gates = _direct(model, _se_units(model), x)
     assert stats.classes == splits.classes
     np.testing.assert_array_equal(stats.counts, np.bincount(y, minlength=10))
@@ -147,12 +148,12 @@ def test_statistics_equal_a_direct_computation(trained, digits_dir, tmp_path):
 def test_classes_and_max_images_per_class(trained, digits_dir):
     model, _, splits = trained
     stats = collect_excitations(model, digits_dir, classes=['7', '3', '1'], max_images=5, batch_size=4,
-                                num_workers=0, progress=False)
+                                img_size=SIZE, num_workers=0, progress=False)
     assert stats.classes == ['7', '3', '1']
     np.testing.assert_array_equal(stats.counts, [5, 5, 5])
     for k, cls in enumerate(stats.classes):  # the first five images of the class, in the data set's order
         samples = [s for s in splits.val.samples if splits.classes[s[1]] == cls][:5]
-        x, _ = _images(model, samples)
+        x, _ = _images(model, samples, SIZE)
         gates = _direct(model, stats.blocks, x)
         for b, name in enumerate(stats.blocks):
             np.testing.assert_allclose(stats.means[b][k], gates[name].mean(0), atol=1e-6)
@@ -164,8 +165,8 @@ def test_cli_writes_every_file_and_they_reload(trained, digits_dir, tmp_path, ca
     model, export, splits = trained
     out = tmp_path / 'excite'
     rc = main(['excitations', '--model', f'local-dir:{export}', '--data', str(digits_dir), '--classes', '0,1,2,3',
-               '--max-images', '12', '--batch-size', '16', '--workers', '0', '--no-progress', '--device', 'cpu',
-               '--output', str(out)])
+               '--max-images', '12', '--batch-size', '16', '--img-size', str(SIZE), '--workers', '0', '--no-progress',
+               '--device', 'cpu', '--output', str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert 'selectivity' in printed and 'layer3.0.se' in printed
@@ -177,7 +178,7 @@ def test_cli_writes_every_file_and_they_reload(trained, digits_dir, tmp_path, ca
     blocks = _se_units(model)
     # the CLI's numbers are those of a direct computation on the reloaded export
     for k, cls in enumerate(['0', '1', '2', '3']):
-        x, _ = _images(model, [s for s in splits.val.samples if splits.classes[s[1]] == cls][:12])
+        x, _ = _images(model, [s for s in splits.val.samples if splits.classes[s[1]] == cls][:12], SIZE)
         gates = _direct(model, blocks, x)
         for name in blocks:
             np.testing.assert_allclose(arrays[f'mean/{name}'][k], gates[name].mean(0), atol=1e-6)
