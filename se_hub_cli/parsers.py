@@ -174,6 +174,27 @@ def _add_ablate(sub) -> None:
     p.set_defaults(handler='se_hub.analysis.ablate:ablate_command')
 
 
+def _add_excitations(sub) -> None:
+    p = sub.add_parser('excitations', help="per-class statistics of every SE gate on a data directory (the paper's "
+                       '"role of excitation" figures and a class-selectivity table)')
+    p.add_argument('--model', required=True, help='MODEL[.TAG], local-dir:OUT (or OUT), hf-hub:REPO')
+    p.add_argument('--data', required=True, metavar='DIR', help='a data directory, as for finetune')
+    p.add_argument('--split', default='val', choices=['val', 'train'])
+    p.add_argument('--classes', metavar='A,B,C', help='only these classes (default: all)')
+    p.add_argument('--max-images', type=int, metavar='N', help='at most N images per class (default: all)')
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--img-size', type=int, help="input size (default: the model's pretrained input size)")
+    p.add_argument('--workers', dest='num_workers', type=int, default=2, help='data loading processes')
+    p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda if available)')
+    p.add_argument('--no-pretrained', dest='pretrained', action='store_false',
+                   help='MODEL with random weights (to try the tool on a model without published weights)')
+    p.add_argument('--figure-classes', metavar='A,B,C', help='classes drawn in the figures (default: up to 4)')
+    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress output')
+    p.add_argument('--output', required=True, metavar='OUT', help='write excitations.safetensors, excitations.csv, '
+                   'selectivity.csv and the two PNG figures here')
+    p.set_defaults(handler='se_hub.analysis.excitations:excitations_command')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='se-hub', description='The Squeeze-and-Excitation model zoo for timm.')
     parser.add_argument('--debug', action='store_true', help='show tracebacks')
@@ -237,4 +258,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_finetune_detect(sub)
     _add_ablate(sub)
+    _add_excitations(sub)
     return parser

@@ -18,7 +18,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize('argv', [['--help'], ['list'], ['list', '--pretrained'], ['finetune', '--help'],
-                                  ['finetune-detect', '--help']])
+                                  ['finetune-detect', '--help'], ['excitations', '--help'], ['ablate', '--help']])
 def test_help_and_list_import_neither_torch_nor_timm(argv):
     code = ('import sys\nfrom se_hub_cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n'
             "heavy = sorted(m for m in ('torch', 'timm', 'se_hub.models') if m in sys.modules)\n"

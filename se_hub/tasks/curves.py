@@ -1,5 +1,6 @@
 """Small charts drawn with PIL only (no matplotlib): training curves (one run, or several on one
-chart), a labelled scatter with error bars, and a confusion matrix."""
+chart), a labelled scatter with error bars, a confusion matrix and per-channel line panels (the
+excitation figures of :mod:`se_hub.analysis.excitations`)."""
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -10,6 +11,7 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 128), (128, 128, 0)]
 
 Series = Tuple[str, Sequence[float], Sequence[float]]  # (label, xs, ys)
+Band = Tuple[int, Sequence[float], Sequence[float], Sequence[float]]  # (series index, xs, lows, highs)
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> List[float]:
@@ -34,14 +36,22 @@ def _label(v: float) -> str:
     return f'{v:g}' if abs(v) >= 1e-3 or v == 0 else f'{v:.0e}'
 
 
+def _tint(colour: Tuple[int, int, int], amount: float = 0.75) -> Tuple[int, int, int]:
+    return tuple(int(c + (255 - c) * amount) for c in colour)
+
+
 def _panel(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], title: str, series: Sequence[Series],
-           font, y_range: Optional[Tuple[float, float]] = None, legend: str = 'top') -> None:
-    """One chart in ``box``; ``legend``: one row above the plot ('top'), a column right of it
-    ('right': for many series), or none ('')."""
+           font, y_range: Optional[Tuple[float, float]] = None, legend: str = 'top', markers: bool = True,
+           colours: Optional[Sequence[Tuple[int, int, int]]] = None, bands: Sequence[Band] = ()) -> None:
+    """One plot: ``series`` as lines (with point markers unless ``markers`` is off), ``bands``
+    as tinted areas behind them. ``legend``: one row above the plot ('top'), a column right of it
+    ('right': for many series), or none (''). ``colours``: one per series (default ``COLOURS`` in turn)."""
     x0, y0, x1, y1 = box  # the plot area, axes on its left and bottom edges
+    colours = list(colours) if colours is not None else [COLOURS[i % len(COLOURS)] for i in range(len(series))]
     draw.text((x0, y0 - 16), title, fill=BLACK, font=font)
     xs = [x for _, sx, _ in series for x in sx]
     ys = [y for _, _, sy in series for y in sy if y is not None and math.isfinite(y)]
+    ys += [y for _, _, lo, hi in bands for y in (*lo, *hi) if math.isfinite(y)]
     if not xs or not ys:
         draw.rectangle(box, outline=BLACK)
         return
@@ -66,29 +76,37 @@ def _panel(draw: ImageDraw.ImageDraw, box: Tuple[int, int, int, int], title: str
         text = str(int(t))
         draw.text((x - draw.textlength(text, font=font) / 2, y1 + 6), text, fill=BLACK, font=font)
         t += step
+    for i, bx, lo, hi in bands:  # behind the lines
+        upper = [(px(x), py(y)) for x, y in zip(bx, hi)]
+        lower = [(px(x), py(y)) for x, y in zip(bx, lo)]
+        if len(upper) > 1:
+            draw.polygon(upper + lower[::-1], fill=_tint(colours[i]))
     draw.line([(x0, y0), (x0, y1), (x1, y1)], fill=BLACK)
     lx = x1  # legend 'top': one row above the plot, right-aligned
     for i, (name, sx, sy) in reversed(list(enumerate(series))):
-        colour = COLOURS[i % len(COLOURS)]
+        colour = colours[i]
         points = [(px(x), py(y)) for x, y in zip(sx, sy) if y is not None and math.isfinite(y)]
         if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
+            draw.line(points, fill=colour, width=2 if markers else 1)
+        if markers:
+            for x, y in points:
+                draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
         if legend == 'top':
             lx -= draw.textlength(name, font=font) + 24
             draw.line([(lx, y0 - 10), (lx + 16, y0 - 10)], fill=colour, width=3)
             draw.text((lx + 20, y0 - 16), name, fill=BLACK, font=font)
             lx -= 10
     if legend == 'right':
-        _legend_column(draw, (x1 + 14, y0), [name for name, _, _ in series], font)
+        _legend_column(draw, (x1 + 14, y0), [name for name, _, _ in series], font, colours)
 
 
-def _legend_column(draw: ImageDraw.ImageDraw, at: Tuple[float, float], names: Sequence[str], font) -> None:
+def _legend_column(draw: ImageDraw.ImageDraw, at: Tuple[float, float], names: Sequence[str], font,
+                   colours: Optional[Sequence[Tuple[int, int, int]]] = None) -> None:
     """One row per series (colour swatch, name), downwards from ``at``."""
     for i, name in enumerate(names):
         x, y = at[0], at[1] + 14 * i
-        draw.line([(x, y + 6), (x + 16, y + 6)], fill=COLOURS[i % len(COLOURS)], width=3)
+        colour = colours[i] if colours is not None else COLOURS[i % len(COLOURS)]
+        draw.line([(x, y + 6), (x + 16, y + 6)], fill=colour, width=3)
         draw.text((x + 20, y), name, fill=BLACK, font=font)
 
 
@@ -232,3 +250,46 @@ def format_confusion(matrix: Sequence[Sequence[int]], true_names: Sequence[str],
     lines = ['  '.join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in [head] + body]
     return '\n'.join(lines)
+
+
+Panel = Tuple[str, Sequence[Series], Sequence[Band]]  # (title, lines, tinted bands)
+
+
+def draw_channel_panels(panels: Sequence[Panel], path, title: str = '', legend: Sequence[str] = (), columns: int = 2,
+                        grey_last: bool = False, single_colour: bool = False, x_label: str = 'channel',
+                        y_label: str = 'excitation', y_range: Optional[Tuple[float, float]] = None) -> None:
+    """A grid of line panels over a shared x axis kind (channel index), one legend for all, as a
+    PNG. Series ``i`` of every panel gets ``COLOURS[i]`` (``single_colour``: all but the last get
+    ``COLOURS[0]``); ``grey_last`` draws each panel's last series in grey (a reference line)."""
+    font = ImageFont.load_default()
+    columns = max(1, columns)
+    rows = max(1, math.ceil(len(panels) / columns))
+    pw, ph = 380, 220  # one panel, margins included
+    img = Image.new('RGB', (max(columns * pw + 20, int(font.getlength(title)) + 20), rows * ph + 50), WHITE)
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 6), title, fill=BLACK, font=font)
+
+    def colour_of(i: int, n: int) -> Tuple[int, int, int]:
+        if grey_last and i == n - 1:
+            return GREY
+        return COLOURS[0] if single_colour else COLOURS[i % len(COLOURS)]
+
+    lx = 10  # the shared legend, one row under the title
+    for i, name in enumerate(legend):
+        draw.line([(lx, 30), (lx + 16, 30)], fill=colour_of(i, len(legend)), width=3)
+        draw.text((lx + 20, 24), name, fill=BLACK, font=font)
+        lx += 20 + draw.textlength(name, font=font) + 14
+    for n, (name, series, bands) in enumerate(panels):
+        r, c = divmod(n, columns)
+        left, top = 10 + c * pw, 50 + r * ph
+        box = (left + 50, top + 22, left + pw - 15, top + ph - 34)
+        colours = [colour_of(i, len(series)) for i in range(len(series))]
+        _panel(draw, box, name, series, font, y_range=y_range, markers=False, legend='', colours=colours,
+               bands=bands)
+        draw.text(((box[0] + box[2]) / 2 - draw.textlength(x_label, font=font) / 2, box[3] + 18), x_label,
+                  fill=GREY, font=font)
+        label = Image.new('RGB', (int(draw.textlength(y_label, font=font)) + 4, 14), WHITE)
+        ImageDraw.Draw(label).text((2, 0), y_label, fill=GREY, font=font)
+        label = label.rotate(90, expand=True)
+        img.paste(label, (left, int((box[1] + box[3]) / 2 - label.height / 2)))
+    img.save(path, format='PNG')
