@@ -505,7 +505,7 @@ def collect_excitations(model: Union[str, nn.Module], data, classes: Optional[Se
     from torch.utils.data import DataLoader, Subset
 
     from ..tasks.classification import _create_model, _data_config, _model_spec
-    from ..tasks.data import DataError, find_splits, worker_error_message
+    from ..tasks.data import find_splits, worker_errors_named
     from ..tasks.engine import Progress, plan_device
     if split not in ('train', 'val'):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
@@ -533,17 +533,12 @@ def collect_excitations(model: Union[str, nn.Module], data, classes: Optional[Se
     model.eval().to(dev)
     recorder = _Recorder(gates, len(kept))
     try:
-        with torch.no_grad(), Progress(len(loader), 'excitations', progress) as bar:
+        with worker_errors_named(), torch.no_grad(), Progress(len(loader), 'excitations', progress) as bar:
             for images, targets in loader:
                 recorder.labels = targets
                 model(images.to(dev, non_blocking=True))
                 recorder.check_batch()
                 bar.update()
-    except Exception as e:
-        message = worker_error_message(e)
-        if message:
-            raise DataError(message) from None
-        raise
     finally:
         recorder.remove()
         model.train(was_training)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataError, find_splits, worker_error_message
+from .data import DataError, find_splits, worker_errors_named
 from .engine import Engine, Progress, Task, TrainConfig, autocast, plan_device
 
 
@@ -246,7 +246,7 @@ def _evaluate_loader(model: nn.Module, loader, device: torch.device, plan, label
     loss_sum = hits1 = hitsk = count = 0.0
     matrix = torch.zeros(num_true, num_pred, dtype=torch.int64)
     mapping = torch.tensor(label_map, device=device) if label_map is not None else None
-    try:
+    with worker_errors_named():
         for images, targets in loader:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with autocast(plan):
@@ -263,11 +263,6 @@ def _evaluate_loader(model: nn.Module, loader, device: torch.device, plan, label
                 matrix += torch.bincount(flat, minlength=num_true * num_pred).view(num_true, num_pred)
             if progress is not None:
                 progress.update()
-    except Exception as e:
-        message = worker_error_message(e)
-        if message:
-            raise DataError(message) from None
-        raise
     return {'loss_sum': loss_sum, 'hits1': hits1, 'hitsk': hitsk, 'count': count, 'k': k, 'confusion': matrix}
 
 

@@ -17,6 +17,7 @@ Anything else — no such layout, an empty split, a missing or unreadable image 
 """
 import csv
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -179,6 +180,19 @@ def find_splits(root, check_images: bool = True) -> DataSplits:
         for path, _ in train + val:
             check_image(path)
     return DataSplits(ImageListDataset(train, classes), ImageListDataset(val, classes), classes, layout, root)
+
+
+@contextmanager
+def worker_errors_named():
+    """Re-raises a DataLoader worker's failure on an image (a missing or damaged file) as the
+    :class:`DataError` that names it, instead of the loader's wrapped traceback."""
+    try:
+        yield
+    except Exception as e:
+        message = worker_error_message(e)
+        if message:
+            raise DataError(message) from None
+        raise
 
 
 def worker_error_message(error: BaseException) -> Optional[str]:

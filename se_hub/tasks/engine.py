@@ -472,7 +472,7 @@ class Engine:
         self.scheduler.step_update(self.step)
 
     def _train_epoch(self, task: Task, epoch: int) -> Dict[str, float]:
-        from .data import DataError, worker_error_message
+        from .data import worker_errors_named
         cfg, pg = self.config, self.pg
         self.train_loader.sampler.set_epoch(epoch)
         task.train_mode(self.net)
@@ -482,7 +482,7 @@ class Engine:
         start = time.perf_counter()
         bar = Progress(self.steps_per_epoch, f'epoch {epoch + 1}/{cfg.epochs}', cfg.progress and pg.main,
                        every=cfg.log_every)
-        try:
+        with bar, worker_errors_named():
             for batch in self.train_loader:
                 with autocast(self.plan):
                     loss, n, parts = task.loss(self.model, batch, self.device)
@@ -514,13 +514,6 @@ class Engine:
                 elapsed = time.perf_counter() - start
                 bar.update(loss=f"{sums['loss'] / max(1, seen):.4f}",
                            img_s=f'{seen * pg.world / max(elapsed, 1e-9):.1f}')
-        except Exception as e:
-            message = worker_error_message(e)
-            if message:
-                raise DataError(message) from None
-            raise
-        finally:
-            bar.close()
         keys = sorted(sums)
         totals = pg.sum([sums[k] for k in keys] + [seen])
         elapsed = time.perf_counter() - start
