@@ -125,13 +125,15 @@ class _Reader:
 
 
 def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_fp32: bool = True,
-                  keep_ends_fp32: bool = True, method: str = 'percentile', per_channel: bool = True) -> Dict[str, Any]:
+                  keep_ends_fp32: bool = True, method: str = 'percentile', per_channel: bool = True,
+                  keep_fp32: Sequence[str] = ()) -> Dict[str, Any]:
     """Quantize ``fp32_path`` (an ``export_model`` ONNX file) to ``output``; ``calibration``: a
     directory of images or a list of PIL images. Returns the metadata stored in the INT8 file.
 
     ``keep_ends_fp32``: the layers at the stem's resolution (``high_resolution_nodes``) and the
     classifier stay float32; ``method``: 'percentile' (99.999%, clips rare outliers) or 'minmax'
-    (measured: no consistent difference on the Lite weights, README "Deployment")."""
+    (measured: no consistent difference on the Lite weights, README "Deployment"); ``keep_fp32``: more
+    node names of the exported graph to keep float32."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -156,6 +158,10 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
         if keep_ends_fp32:
             gemms = [n.name for n in pre_proto.graph.node if n.op_type in ('Gemm', 'MatMul')]
             exclude += high_res + gemms[-1:]
+        unknown = sorted(set(keep_fp32) - {n.name for n in pre_proto.graph.node})
+        if unknown:
+            raise ValueError(f'keep_fp32: no node named {", ".join(unknown)} in {fp32_path}')
+        exclude += list(keep_fp32)
         if method not in ('percentile', 'minmax'):
             raise ValueError(f"calibration method {method!r} is not 'percentile' or 'minmax'")
         try:
