@@ -129,11 +129,11 @@ def test_int8_high_resolution_layers_are_the_lite_stem_and_first_block(tmp_path)
     quant_pre_process(str(tmp_path / 'fp32.onnx'), str(tmp_path / 'pre.onnx'), skip_symbolic_shape=True)
     names = high_resolution_nodes(onnx.load(str(tmp_path / 'pre.onnx')))
     convs = [n for n in names if n.endswith('Conv')]
-    # timm's Lite0: conv_stem (stride 2, 112x112), blocks.0.0 = depthwise + projection (timm calls it conv_pw in
-    # that block) at 112x112, blocks.1.0.conv_pw = the 16 -> 96 expansion at 112x112; its depthwise conv has stride 2
-    assert [c.split('/')[-2] for c in convs] == ['conv_stem', 'conv_dw', 'conv_pw', 'conv_pw'], convs
-    assert [c.split('/')[-3] for c in convs[1:]] == ['blocks.0.0', 'blocks.0.0', 'blocks.1.0'], convs
-    assert len(names) == len(convs) + 3  # each ReLU6 (Clip) but the projection's, which has none
+    # timm's Lite0: conv_stem (32 channels at 112x112), blocks.0.0 = depthwise + projection (timm calls it
+    # conv_pw in that block) at 112x112; not blocks.1.0.conv_pw, the 16 -> 96 expansion at 112x112
+    assert [c.split('/')[-2] for c in convs] == ['conv_stem', 'conv_dw', 'conv_pw'], convs
+    assert [c.split('/')[-3] for c in convs[1:]] == ['blocks.0.0', 'blocks.0.0'], convs
+    assert len(names) == len(convs) + 2  # each ReLU6 (Clip) but the projection's, which has none
 
 
 def test_int8_float32_layers_stay_float32_in_onnxruntime(tmp_path):

@@ -89,21 +89,25 @@ def gate_paths(proto) -> List[Dict[str, Any]]:
 
 def high_resolution_nodes(proto) -> List[str]:
     """The first convolution and the convolutions (with the activation right after each) that keep its
-    output resolution, up to the first residual ``Add``: EfficientNet's stem, first depthwise conv, first
-    projection and the next expansion; a ResNet's 7x7 stem only (a max pool follows); a CIFAR net's stem
-    and first block. ``proto``: a model with shapes inferred (``quant_pre_process`` output)."""
+    output resolution and are no wider, up to the first residual ``Add``: EfficientNet's stem, first
+    depthwise conv and first projection (the next, 6x wider expansion would cost the most in float32); a
+    ResNet's 7x7 stem only (a max pool follows); a CIFAR net's stem and first block; Inception's first
+    convolution. ``proto``: a model with shapes inferred (``quant_pre_process`` output)."""
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.value_info}
     producers = {o: n for n in proto.graph.node for o in n.output}
-    stem_hw, names = None, []
+    stem, names = None, []
     for node in proto.graph.node:  # ONNX graphs are topologically sorted
         if node.op_type == 'Add' and all(i in producers and producers[i].op_type != 'Constant' for i in node.input):
             break  # a residual add: the network's blocks start here
         if node.op_type == 'Conv':
-            hw = shapes.get(node.output[0], [])[2:]
-            stem_hw = hw if stem_hw is None else stem_hw
-            if not hw or hw != stem_hw:
-                continue
-            names.append(node.name)
+            shape = shapes.get(node.output[0], [])
+            if len(shape) != 4:
+                break
+            stem = shape if stem is None else stem
+            if shape[2:] == stem[2:] and shape[1] <= stem[1]:
+                names.append(node.name)
+            elif shape[2] * shape[3] > 1:  # (an SE gate's 1x1 convs are passed over)
+                break
         elif node.op_type in ACTIVATION_OPS and node.input[0] in producers and producers[node.input[0]].name in names:
             names.append(node.name)
     return names
