@@ -163,3 +163,21 @@ def test_int8_float32_layers_stay_float32_in_onnxruntime(tmp_path):
     ref = torch.cat([torch.from_numpy(reference.run(None, {'image': b[None].numpy()})[0]) for b in batch])
     cosine = torch.nn.functional.cosine_similarity(ours, ref, dim=-1)
     assert cosine.min() >= 0.999, cosine
+
+
+def test_cli_export_int8_lite0_meets_target(tmp_path, capsys):
+    """`se-hub export --int8 --calibration DIR` on the real Lite0 weights: the CLI's default keeps the target."""
+    import json
+
+    from se_hub.cli import main
+    calibration = tmp_path / 'photos'
+    calibration.mkdir()
+    for i, img in enumerate(skimage_photos(CALIBRATION_PHOTOS)):
+        img.save(calibration / f'{i}.png')
+    out = tmp_path / 'lite0_int8.onnx'
+    assert main(['export', lite_weights()[0], '--format', 'onnx', '--int8', '--calibration', str(calibration),
+                 '--output', str(out), '--json']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report['same_top1'] and min(report['cosine']) >= 0.99, report
+    meta = ExportedModel(str(out)).meta['int8']
+    assert meta['calibration_images'] == 6 and meta['fp32_nodes'] == 6  # stem, first block (3 + 2 ReLU6), classifier

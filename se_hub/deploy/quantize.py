@@ -14,8 +14,10 @@ onnxruntime (1.2x+) quantizes, when it loads a model, the float weights of any C
 DequantizeLinear (graph optimizer ``WeightBiasQuantization``: per-tensor int8), which would undo the
 float32 kept above; ``export.ort_session`` turns that optimizer off.
 """
+import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -168,12 +170,15 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
         exclude += list(keep_fp32)
         if method not in ('percentile', 'minmax'):
             raise ValueError(f"calibration method {method!r} is not 'percentile' or 'minmax'")
+        calibrate = CalibrationMethod.Percentile if method == 'percentile' else CalibrationMethod.MinMax
         try:
-            quantize_static(
-                pre, str(tmp), _Reader(input_name, batch), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                calibrate_method=CalibrationMethod.Percentile if method == 'percentile' else CalibrationMethod.MinMax,
-                extra_options=dict(ActivationSymmetric=False))
+            # onnxruntime prints its calibration progress: keep stdout for results (`se-hub export --json`)
+            with contextlib.redirect_stdout(sys.stderr):
+                quantize_static(
+                    pre, str(tmp), _Reader(input_name, batch), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                    calibrate_method=calibrate,
+                    extra_options=dict(ActivationSymmetric=False))
             quantized = onnx.load(str(tmp))
             meta = dict(meta, int8=dict(method='onnxruntime static QDQ' + (', per-channel' if per_channel else ''),
                                         calibration=method, calibration_images=len(batch), gate_fp32=keep_gate_fp32,
