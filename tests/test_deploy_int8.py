@@ -38,7 +38,7 @@ def lite_weights():
 # keep every top-1 with cosine >= 0.994. Lite2 reaches cosine 0.996 but its fp32 top-1 on two photos are near
 # ties that INT8 noise (about +-0.1 logit on a top-1/top-2 gap) flips: astronaut (bobsled 6.9% vs ski, a
 # 0.06-logit gap) and rocket (drilling platform 9.4% vs missile, 0.15). It flipped in 5 of 6 calibration
-# settings tried, and still with the first two stages float32. An open target of issue #11, not hidden.
+# settings (bench/bench_int8_sensitivity.py --calibration-sweep). An open target of issue #11, not hidden.
 _NEAR_TIES = pytest.mark.xfail(reason='INT8 flips two near-tie top-1s of Lite2 (gaps of 0.06 and 0.15 logit); '
                                       'cosine >= 0.996 is met (see comment above)', strict=False)
 
