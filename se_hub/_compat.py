@@ -8,6 +8,9 @@ Where each API appeared (read from timm's release tags and huggingface_hub's whe
 - ``create_classifier(..., device=, dtype=)``: timm 1.0.21.
 - ``timm.models.save_for_hf``: exported from timm 1.0.16 (``timm.models._hub`` before).
 - ``feature_take_indices``: only ever in the private ``timm.models._features`` (every 1.0.x).
+- timm's MBConv block classes (``InvertedResidual``, ``DepthwiseSeparableConv``, ``EdgeResidual``,
+  ``ConvBnAct``, ``SqueezeExcite``): only ever in the private ``timm.models._efficientnet_blocks``
+  (every 1.0.x); ``efficientnet_blocks`` is that module, for the analysis tools that recognise them.
 - ``local-dir:`` model names in ``timm.create_model``: timm 1.0.16.
 - ``huggingface_hub.errors.LocalEntryNotFoundError``: huggingface_hub 0.24
   (``huggingface_hub.utils`` has it in every release).
@@ -54,6 +57,8 @@ try:
     from timm.models import save_for_hf
 except ImportError:  # timm < 1.0.16
     from timm.models._hub import save_for_hf
+
+from timm.models import _efficientnet_blocks as efficientnet_blocks  # noqa: E402,F401  (private: see above)
 
 try:  # no public home in any timm release; the fall-back is for when the private module changes
     from timm.models._features import feature_take_indices

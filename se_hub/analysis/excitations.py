@@ -93,14 +93,14 @@ def _gate_readers() -> List[Tuple[type, Callable[[nn.Module], nn.Module]]]:
     from timm.layers.cbam import CbamModule
     from timm.layers.eca import CecaModule, EcaModule
     from timm.layers.squeeze_excite import EffectiveSEModule, SEModule
-    from timm.models._efficientnet_blocks import SqueezeExcite as TimmEfficientNetSE
 
+    from .._compat import efficientnet_blocks
     from ..layers import SqueezeExcite
     return [
         (SqueezeExcite, lambda m: m),  # se_hub's unit returns the gate
         (SEModule, lambda m: m.gate),
         (EffectiveSEModule, lambda m: m.gate),
-        (TimmEfficientNetSE, lambda m: m.gate),
+        (efficientnet_blocks.SqueezeExcite, lambda m: m.gate),
         (EcaModule, lambda m: m.gate),
         (CecaModule, lambda m: m.gate),
         (CbamModule, lambda m: m.channel.gate),

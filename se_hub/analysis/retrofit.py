@@ -325,7 +325,10 @@ def _is_timm_mbconv(model: nn.Module) -> bool:
 
 def _mbconv_widths(block: nn.Module) -> Optional[Tuple[int, int]]:
     """(channels at the SE slot, the block's input channels) of a timm MBConv block with an SE slot."""
-    from timm.models._efficientnet_blocks import DepthwiseSeparableConv, EdgeResidual, InvertedResidual
+    from .._compat import efficientnet_blocks
+    blocks = efficientnet_blocks
+    InvertedResidual, DepthwiseSeparableConv, EdgeResidual = (
+        blocks.InvertedResidual, blocks.DepthwiseSeparableConv, blocks.EdgeResidual)
     if isinstance(block, InvertedResidual):  # CondConvResidual too
         return block.conv_pwl.in_channels, block.conv_pw.in_channels
     if isinstance(block, DepthwiseSeparableConv):
@@ -344,7 +347,8 @@ def _block_act(block: nn.Module) -> Callable[..., nn.Module]:
 
 def _retrofit_timm_mbconv(model: nn.Module, se_args: Dict[str, Any], placement: str,
                           stages: Optional[Sequence[int]]) -> None:
-    from timm.models._efficientnet_blocks import ConvBnAct
+    from .._compat import efficientnet_blocks
+    ConvBnAct = efficientnet_blocks.ConvBnAct
     if placement != 'standard':
         raise ValueError(f"placement={placement!r}: MBConv blocks have one SE slot, after the depthwise convolution "
                          "('standard')")
