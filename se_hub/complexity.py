@@ -10,11 +10,11 @@ SENet-154 costs no memory and no compute.
 """
 from typing import Optional, Sequence, Tuple
 
-import timm
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ._compat import create_model
 from .layers import SqueezeExcite
 
 
@@ -45,6 +45,6 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
 def model_complexity(name: str, input_size: Optional[Tuple[int, int, int]] = None, **kwargs) -> Tuple[int, int]:
     """(parameters, multiply-adds) of a registered model, built on the meta device."""
     with torch.device('meta'):
-        model = timm.create_model(name, **kwargs)
+        model = create_model(name, **kwargs)
     input_size = input_size or model.pretrained_cfg['input_size']
     return count_params(model), count_macs(model, input_size)

@@ -238,6 +238,8 @@ FLOOR_BREAKERS = [
      'timm.layers lacks it before 1.0.17 / 1.0.29 (register_notrace_* are in timm.models on every release)'),
     (r'from timm\.models import [^\n]*\bsave_for_hf\b', 'timm.models exports it from 1.0.16'),
     (r'from huggingface_hub\.errors import', 'huggingface_hub.errors lacks most errors before 0.24'),
+    (r'(?m)^[^\'"#`\n]*\btimm\.create_model\(',  # in code, not in a string or comment
+     'timm reads local-dir: names from 1.0.16 on; se_hub._compat.create_model reads them before'),
 ]
 
 

@@ -369,8 +369,9 @@ def test_amp_bf16_and_ema_on_cpu(tmp_path, one_thread):
     """Detection under the engine's AMP (bf16 autocast on the CPU) with an EMA: the EMA weights
     are what is exported, and metrics.jsonl has the EMA's mAP too."""
     train_json, train_images = make_coco_set(tmp_path / 'train', 4, seed=8, size=64)
-    torch.manual_seed(0)
-    result = train_detector(_tiny_detector('retinanet'), train_json, train_images, train_json, train_images,
+    torch.manual_seed(0)  # before the detector is built: its initialisation must not depend on earlier tests
+    detector = _tiny_detector('retinanet')
+    result = train_detector(detector, train_json, train_images, train_json, train_images,
                             epochs=1, output=tmp_path / 'out', batch_size=2, lr=1e-3, optimizer='adamw',
                             warmup_iters=1, amp='bf16', ema=True, ema_decay=0.5, progress=False)
     state = checkpoints.load(tmp_path / 'out' / 'last.pth')

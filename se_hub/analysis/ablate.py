@@ -306,15 +306,14 @@ def _family_config(name: str) -> Dict[str, Any]:
 def check_variants(base: str, variants: Sequence[Variant], base_kwargs: Mapping[str, Any], num_classes: int) -> None:
     """Build every variant of ``base`` on the meta device; a clear error for an option the base's
     family does not take, an SE option on a network left without SE, or a value the model refuses."""
-    import timm
-
+    from .._compat import create_model
     from ..layers.factory import NO_SE
     from ..models.catalog import split_model_name
     name, _ = split_model_name(base)
     build_kwargs = {k: v for k, v in base_kwargs.items() if k != 'pretrained_cfg_overlay'}
     try:
         with torch.device('meta'):
-            reference = timm.create_model(name, num_classes=num_classes, **build_kwargs)
+            reference = create_model(name, num_classes=num_classes, **build_kwargs)
     except (TypeError, ValueError) as e:
         raise AblationError(f'the base {name} with {describe_change(build_kwargs)}: {e}') from None
     cls = type(reference)
@@ -338,7 +337,7 @@ def check_variants(base: str, variants: Sequence[Variant], base_kwargs: Mapping[
                                 f"no SE unit: add one, e.g. {v.label}=se+{v.text.split('=', 1)[-1]}")
         try:
             with torch.device('meta'):
-                timm.create_model(name, num_classes=num_classes, **kwargs)
+                create_model(name, num_classes=num_classes, **kwargs)
         except (TypeError, ValueError) as e:
             raise AblationError(f'variant {v.label!r} ({v.describe()}) on {name}: {e}') from None
 

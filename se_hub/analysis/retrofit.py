@@ -154,7 +154,7 @@ def _retrofit_se_hub(model: nn.Module, se_args: Dict[str, Any], placement: str,
                      stages: Optional[Sequence[int]]) -> nn.Module:
     import inspect
 
-    import timm
+    from .._compat import create_model
     arch = model.pretrained_cfg['architecture']
     present = list(_se_slots(model))
     if present:
@@ -181,7 +181,7 @@ def _retrofit_se_hub(model: nn.Module, se_args: Dict[str, Any], placement: str,
                              'stages are for the residual family (SEResNet, stages 0-3)')
         args['se_stages'] = _check_stages(stages, 4, arch)
     try:
-        new = timm.create_model(arch, pretrained=False, **args)
+        new = create_model(arch, pretrained=False, **args)
     except (TypeError, ValueError) as e:
         raise ValueError(f'cannot add SE to {arch} with se_args={se_args}, placement={placement!r}, '
                          f'stages={stages!r}: {e}') from None

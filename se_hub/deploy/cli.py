@@ -14,16 +14,15 @@ def is_exported_file(spec: str) -> bool:
 
 
 def _load(spec: str, pretrained: bool):
-    import timm
-
     import se_hub  # noqa: F401  (registers the models)
+    from se_hub._compat import create_model
     from se_hub.models.catalog import split_model_name
     if not spec.startswith(('hf-hub:', 'local-dir:')):
         if Path(spec).is_dir():
             spec = f'local-dir:{spec}'
         else:
             split_model_name(spec)
-    model = timm.create_model(spec, pretrained=pretrained)
+    model = create_model(spec, pretrained=pretrained)
     return model.eval()
 
 

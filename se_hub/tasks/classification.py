@@ -164,8 +164,7 @@ def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, 
     """``kwargs`` left at 0 / None are timm's defaults and not passed; ``model_kwargs`` always are
     (``se_layer=None`` means the SE-free network). ``fresh_se``: pretrained weights for all but the
     SE units, which start fresh (their shapes may differ from the weights')."""
-    import timm
-
+    from .._compat import create_model
     from ..hub import _architecture
     from ..models.catalog import split_model_name
     if pretrained and fresh_se:
@@ -177,7 +176,7 @@ def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, 
     if 'se_layer' in model_kwargs and model_kwargs['se_layer'] is None:
         model_kwargs['se_layer'] = 'none'  # timm.create_model drops None values: None would mean the default SE
     try:
-        model = timm.create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v}, **model_kwargs)
+        model = create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v}, **model_kwargs)
     except RuntimeError as e:
         se_design = sorted({'se_layer', 'se_args', 'se_ratio', 'se_placement', 'se_stages'} & set(model_kwargs))
         if pretrained and se_design and 'state_dict' in str(e):

@@ -104,11 +104,12 @@ def create_backbone(backbone: str, pretrained: bool = True, trainable_layers: Op
     """The last ``num_levels`` feature levels of ``backbone`` (timm features_only) under an FPN.
     ``trainable_layers`` (stages counted from the top, stem included): None -> 3 when pretrained,
     all otherwise. ``freeze_bn`` None -> frozen BatchNorm when pretrained."""
-    import timm
     from timm.layers import freeze_batch_norm_2d
 
     import se_hub  # noqa: F401  (registers the models)
-    body = timm.create_model(backbone, pretrained=pretrained, features_only=True,
+
+    from .._compat import create_model
+    body = create_model(backbone, pretrained=pretrained, features_only=True,
                              out_indices=tuple(range(-num_levels, 0)))
     if freeze_bn if freeze_bn is not None else pretrained:
         body = freeze_batch_norm_2d(body)
