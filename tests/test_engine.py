@@ -28,12 +28,7 @@ CLI_FAST = ['--model', MODEL, '--no-pretrained', '--batch-size', '8', '--lr', '3
 TORCHRUN = ['TORCHELASTIC_ERROR_FILE', 'MASTER_PORT', 'MASTER_ADDR', 'WORLD_SIZE', 'RANK', 'LOCAL_RANK']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ------------------------------------------------------------------------------ device and AMP

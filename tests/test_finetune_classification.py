@@ -37,12 +37,7 @@ CLI_FAST = ['--model', MODEL, '--no-pretrained', '--batch-size', '8', '--lr', '3
             '--no-progress']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _subprocess_env():

@@ -214,14 +214,6 @@ def test_a_365_class_folder_tree_is_not_taken_for_places365(tmp_path):
     assert splits.layout == 'folders' and splits.classes == names
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_paper_recipe_on_a_miniature_devkit_tree_then_predict_prints_scene_names(tmp_path, capsys, one_thread):
     """README's Places-365 recipe (plain momentum SGD, step schedule) through `se-hub finetune` on
