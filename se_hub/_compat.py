@@ -103,7 +103,12 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Modu
     """``timm.create_model``; on timm < 1.0.16, which has no ``local-dir:`` source, a
     ``local-dir:PATH`` name is read here the way later timm reads it: ``PATH/config.json`` names
     the architecture, its pretrained cfg (label names included) and model args, and
-    ``PATH/model.safetensors`` (or ``pytorch_model.bin``) holds the weights."""
+    ``PATH/model.safetensors`` (or ``pytorch_model.bin``) holds the weights.
+
+    ``se_layer=None`` is passed as ``'none'``: timm drops None-valued kwargs, so None would
+    silently build the default SE network instead of the SE-free one."""
+    if 'se_layer' in kwargs and kwargs['se_layer'] is None:
+        kwargs['se_layer'] = 'none'
     if TIMM_HAS_LOCAL_DIR or not model_name.startswith(LOCAL_DIR):
         return timm.create_model(model_name, pretrained=pretrained, **kwargs)
     path = Path(model_name[len(LOCAL_DIR):])

@@ -252,3 +252,15 @@ def test_no_import_that_breaks_the_floor():
         found += [f'{path.relative_to(ROOT)}: {m.group(0)!r} ({why})'
                   for pattern, why in FLOOR_BREAKERS for m in re.finditer(pattern, text)]
     assert not found, 'import these from se_hub._compat (or the public place named):\n' + '\n'.join(found)
+
+
+def test_create_model_passes_se_layer_none_through():
+    """timm.create_model drops None-valued kwargs (so plain timm builds the default SE network);
+    se_hub's tools build through _compat.create_model, where None means no SE."""
+    from se_hub._compat import create_model
+    from se_hub.layers import SqueezeExcite
+    with torch.device('meta'):
+        through_timm = timm.create_model('se_resnet20_cifar', se_layer=None)
+        through_se_hub = create_model('se_resnet20_cifar', se_layer=None)
+    assert any(isinstance(m, SqueezeExcite) for m in through_timm.modules())  # timm's behaviour, unchanged
+    assert not any(isinstance(m, SqueezeExcite) for m in through_se_hub.modules())

@@ -172,9 +172,7 @@ def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, 
         return create_with_fresh_se(spec, model_kwargs, log=log, **kwargs)
     if isinstance(spec, str) and not spec.startswith(('local-dir:', 'hf-hub:')):
         split_model_name(spec)
-    model_kwargs = dict(model_kwargs or {})
-    if 'se_layer' in model_kwargs and model_kwargs['se_layer'] is None:
-        model_kwargs['se_layer'] = 'none'  # timm.create_model drops None values: None would mean the default SE
+    model_kwargs = dict(model_kwargs or {})  # se_layer=None reaches the model as 'none' (_compat.create_model)
     try:
         model = create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v}, **model_kwargs)
     except RuntimeError as e:
