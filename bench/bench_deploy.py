@@ -16,6 +16,7 @@ whatever runs next in the round. Weights are random (speed does not depend on th
 statistics are randomised so that nothing is a no-op.
 """
 import argparse
+import copy
 import os
 
 # OpenMP worker threads of a busy-waiting runtime slow everything else on a shared machine
@@ -46,6 +47,8 @@ MODELS = [
     ('se_efficientnet_b0 (no SE)', 'se_efficientnet_b0', dict(se_layer='none'), None, 'se_efficientnet_b0'),
 ]
 
+PATHS = ['eager', 'optimize', 'compile', 'onnxruntime fp32', 'onnxruntime int8']
+
 
 def randomize_bn(model):
     g = torch.Generator().manual_seed(0)
@@ -75,29 +78,40 @@ def ort_runner(path, threads):
     return run
 
 
-def build(args, work):
+def build(args, work, formats, wanted):
+    """Runners of the (row, path) pairs ``wanted`` accepts; only what they need is built."""
     runners = {}  # (row, path) -> callable(batch)
     _, photos = sample_images()
     for row, name, kwargs, _, _ in MODELS:
+        if not any(wanted(row, path) for path in PATHS):
+            continue
         model = randomize_bn(timm.create_model(name, **kwargs))
-        runners[(row, 'eager')] = torch_runner(model)
         is_se_hub = name.startswith('se_')
-        if is_se_hub:
-            runners[(row, 'optimize')] = torch_runner(optimize(model))
-        if args.compile:
+        if wanted(row, 'eager'):
+            runners[(row, 'eager')] = torch_runner(model)
+        if is_se_hub and wanted(row, 'optimize'):
+            fast = optimize(model)
+            formats[row] = fast.optimized_memory_format
+            runners[(row, 'optimize')] = torch_runner(fast)
+        if args.compile and wanted(row, 'compile'):
             import torch._inductor.config as inductor_config
             inductor_config.freezing = True
-            target = optimize(model, fold_gate=False) if is_se_hub else model.to(memory_format=torch.channels_last)
+            # channels-last: inductor's layout for CPU convolutions (the SE gate as an activation multiply)
+            target = (optimize(model, fold_gate=False, memory_format=torch.channels_last) if is_se_hub
+                      else copy.deepcopy(model).to(memory_format=torch.channels_last))  # eager stays NCHW
             runners[(row, 'compile')] = torch_runner(torch.compile(target))
-        path = os.path.join(work, row.replace(' ', '_').replace('(', '').replace(')', '') + '.onnx')
-        if is_se_hub:
-            export_model(model, 'onnx', path, dynamic_batch=True)
-        else:  # timm's own graph as exported by the same exporter, with our metadata for calibration
-            export_model_plain(model, path)
-        runners[(row, 'onnxruntime fp32')] = ort_runner(path, args.threads)
-        int8 = path.replace('.onnx', '_int8.onnx')
-        quantize_onnx(path, int8, photos)
-        runners[(row, 'onnxruntime int8')] = ort_runner(int8, args.threads)
+        if wanted(row, 'onnxruntime fp32') or wanted(row, 'onnxruntime int8'):
+            path = os.path.join(work, row.replace(' ', '_').replace('(', '').replace(')', '') + '.onnx')
+            if is_se_hub:
+                export_model(model, 'onnx', path, dynamic_batch=True)
+            else:  # timm's own graph as exported by the same exporter, with our metadata for calibration
+                export_model_plain(model, path)
+            if wanted(row, 'onnxruntime fp32'):
+                runners[(row, 'onnxruntime fp32')] = ort_runner(path, args.threads)
+            if wanted(row, 'onnxruntime int8'):
+                int8 = path.replace('.onnx', '_int8.onnx')
+                quantize_onnx(path, int8, photos)
+                runners[(row, 'onnxruntime int8')] = ort_runner(int8, args.threads)
         print(f'built {row}', file=sys.stderr, flush=True)
     return runners
 
@@ -117,17 +131,21 @@ def export_model_plain(model, path):
     onnx.save(proto, path)
 
 
-def measure(runners, batch, repeats, warmup=3):
+def measure(runners, batch, repeats, warmup=3, block=1):
+    """Median seconds per call. Round-robin over the paths, ``block`` consecutive calls each per
+    round: drifting load hits every path alike, and a path is timed as a deployed model runs (after
+    its own previous call, not after another model that flushed the caches) when ``block`` > 1."""
     x = torch.randn(batch, 3, 224, 224)
     times = {k: [] for k in runners}
     for run in runners.values():
         for _ in range(warmup):
             run(x)
-    for _ in range(repeats):  # round-robin: drifting load hits every path alike
+    for _ in range(repeats):
         for key, run in runners.items():
-            t0 = time.perf_counter()
-            run(x)
-            times[key].append(time.perf_counter() - t0)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                run(x)
+                times[key].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -135,6 +153,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='bs1 only, no torch.compile, 5 repeats')
     parser.add_argument('--repeats', type=int, default=20)
+    parser.add_argument('--models', default='', help='comma-separated row names to keep (default: all), '
+                        "e.g. 'se_resnet50b,se_resnet50b (no SE)'")
+    parser.add_argument('--paths', default='', help='comma-separated paths to keep (default: all), e.g. optimize,eager')
+    parser.add_argument('--block', type=int, default=3,
+                        help='consecutive calls of a path per round-robin round (all timed)')
     parser.add_argument('--threads', type=int, default=2, help='torch and onnxruntime intra-op threads')
     parser.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
                         help='include torch.compile (default: yes unless --quick)')
@@ -144,24 +167,32 @@ def main():
     repeats = 5 if args.quick else args.repeats
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as work:
-        runners = build(args, work)
-        bs1 = measure(runners, 1, repeats)
-        bs16 = {} if args.quick else measure(runners, 16, max(3, repeats // 4), warmup=1)
-    paths = ['eager', 'optimize', 'compile', 'onnxruntime fp32', 'onnxruntime int8']
+        formats = {}  # row -> memory format optimize picked
+        keep_rows = {r.strip() for r in args.models.split(',') if r.strip()}
+        keep_paths = {p.strip() for p in args.paths.split(',') if p.strip()}
+        unknown = (keep_rows - {m[0] for m in MODELS}) | (keep_paths - set(PATHS))
+        if unknown:
+            parser.error(f'unknown rows / paths {sorted(unknown)}; rows: {[m[0] for m in MODELS]}, paths: {PATHS}')
+        runners = build(args, work, formats, lambda row, path: (not keep_rows or row in keep_rows)
+                        and (not keep_paths or path in keep_paths))
+        bs1 = measure(runners, 1, repeats, block=args.block)
+        bs16 = {} if args.quick else measure(runners, 16, max(3, repeats // 4), warmup=1, block=args.block)
     header = ['model', 'path', 'bs1 ms', 'bs16 img/s', 'SE overhead bs1', 'speed-up vs eager ref']
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for row, _, _, twin, ref in MODELS:
-        for path in paths:
+        for path in PATHS:
             key = (row, path)
             if key not in bs1:
                 continue
             t = bs1[key]
             over = f'{100 * (t / bs1[(twin, path)] - 1):+.1f}%' if twin and (twin, path) in bs1 else ''
             thr = f'{16 / bs16[key]:.1f}' if key in bs16 else ''
-            speed = f'{bs1[(ref, "eager")] / t:.2f}x'
-            lines.append(f'| {row} | {path} | {1000 * t:.1f} | {thr} | {over} | {speed} |')
-    print(f'torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, repeats {repeats}, '
-          f'reference for speed-up: timm seresnet50 eager (ResNets), se_efficientnet_b0 eager (EfficientNets)')
+            speed = f'{bs1[(ref, "eager")] / t:.2f}x' if (ref, 'eager') in bs1 else ''
+            label = f'{path} ({formats[row]})' if path == 'optimize' else path
+            lines.append(f'| {row} | {label} | {1000 * t:.1f} | {thr} | {over} | {speed} |')
+    print(f'torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, '
+          f'repeats {repeats} x block {args.block}, reference for speed-up: timm seresnet50 eager (ResNets), '
+          f'se_efficientnet_b0 eager (EfficientNets)')
     print('\n'.join(lines))
 
 

@@ -75,6 +75,38 @@ def test_optimize_fold_gate_and_memory_format_options():
     model, x = make('se_efficientnet_b0', {}, 64)
     for kwargs in (dict(fold_gate=False), dict(memory_format=None)):
         assert_same_function(model, optimize(model, **kwargs), x)
+    fused = optimize(model)
+    assert fused.optimized_memory_format == 'channels_last'
+    assert fused.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    fused = optimize(model, memory_format='auto')  # timed at the model's own input size
+    assert fused.optimized_memory_format in ('channels_last', 'contiguous')
+    assert_same_function(model, fused, x)
+
+
+@pytest.mark.parametrize('slow', ['channels_last', 'contiguous'])
+def test_optimize_auto_keeps_the_faster_memory_format(slow):
+    """'auto' times both formats: a pre-hook that stalls one of them must make it pick the other."""
+    import time
+    model, x = make('se_resnet18', {}, 64)
+
+    def stall(module, args):
+        if module.conv1.weight.is_contiguous(memory_format=torch.channels_last) == (slow == 'channels_last'):
+            time.sleep(0.05)
+
+    model.register_forward_pre_hook(stall)
+    fused = optimize(model, memory_format='auto', example_input=x[:1])
+    fast = 'contiguous' if slow == 'channels_last' else 'channels_last'
+    assert fused.optimized_memory_format == fast
+    assert fused.conv1.weight.is_contiguous(memory_format=torch.channels_last) == (fast == 'channels_last')
+    assert_same_function(model, fused, x)
+
+
+def test_optimize_memory_format_errors():
+    model, x = make('se_resnet18', {}, 64)
+    with pytest.raises(ValueError, match="memory_format must be 'auto'"):
+        optimize(model, memory_format='nhwc')
+    with pytest.raises(ValueError, match=r'shape \(1, 4, 64, 64\).*example_input='):
+        optimize(model, memory_format='auto', example_input=torch.randn(1, 4, 64, 64))
 
 
 def test_optimize_leaves_the_original_untouched():
@@ -103,6 +135,23 @@ def test_hooks_see_every_fused_se_call():
     assert all(s[2:] == (1, 1) for s in seen[:1])
     for h in handles:
         h.remove()
+
+
+def test_gate_keeps_other_activations_as_modules_that_hooks_see():
+    """ReLU / sigmoid run in place inside the gate; MBConv's SiLU (and any other) stays a module, called."""
+    model, x = make('se_efficientnet_b0', {}, 64)
+    fused = optimize(model, memory_format=None)
+    gates = [m for m in fused.modules() if isinstance(m, ExcitationGate)]
+    assert gates and all(isinstance(g.act, torch.nn.SiLU) and g.gate is None for g in gates)
+    calls = []
+    for g in gates:
+        g.act.register_forward_hook(lambda mod, inp, out: calls.append(out.shape))
+    with torch.no_grad():
+        fused(x)
+    assert len(calls) == len(gates)
+    relu_model, _ = make('se_resnet50_tanh', ONE, 64)
+    tanh_gates = [m for m in optimize(relu_model, memory_format=None).modules() if isinstance(m, ExcitationGate)]
+    assert tanh_gates and all(g.act is None and isinstance(g.gate, torch.nn.Tanh) for g in tanh_gates)
 
 
 def test_torchscript_of_optimized_models():

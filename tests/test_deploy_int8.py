@@ -7,7 +7,15 @@ import timm
 import torch
 from PIL import Image
 
-from se_hub.deploy.export import ExportedModel, export_model, metadata, photo_batch, transform_from, verify_export
+from se_hub.deploy.export import (
+    ExportedModel,
+    export_model,
+    metadata,
+    ort_session,
+    photo_batch,
+    transform_from,
+    verify_export,
+)
 from se_hub.deploy.quantize import gate_error, gate_paths, quantize_onnx
 
 # calibration photos: scikit-image's other bundled colour pictures (stereo_motorcycle: both views), none of
@@ -134,6 +142,30 @@ def test_int8_high_resolution_layers_are_the_lite_stem_and_first_block(tmp_path)
     assert [c.split('/')[-2] for c in convs] == ['conv_stem', 'conv_dw', 'conv_pw'], convs
     assert [c.split('/')[-3] for c in convs[1:]] == ['blocks.0.0', 'blocks.0.0'], convs
     assert len(names) == len(convs) + 2  # each ReLU6 (Clip) but the projection's, which has none
+
+
+def test_int8_resnet_stem_pool_runs_in_float32_in_onnxruntime(tmp_path):
+    """The float32 stem's max pool stays float32 in the graph onnxruntime runs (its QDQ propagation would
+    move the stem's QuantizeLinear above the pool, which then runs on uint8 in plain NCHW), and the logits
+    are the same as with that optimizer on."""
+    import onnx
+    import onnxruntime as ort
+    model = timm.create_model('se_resnet50b', layers=(1, 1, 1, 1)).eval()
+    fp32, int8 = tmp_path / 'fp32.onnx', tmp_path / 'int8.onnx'
+    export_model(model, 'onnx', str(fp32), img_size=64)
+    quantize_onnx(str(fp32), str(int8), skimage_photos(CALIBRATION_PHOTOS)[:2])
+    session = ort_session(str(int8), save_optimized=str(tmp_path / 'ran.onnx'))
+    graph = onnx.load(str(tmp_path / 'ran.onnx')).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    pools = [n for n in graph.node if n.op_type == 'MaxPool']
+    assert len(pools) == 1 and producers[pools[0].input[0]].op_type != 'QuantizeLinear'
+    batch = photo_batch(ExportedModel(str(int8)).meta).numpy()[:1]  # exported for batch 1
+    name = session.get_inputs()[0].name
+    opts = ort.SessionOptions()
+    propagating = ort.InferenceSession(str(int8), opts, providers=['CPUExecutionProvider'],
+                                       disabled_optimizers=['WeightBiasQuantization'])
+    np.testing.assert_allclose(session.run(None, {name: batch})[0], propagating.run(None, {name: batch})[0],
+                               atol=1e-5, rtol=0)
 
 
 def test_int8_float32_layers_stay_float32_in_onnxruntime(tmp_path):

@@ -1,0 +1,157 @@
+"""Where SE's remaining inference cost goes, for an SE-ResNet-50 (timm layout) at batch 1.
+
+Two measurements, each against the same-layout SE-free twin:
+
+* ``optimize`` (eager), gate variants timed round-robin in one process: the real gate; a constant
+  gate (the scale still applied, nothing computed); the squeeze only (pooling, constant gate); the
+  FCs only (on a constant squeeze). What the scale costs, and what pooling and FCs cost in the model.
+* onnxruntime fp32 and INT8 (``--ort``): kernel time per operator type from onnxruntime's profiler,
+  so the ops the SE graph adds (and the layout reorders they cause) show by name.
+
+    python bench/bench_se_cost.py [--rounds 20] [--ort]
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import timm  # noqa: E402
+from bench_deploy import randomize_bn  # noqa: E402
+
+import se_hub  # noqa: E402,F401
+from se_hub.deploy import optimize  # noqa: E402
+from se_hub.deploy.fused import ExcitationGate  # noqa: E402
+
+
+class GateVariant(torch.nn.Module):
+    """Stands in for one ``ExcitationGate``: returns the gate it recorded on the first call and
+    computes only the part named by ``keep`` ('nothing', 'pool' or 'fc')."""
+
+    def __init__(self, gate: ExcitationGate, keep: str):
+        super().__init__()
+        self.real, self.keep = gate, keep
+        self.recorded = None
+        self.squeezed = None
+
+    def forward(self, x):
+        if self.recorded is None:
+            self.squeezed = F.adaptive_avg_pool2d(x, 1).flatten(1)
+            self.recorded = self.real(x)
+        if self.keep == 'pool':
+            F.adaptive_avg_pool2d(x, 1)
+        elif self.keep == 'fc':
+            s = F.linear(self.squeezed, self.real.fc1_weight, self.real.fc1_bias).relu_()
+            F.linear(s, self.real.fc2_weight, self.real.fc2_bias).sigmoid_()
+        return self.recorded
+
+
+def with_gates(model, keep):
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ExcitationGate):
+            parent, _, child = name.rpartition('.')
+            setattr(model.get_submodule(parent), child, GateVariant(module, keep))
+    return model
+
+
+def eager_table(rounds, block, memory_format, format_name):
+    se = randomize_bn(timm.create_model('se_resnet50b'))
+    plain = randomize_bn(timm.create_model('se_resnet50b', se_layer='none'))
+    make = lambda m: optimize(m, memory_format=memory_format)  # noqa: E731
+    models = {'SE-free twin': make(plain), 'SE (real gate)': make(se), 'constant gate (scale only)':
+              with_gates(make(se), 'nothing'), 'squeeze only': with_gates(make(se), 'pool'),
+              'FCs only': with_gates(make(se), 'fc')}
+    x = torch.randn(1, 3, 224, 224)
+    times = {k: [] for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m(x)
+            m(x)
+        for _ in range(rounds):
+            for key, m in models.items():
+                for _ in range(block):
+                    start = time.perf_counter()
+                    m(x)
+                    times[key].append(time.perf_counter() - start)
+    base = statistics.median(times['SE-free twin'])
+    print(f'optimize ({format_name}), batch 1, {rounds} rounds x {block} calls, {torch.get_num_threads()} threads')
+    print('| variant | ms | over SE-free |\n|---|---|---|')
+    for key, t in times.items():
+        print(f'| {key} | {1000 * statistics.median(t):.1f} | {100 * (statistics.median(t) / base - 1):+.1f}% |')
+
+
+def ort_profile(path, threads, runs=30):
+    import numpy as np
+    import onnxruntime as ort
+
+    from se_hub.deploy.export import DISABLED_OPTIMIZERS
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.enable_profiling = True
+    opts.profile_file_prefix = path[:-5]
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    session = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'],
+                                   disabled_optimizers=DISABLED_OPTIMIZERS)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    name = session.get_inputs()[0].name
+    for _ in range(runs):
+        session.run(None, {name: x})
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    per_op, calls = defaultdict(float), Counter()
+    for e in events:
+        if e.get('cat') == 'Node' and e['name'].endswith('_kernel_time'):
+            per_op[e['args']['op_name']] += e['dur'] / runs / 1000
+            calls[e['args']['op_name']] += 1
+    return per_op, {op: n // runs for op, n in calls.items()}
+
+
+def ort_table(threads):
+    from se_hub.deploy.export import export_model, sample_images
+    from se_hub.deploy.quantize import quantize_onnx
+    _, photos = sample_images()
+    with tempfile.TemporaryDirectory() as work:
+        profiles = {}
+        for label, kwargs in (('SE', {}), ('SE-free', dict(se_layer='none'))):
+            fp32 = os.path.join(work, f'{label}.onnx')
+            export_model(randomize_bn(timm.create_model('se_resnet50b', **kwargs)), 'onnx', fp32)
+            int8 = fp32.replace('.onnx', '_int8.onnx')
+            quantize_onnx(fp32, int8, photos)
+            profiles[(label, 'fp32')] = ort_profile(fp32, threads)
+            profiles[(label, 'int8')] = ort_profile(int8, threads)
+    for precision in ('fp32', 'int8'):
+        (se, se_calls), (plain, plain_calls) = profiles[('SE', precision)], profiles[('SE-free', precision)]
+        print(f'\nonnxruntime {precision}, kernel ms per run by operator (calls per run), {threads} threads')
+        print(f'total: SE {sum(se.values()):.2f} ms, SE-free {sum(plain.values()):.2f} ms')
+        print('| operator | SE ms (calls) | SE-free ms (calls) |\n|---|---|---|')
+        for op in sorted(set(se) | set(plain), key=lambda o: -(se.get(o, 0) - plain.get(o, 0))):
+            print(f'| {op} | {se.get(op, 0):.2f} ({se_calls.get(op, 0)}) | {plain.get(op, 0):.2f} '
+                  f'({plain_calls.get(op, 0)}) |')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--rounds', type=int, default=20)
+    parser.add_argument('--block', type=int, default=3)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--memory-format', choices=['channels_last', 'contiguous'], default='channels_last')
+    parser.add_argument('--ort', action='store_true', help='also profile onnxruntime fp32 and INT8 by operator')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    fmt = torch.channels_last if args.memory_format == 'channels_last' else torch.contiguous_format
+    eager_table(args.rounds, args.block, fmt, args.memory_format)
+    if args.ort:
+        ort_table(args.threads)
+
+
+if __name__ == '__main__':
+    main()
