@@ -2,7 +2,8 @@
 
 Two measurements, each against the same-layout SE-free twin:
 
-* ``optimize`` (eager), gate variants timed round-robin in one process: the real gate; a constant
+* ``optimize`` (eager), gate variants timed round-robin in one process: the real gate; the gate as
+  it was computed before (its FCs and activations as submodules, five module calls); a constant
   gate (the scale still applied, nothing computed); the squeeze only (pooling, constant gate); the
   FCs only (on a constant squeeze). What the scale costs, and what pooling and FCs cost in the model.
 * onnxruntime fp32 and INT8 (``--ort``): kernel time per operator type from onnxruntime's profiler,
@@ -35,15 +36,29 @@ from se_hub.deploy.fused import ExcitationGate  # noqa: E402
 
 class GateVariant(torch.nn.Module):
     """Stands in for one ``ExcitationGate``: returns the gate it recorded on the first call and
-    computes only the part named by ``keep`` ('nothing', 'pool' or 'fc')."""
+    computes only the part named by ``keep`` ('nothing', 'pool' or 'fc'); or, with 'modules', computes
+    the whole gate as ``optimize`` did before, through four submodule calls (Linear, ReLU, Linear,
+    Sigmoid) instead of tensor ops on the gate's own weights."""
 
     def __init__(self, gate: ExcitationGate, keep: str):
         super().__init__()
         self.real, self.keep = gate, keep
         self.recorded = None
         self.squeezed = None
+        if keep == 'modules':
+            self.fc1 = torch.nn.Linear(gate.fc1_weight.shape[1], gate.fc1_weight.shape[0])
+            self.fc2 = torch.nn.Linear(gate.fc2_weight.shape[1], gate.fc2_weight.shape[0])
+            with torch.no_grad():
+                for fc, w, b in ((self.fc1, gate.fc1_weight, gate.fc1_bias),
+                                 (self.fc2, gate.fc2_weight, gate.fc2_bias)):
+                    fc.weight.copy_(w)
+                    fc.bias.copy_(b)
+            self.act, self.gate = torch.nn.ReLU(inplace=True), torch.nn.Sigmoid()
 
     def forward(self, x):
+        if self.keep == 'modules':
+            s = self.gate(self.fc2(self.act(self.fc1(F.adaptive_avg_pool2d(x, 1).flatten(1)))))
+            return s.reshape(-1, self.real.channels, 1, 1)
         if self.recorded is None:
             self.squeezed = F.adaptive_avg_pool2d(x, 1).flatten(1)
             self.recorded = self.real(x)
@@ -67,7 +82,9 @@ def eager_table(rounds, block, memory_format, format_name):
     se = randomize_bn(timm.create_model('se_resnet50b'))
     plain = randomize_bn(timm.create_model('se_resnet50b', se_layer='none'))
     make = lambda m: optimize(m, memory_format=memory_format)  # noqa: E731
-    models = {'SE-free twin': make(plain), 'SE (real gate)': make(se), 'constant gate (scale only)':
+    models = {'SE-free twin': make(plain), 'SE (real gate)': make(se),
+              'SE, gate through 4 submodule calls (before)': with_gates(make(se), 'modules'),
+              'constant gate (scale only)':
               with_gates(make(se), 'nothing'), 'squeeze only': with_gates(make(se), 'pool'),
               'FCs only': with_gates(make(se), 'fc')}
     x = torch.randn(1, 3, 224, 224)

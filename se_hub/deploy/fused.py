@@ -66,9 +66,9 @@ class ExcitationGate(nn.Module):
     ``ReduceMean`` does not).
 
     The FC weights are this module's own parameters, and the paper's ReLU and sigmoid run as in-place
-    tensor ops: at batch 1 each of the dozen small calls per gate costs tens of microseconds once a
-    large convolution has flushed the caches, so one module call per gate instead of five took the
-    SE overhead of an optimized SE-ResNet-50 down by about two points (``bench/bench_deploy.py``).
+    tensor ops, one module call per gate instead of five: at batch 1 each small call costs tens of
+    microseconds once a large convolution has flushed the caches (what it saves on an SE-ResNet-50 is
+    within the noise of ``bench/bench_se_cost.py`` here).
     Other activations and gates stay modules (``act`` / ``gate``), called as such."""
 
     def __init__(self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, gate: nn.Module, squeeze: str = 'avg'):
