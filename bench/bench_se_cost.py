@@ -14,10 +14,8 @@ Two measurements, each against the same-layout SE-free twin:
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import timm  # noqa: E402
-from bench_deploy import randomize_bn  # noqa: E402
+from bench_deploy import measure, randomize_bn, torch_runner  # noqa: E402
 
 import se_hub  # noqa: E402,F401
 from se_hub.deploy import optimize  # noqa: E402
@@ -82,28 +80,18 @@ def eager_table(rounds, block, memory_format, format_name):
     se = randomize_bn(timm.create_model('se_resnet50b'))
     plain = randomize_bn(timm.create_model('se_resnet50b', se_layer='none'))
     make = lambda m: optimize(m, memory_format=memory_format)  # noqa: E731
-    models = {'SE-free twin': make(plain), 'SE (real gate)': make(se),
-              'SE, gate through 4 submodule calls (before)': with_gates(make(se), 'modules'),
-              'constant gate (scale only)':
-              with_gates(make(se), 'nothing'), 'squeeze only': with_gates(make(se), 'pool'),
+    models = {'SE-free twin': make(plain),
+              'SE (real gate)': make(se),
+              'SE, gate through five module calls (before)': with_gates(make(se), 'modules'),
+              'constant gate (scale only)': with_gates(make(se), 'nothing'),
+              'squeeze only': with_gates(make(se), 'pool'),
               'FCs only': with_gates(make(se), 'fc')}
-    x = torch.randn(1, 3, 224, 224)
-    times = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            m(x)
-            m(x)
-        for _ in range(rounds):
-            for key, m in models.items():
-                for _ in range(block):
-                    start = time.perf_counter()
-                    m(x)
-                    times[key].append(time.perf_counter() - start)
-    base = statistics.median(times['SE-free twin'])
+    medians = measure({key: torch_runner(m) for key, m in models.items()}, 1, rounds, warmup=2, block=block)
+    base = medians['SE-free twin']
     print(f'optimize ({format_name}), batch 1, {rounds} rounds x {block} calls, {torch.get_num_threads()} threads')
     print('| variant | ms | over SE-free |\n|---|---|---|')
-    for key, t in times.items():
-        print(f'| {key} | {1000 * statistics.median(t):.1f} | {100 * (statistics.median(t) / base - 1):+.1f}% |')
+    for key, t in medians.items():
+        print(f'| {key} | {1000 * t:.1f} | {100 * (t / base - 1):+.1f}% |')
 
 
 def ort_profile(path, threads, runs=30):
