@@ -131,11 +131,10 @@ def export_model_plain(model, path):
     onnx.save(proto, path)
 
 
-def measure(runners, batch, repeats, warmup=3, block=1):
-    """Median seconds per call. Round-robin over the paths, ``block`` consecutive calls each per
-    round: drifting load hits every path alike, and a path is timed as a deployed model runs (after
-    its own previous call, not after another model that flushed the caches) when ``block`` > 1."""
-    x = torch.randn(batch, 3, 224, 224)
+def timings(runners, x, repeats, warmup=3, block=1):
+    """Seconds of every timed call per runner. Round-robin over the paths, ``block`` consecutive calls
+    each per round: drifting load hits every path alike, and a path is timed as a deployed model runs
+    (after its own previous call, not after another model that flushed the caches) when ``block`` > 1."""
     times = {k: [] for k in runners}
     for run in runners.values():
         for _ in range(warmup):
@@ -146,6 +145,12 @@ def measure(runners, batch, repeats, warmup=3, block=1):
                 t0 = time.perf_counter()
                 run(x)
                 times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def measure(runners, batch, repeats, warmup=3, block=1):
+    """Median seconds per call of each runner on a (batch, 3, 224, 224) input (``timings``)."""
+    times = timings(runners, torch.randn(batch, 3, 224, 224), repeats, warmup, block)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -23,7 +23,6 @@ import io  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -36,21 +35,14 @@ from se_hub.deploy.export import ExportedModel, export_model, ort_session, verif
 from se_hub.deploy.quantize import quantize_onnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_int8_sensitivity import lite_spec, photos  # noqa: E402
-
-CALIBRATION = ('immunohistochemistry', 'hubble_deep_field', 'colorwheel', 'retina', 'stereo_motorcycle')
-
-
-def calibration_photos():
-    return photos(CALIBRATION)
+from bench_deploy import randomize_bn, timings  # noqa: E402
+from bench_int8_sensitivity import PHOTO_SETS, lite_spec, photos  # noqa: E402
 
 
 def build(name, work, threads):
     """-> runners {path: fn(x)}, accuracy {variant: (min cosine, same top-1)}, input size"""
     import onnx
-    if name == 'b0':
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_deploy import randomize_bn  # random weights: BN statistics made non-trivial the same way
+    if name == 'b0':  # random weights: BN statistics made non-trivial as in bench_deploy
         model = randomize_bn(timm.create_model('se_efficientnet_b0'))
     else:
         model = timm.create_model(lite_spec(name[-1]), pretrained=True).eval()
@@ -59,7 +51,7 @@ def build(name, work, threads):
     graph = onnx.load(fp32).graph
     stem = [n.name for n in graph.node if n.op_type == 'Conv'][:1]
     head = [n.name for n in graph.node if n.op_type in ('Gemm', 'MatMul')][-1:]
-    photos = calibration_photos()
+    calibration = photos(PHOTO_SETS['colour6'])  # not among the four evaluated photos
     variants = {'stem fp32': dict(keep_ends_fp32=False, keep_fp32=stem + head), 'first block fp32': {}}
     runners, accuracy = {}, {}
     runners['eager fp32'] = lambda x, m=model: m(x)
@@ -68,7 +60,7 @@ def build(name, work, threads):
     for variant, kwargs in variants.items():
         path = os.path.join(work, f'{name}_{variant.replace(" ", "_")}.onnx')
         with contextlib.redirect_stdout(io.StringIO()):
-            quantize_onnx(fp32, path, photos, **kwargs)
+            quantize_onnx(fp32, path, calibration, **kwargs)
         if name != 'b0':
             report = verify_export(model, path)
             accuracy[variant] = (min(report['cosine']), report['same_top1'])
@@ -95,16 +87,7 @@ def main():
             for run in runners.values():
                 if isinstance(run, ExportedModel):  # sessions with this run's thread count
                     run.session = ort_session(str(run.path), args.threads)
-            x = torch.randn(1, *size)
-            times = {k: [] for k in runners}
-            for run in runners.values():
-                for _ in range(3):
-                    run(x)
-            for _ in range(args.rounds):  # round-robin: drifting load hits every path alike
-                for key, run in runners.items():
-                    t0 = time.perf_counter()
-                    run(x)
-                    times[key].append(time.perf_counter() - t0)
+            times = timings(runners, torch.randn(1, *size), args.rounds)
             eager = statistics.median(times['eager fp32'])
             for key, t in times.items():
                 groups = [statistics.median(t[i::5]) for i in range(5)]

@@ -7,13 +7,13 @@ the stem and what runs at its resolution before the first residual add (``high_r
 in MBConv networks the first block's depthwise conv and projection, which alone carried two thirds of
 the INT8 logit error of Lite0 and Lite1, a quarter of Lite2's), the classifier, and the SE gate path.
 The SE squeeze is exported as ``GlobalAveragePool`` (see ``export.py``), which onnxruntime runs as an int8
-kernel; the two FCs, their
-activation and the gate (a few thousand multiply-adds per block) can stay float32 (``keep_gate_fp32``):
-``gate_error`` measures what that keeps.
+kernel; the two FCs, their activation and the gate (a few thousand multiply-adds per block) can stay
+float32 (``keep_gate_fp32``): ``gate_error`` measures what that keeps.
 
 onnxruntime (1.32 here) quantizes, when it loads a model, the float weights of any Conv/Gemm fed by a
 DequantizeLinear (graph optimizer ``WeightBiasQuantization``: per-tensor int8), which would undo the
-float32 kept above; ``export.ort_session`` turns that optimizer off.
+float32 kept above; ``export.ort_session`` turns that optimizer off, and the one that would move a float32
+stem's quantization above its max pool (``export.DISABLED_OPTIMIZERS``).
 """
 import contextlib
 import json
