@@ -69,12 +69,15 @@ def torch_runner(module):
     return run
 
 
-def ort_runner(path, threads):
-    session = ort_session(path, threads)
-    name = session.get_inputs()[0].name
+def ort_runner(paths, threads):
+    """``paths``: {1: batch-1 file, None: dynamic-batch file}; a batch runs in the file made for it (a
+    batch-1 file is what ``se-hub export`` writes by default, and the only one whose INT8 SE gates scale
+    the convolutions' weight scales, ``quantize.fold_gate_scales``)."""
+    sessions = {batch: ort_session(path, threads) for batch, path in paths.items()}
+    name = next(iter(sessions.values())).get_inputs()[0].name
 
     def run(x):
-        return session.run(None, {name: x.numpy()})
+        return sessions.get(x.shape[0], sessions.get(None)).run(None, {name: x.numpy()})
     return run
 
 
@@ -101,22 +104,26 @@ def build(args, work, formats, wanted):
                       else copy.deepcopy(model).to(memory_format=torch.channels_last))  # eager stays NCHW
             runners[(row, 'compile')] = torch_runner(torch.compile(target))
         if wanted(row, 'onnxruntime fp32') or wanted(row, 'onnxruntime int8'):
-            path = os.path.join(work, row.replace(' ', '_').replace('(', '').replace(')', '') + '.onnx')
-            if is_se_hub:
-                export_model(model, 'onnx', path, dynamic_batch=True)
-            else:  # timm's own graph as exported by the same exporter, with our metadata for calibration
-                export_model_plain(model, path)
+            fp32, int8 = {}, {}
+            for batch in (1,) if args.quick else (1, None):
+                path = os.path.join(work, row.replace(' ', '_').replace('(', '').replace(')', '')
+                                    + ('_bs1' if batch else '_dynamic') + '.onnx')
+                if is_se_hub:
+                    export_model(model, 'onnx', path, dynamic_batch=batch is None)
+                else:  # timm's own graph as exported by the same exporter, with our metadata for calibration
+                    export_model_plain(model, path, dynamic_batch=batch is None)
+                fp32[batch], int8[batch] = path, path.replace('.onnx', '_int8.onnx')
+                if wanted(row, 'onnxruntime int8'):
+                    quantize_onnx(path, int8[batch], photos)
             if wanted(row, 'onnxruntime fp32'):
-                runners[(row, 'onnxruntime fp32')] = ort_runner(path, args.threads)
+                runners[(row, 'onnxruntime fp32')] = ort_runner(fp32, args.threads)
             if wanted(row, 'onnxruntime int8'):
-                int8 = path.replace('.onnx', '_int8.onnx')
-                quantize_onnx(path, int8, photos)
                 runners[(row, 'onnxruntime int8')] = ort_runner(int8, args.threads)
         print(f'built {row}', file=sys.stderr, flush=True)
     return runners
 
 
-def export_model_plain(model, path):
+def export_model_plain(model, path, dynamic_batch):
     """timm's model through the same ONNX exporter, unoptimized, with se_hub metadata attached."""
     import json
 
@@ -124,7 +131,8 @@ def export_model_plain(model, path):
 
     from se_hub.deploy.export import METADATA_KEY, metadata
     torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), path, input_names=['image'], output_names=['logits'],
-                      dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}}, opset_version=17, dynamo=False)
+                      dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}} if dynamic_batch else None,
+                      opset_version=17, dynamo=False)
     proto = onnx.load(path)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata(model))

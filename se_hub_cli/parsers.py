@@ -242,13 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--format', required=True, choices=['onnx', 'torchscript', 'pt2'], help='onnx, torchscript or pt2')
     p.add_argument('--output', required=True, metavar='FILE', help='the file to write (.onnx / .pt / .pt2)')
     p.add_argument('--img-size', type=int, help="input size (default: the model's pretrained input size)")
-    p.add_argument('--dynamic-batch', action='store_true', help='any batch size (default: batch 1)')
+    p.add_argument('--dynamic-batch', action='store_true',
+                   help="any batch size (default: batch 1; with --int8 only a batch-1 file puts each bottleneck's SE "
+                        "gate into its convolution's weight scale)")
     p.add_argument('--int8', action='store_true', help='ONNX only: static INT8 quantization (needs --calibration)')
     p.add_argument('--calibration', metavar='DIR', help='a folder of representative images for INT8 calibration')
     p.add_argument('--calibration-count', type=int, default=64, metavar='N',
                    help='use N images of the calibration folder (default 64)')
     p.add_argument('--int8-gate', action='store_true',
                    help='quantize the SE gate path (FCs + gate) too (default: keep it float32)')
+    p.add_argument('--int8-full-range', action='store_true',
+                   help='8-bit weights in every convolution, for CPUs with VNNI or ARM (default: 7-bit weights in '
+                        "the dense convolutions, whose onnxruntime kernels saturate on x86 CPUs without VNNI)")
     p.add_argument('--no-pretrained', dest='pretrained', action='store_false',
                    help='random weights (to test an export path); the default loads pretrained weights')
     p.add_argument('--json', action='store_true', help='print the verification as JSON')

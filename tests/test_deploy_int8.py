@@ -7,6 +7,7 @@ import timm
 import torch
 from PIL import Image
 
+from _helpers import randomize_batchnorm
 from se_hub.deploy.export import (
     ExportedModel,
     export_model,
@@ -213,3 +214,99 @@ def test_cli_export_int8_lite0_meets_target(tmp_path, capsys):
     assert report['same_top1'] and min(report['cosine']) >= 0.99, report
     meta = ExportedModel(str(out)).meta['int8']
     assert meta['calibration_images'] == 6 and meta['fp32_nodes'] == 6  # stem, first block (3 + 2 ReLU6), classifier
+
+
+def _int8_se_resnet(tmp_path, dynamic_batch=False, name='se_resnet50b', **quantize_kwargs):
+    model = timm.create_model(name, layers=(1, 1, 1, 1) if name == 'se_resnet50b' else (1, 1, 1))
+    size = 64 if name == 'se_resnet50b' else 32
+    model = randomize_batchnorm(model, calibrate_on=photo_batch(metadata(model, size)))
+    fp32, int8 = tmp_path / 'fp32.onnx', tmp_path / 'int8.onnx'
+    export_model(model, 'onnx', str(fp32), img_size=size, dynamic_batch=dynamic_batch)
+    meta = quantize_onnx(str(fp32), str(int8), skimage_photos(CALIBRATION_PHOTOS), **quantize_kwargs)
+    return model, int8, meta
+
+
+def test_int8_bottleneck_gate_scales_its_quantized_convolution(tmp_path):
+    """At batch 1 each bottleneck's SE gate becomes the run-time weight scale of its QLinearConv: no QLinearMul is
+    left in the graph onnxruntime runs, the convolution's output is what the ONNX QLinearConv formula gives with
+    weight scale x gate (numpy, from the graph's own tensors), and the network still matches PyTorch."""
+    import onnx
+    from onnx import numpy_helper
+    model, int8, meta = _int8_se_resnet(tmp_path)
+    assert meta['int8']['gates_in_conv_scale'] == meta['int8']['se_gates'] == 4
+    ort_session(str(int8), save_optimized=str(tmp_path / 'ran.onnx'))
+    ran = onnx.load(str(tmp_path / 'ran.onnx')).graph
+    weight_scales = {n.input[4] for n in ran.node if n.op_type == 'QLinearConv'}
+    assert not [n for n in ran.node if n.op_type == 'QLinearMul']
+    assert {n.output[0] for n in ran.node if n.op_type == 'Mul'} <= weight_scales  # the only float multiplies
+
+    # one block's QLinearConv, recomputed from its inputs
+    proto = onnx.load(str(int8))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    conv = next(n for n in proto.graph.node if n.op_type == 'QLinearConv' and n.input[4] in producers)
+    scale_by_gate = producers[conv.input[4]]  # Mul(weight scale, gate)
+    names = [conv.input[0], scale_by_gate.input[1], conv.output[0]]
+    for name, dtype in zip(names, (onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8)):
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, dtype, None))
+    onnx.save(proto, str(tmp_path / 'probe.onnx'))
+    session = ort_session(str(tmp_path / 'probe.onnx'))
+    batch = photo_batch(ExportedModel(str(int8)).meta).numpy()
+    x_q, gate, y_q = session.run(names, {'image': batch[:1]})
+    x_s, x_zp, w_q = (inits[i] for i in conv.input[1:4])
+    y_s, y_zp, bias = (inits[i] for i in conv.input[6:9])
+    w_s = inits[scale_by_gate.input[0]]
+    acc = np.einsum('mc,chw->mhw', w_q[:, :, 0, 0].astype(np.int64), x_q[0].astype(np.int64) - int(x_zp))
+    acc = acc + bias[:, None, None]
+    expected = np.clip(np.rint(acc * (x_s * w_s * gate)[:, None, None] / y_s) + int(y_zp), 0, 255)
+    off = np.abs(expected - y_q[0].astype(np.int64))
+    assert off.max() <= 1 and (off > 0).mean() < 0.01, (off.max(), (off > 0).mean())
+
+    report = verify_export(model, str(int8))
+    assert min(report['cosine']) >= 0.99, report['cosine']
+
+
+def test_int8_gate_stays_a_multiply_where_it_cannot_scale_the_convolution(tmp_path):
+    """Dynamic batch (one gate per sample, the weight scale holds one per channel) and basic blocks (the gate reads
+    the convolution's own output) keep the gate as a multiply, and fold_gates=False keeps every one."""
+    _, _, meta = _int8_se_resnet(tmp_path / 'dynamic', dynamic_batch=True)
+    assert meta['int8']['se_gates'] == 4 and meta['int8']['gates_in_conv_scale'] == 0
+    _, _, meta = _int8_se_resnet(tmp_path / 'off', fold_gates=False)
+    assert meta['int8']['gates_in_conv_scale'] == 0
+    model, int8, meta = _int8_se_resnet(tmp_path / 'basic', name='se_resnet20_cifar')
+    assert meta['int8']['se_gates'] == 3 and meta['int8']['gates_in_conv_scale'] == 0
+    assert min(verify_export(model, str(int8))['cosine']) >= 0.99
+
+
+def test_int8_dense_convolutions_get_7_bit_weights(tmp_path):
+    """onnxruntime's uint8 x int8 GEMM kernels on x86 CPUs without VNNI add pairs of products in int16, which
+    saturates with 8-bit weights (documented by onnxruntime; measured here on an AVX2 CPU: Lite0 lost its top-1 on
+    a photo): dense convolutions get weights in [-64, 63] (``reduce_range``), depthwise ones keep the full int8
+    range, and ``reduce_range=False`` gives every convolution 8 bits."""
+    import onnx
+    from onnx import numpy_helper
+    model = timm.create_model('se_efficientnet_b0')
+    model = randomize_batchnorm(model, calibrate_on=photo_batch(metadata(model, 64)))
+    fp32 = tmp_path / 'fp32.onnx'
+    export_model(model, 'onnx', str(fp32), img_size=64)
+
+    def weight_ranges(int8):
+        proto = onnx.load(str(int8))
+        inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+        producers = {o: n for n in proto.graph.node for o in n.output}
+        ranges = {'dense': [], 'depthwise': []}
+        for node in proto.graph.node:
+            dq = producers.get(node.input[1]) if node.op_type == 'Conv' else None
+            if dq is not None and dq.op_type == 'DequantizeLinear' and inits[dq.input[0]].dtype == np.int8:
+                kind = 'dense' if all(a.i == 1 for a in node.attribute if a.name == 'group') else 'depthwise'
+                ranges[kind].append(int(np.abs(inits[dq.input[0]].astype(np.int32)).max()))
+        return ranges
+
+    photos = skimage_photos(CALIBRATION_PHOTOS)[:2]
+    meta = quantize_onnx(str(fp32), str(tmp_path / 'int8.onnx'), photos)
+    ranges = weight_ranges(tmp_path / 'int8.onnx')
+    assert ranges['dense'] and ranges['depthwise'] and meta['int8']['dense_weights_7bit'] == len(ranges['dense'])
+    assert max(ranges['dense']) <= 64 and min(ranges['depthwise']) == 127, ranges
+    quantize_onnx(str(fp32), str(tmp_path / 'full.onnx'), photos, reduce_range=False)
+    full = weight_ranges(tmp_path / 'full.onnx')
+    assert min(full['dense']) == min(full['depthwise']) == 127, full

@@ -116,6 +116,122 @@ def high_resolution_nodes(proto) -> List[str]:
     return names
 
 
+def fold_gate_scales(proto) -> int:
+    """Move each SE gate of a batch-1 QDQ graph into the quantized 1x1 convolution whose output it scales:
+    ``QLinearConv``'s per-channel weight scale becomes ``weight_scale * gate`` (a run-time input), so the
+    convolution writes ``conv(h) * gate`` quantized at the scale calibrated for the product, and the
+    separate ``Mul`` (onnxruntime's ``QLinearMul``, the largest INT8 cost of SE) and the gate's own
+    quantization go. The bias needs no change: ``(acc + bias) * x_scale * w_scale * gate`` is the
+    gated output of the biased convolution.
+
+    Applies where the gate is not computed from the convolution's output (the bottleneck's squeeze read
+    from that convolution's *input*, see ``optimize``) and is a non-negative ``Sigmoid`` / ``HardSigmoid``;
+    only at batch 1, since the weight scale holds one gate per channel, not per sample. Returns how many
+    gates were folded; ``proto`` is changed in place."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    if not dims or dims[0].dim_value != 1:
+        return 0
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: Dict[str, List[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    inits = {i.name: i for i in graph.initializer}
+
+    def only_consumer(name, op_type):
+        nodes = consumers.get(name, [])
+        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
+
+    def produced(name, op_type):
+        node = producers.get(name)
+        return node if node is not None and node.op_type == op_type else None
+
+    def gate_source(name):
+        """The float gate behind a DQ(Q(gate)) input, if it is a non-negative gate op (through Reshape)."""
+        dq = produced(name, 'DequantizeLinear')
+        q = dq is not None and produced(dq.input[0], 'QuantizeLinear')
+        if not q or len(consumers.get(q.output[0], [])) != 1:
+            return None
+        op = producers.get(q.input[0])
+        while op is not None and op.op_type in ('Reshape', 'Flatten', 'Unsqueeze'):
+            op = producers.get(op.input[0])
+        return q if op is not None and op.op_type in ('Sigmoid', 'HardSigmoid') else None
+
+    def upstream(name):
+        """The tensor names ``name`` is computed from."""
+        seen, todo = set(), [name]
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n in producers:
+                todo.extend(producers[n].input)
+        return seen
+
+    removed, added, folded = set(), [], 0
+    for mul in [n for n in graph.node if n.op_type == 'Mul']:
+        out_q = only_consumer(mul.output[0], 'QuantizeLinear')
+        for conv_side, gate_side in ((0, 1), (1, 0)):
+            gate_q = gate_source(mul.input[gate_side])
+            conv_dq = produced(mul.input[conv_side], 'DequantizeLinear')
+            conv_q = conv_dq is not None and produced(conv_dq.input[0], 'QuantizeLinear')
+            conv = conv_q and produced(conv_q.input[0], 'Conv')
+            if out_q is None or gate_q is None or not conv or len(conv.input) != 3:
+                continue
+            if len(consumers[conv.output[0]]) != 1 or len(consumers[conv_q.output[0]]) != 1 \
+                    or len(consumers[conv_dq.output[0]]) != 1:
+                continue
+            x_dq, w_dq, b_dq = (produced(conv.input[i], 'DequantizeLinear') for i in range(3))
+            if x_dq is None or w_dq is None or b_dq is None or not all(i in inits for i in w_dq.input[:3]) \
+                    or b_dq.input[0] not in inits:
+                continue
+            if conv.output[0] in upstream(gate_q.input[0]):
+                continue  # the gate reads this convolution's output: it cannot scale the convolution itself
+            x_scale = numpy_helper.to_array(inits[x_dq.input[1]]).astype(np.float64)
+            w_scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64)
+            b_scale = numpy_helper.to_array(inits[b_dq.input[1]]).astype(np.float64)
+            if x_scale.size != 1 or not np.allclose(b_scale, x_scale * w_scale, rtol=1e-5, atol=0):
+                continue  # QLinearConv's bias must be at scale x_scale * w_scale
+            prefix = conv.name + '_gated'
+            flat = numpy_helper.from_array(np.array([-1], np.int64), prefix + '_shape')
+            graph.initializer.append(flat)
+            added.append((mul, [
+                helper.make_node('Reshape', [gate_q.input[0], flat.name], [prefix + '_gate'], name=prefix + '_gate'),
+                helper.make_node('Mul', [w_dq.input[1], prefix + '_gate'], [prefix + '_w_scale'],
+                                 name=prefix + '_w_scale'),
+                helper.make_node('QLinearConv', [x_dq.input[0], x_dq.input[1], x_dq.input[2], w_dq.input[0],
+                                                 prefix + '_w_scale', w_dq.input[2], out_q.input[1], out_q.input[2],
+                                                 b_dq.input[0]],
+                                 [out_q.output[0]], name=prefix, **{a.name: helper.get_attribute_value(a)
+                                                                    for a in conv.attribute}),
+            ]))
+            gate_dq = producers[mul.input[gate_side]]
+            removed.update(id(n) for n in (conv, conv_q, conv_dq, mul, out_q, gate_q, gate_dq))
+            for dq in (w_dq, b_dq):
+                if len(consumers[dq.output[0]]) == 1:
+                    removed.add(id(dq))
+            folded += 1
+            break
+    if folded:
+        insert = {id(mul): nodes for mul, nodes in added}
+        kept = []
+        for node in graph.node:
+            kept.extend(insert.get(id(node), []))
+            if id(node) not in removed:
+                kept.append(node)
+        del graph.node[:]
+        graph.node.extend(kept)
+        used = {name for node in graph.node for name in node.input}
+        unused = [i for i in graph.initializer if i.name not in used]
+        for init in unused:
+            graph.initializer.remove(init)
+    return folded
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over a preprocessed image batch, one image at a time."""
 
@@ -133,14 +249,20 @@ class _Reader:
 
 def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_fp32: bool = True,
                   keep_ends_fp32: bool = True, method: str = 'percentile', per_channel: bool = True,
-                  keep_fp32: Sequence[str] = ()) -> Dict[str, Any]:
+                  keep_fp32: Sequence[str] = (), fold_gates: bool = True, reduce_range: bool = True) -> Dict[str, Any]:
     """Quantize ``fp32_path`` (an ``export_model`` ONNX file) to ``output``; ``calibration``: a
     directory of images or a list of PIL images. Returns the metadata stored in the INT8 file.
 
     ``keep_ends_fp32``: the layers at the stem's resolution (``high_resolution_nodes``) and the
     classifier stay float32; ``method``: 'percentile' (99.999%, clips rare outliers) or 'minmax'
     (measured: no consistent difference on the Lite weights, README "Deployment"); ``keep_fp32``: more
-    node names of the exported graph to keep float32."""
+    node names of the exported graph to keep float32; ``fold_gates``: in a batch-1 graph, each bottleneck's
+    SE gate scales its quantized 1x1 convolution's output through the weight scale (``fold_gate_scales``);
+    ``reduce_range``: 7-bit weights for the dense (``group=1``) convolutions, which onnxruntime runs as uint8 x
+    int8 GEMMs: on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) those add pairs of products in
+    int16, which saturates with 8-bit weights (Lite0 min logit cosine 0.983 and a flipped top-1 on an AVX2 CPU,
+    0.993 and none with 7 bits); depthwise convolutions run in another kernel and keep 8 bits. False: 8 bits
+    everywhere, for files that will only run on CPUs with VNNI or on ARM."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -172,6 +294,10 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
         if method not in ('percentile', 'minmax'):
             raise ValueError(f"calibration method {method!r} is not 'percentile' or 'minmax'")
         calibrate = CalibrationMethod.Percentile if method == 'percentile' else CalibrationMethod.MinMax
+        excluded = set(exclude)
+        seven_bit = {node.input[1]: [{'axis': 0, 'reduce_range': True}] for node in pre_proto.graph.node
+                     if reduce_range and node.op_type == 'Conv' and node.name not in excluded
+                     and all(a.i == 1 for a in node.attribute if a.name == 'group')}
         try:
             # onnxruntime prints its calibration progress: keep stdout for results (`se-hub export --json`)
             with contextlib.redirect_stdout(sys.stderr):
@@ -179,11 +305,13 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
                     pre, str(tmp), _Reader(input_name, batch), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                     calibrate_method=calibrate,
-                    extra_options=dict(ActivationSymmetric=False))
+                    extra_options=dict(ActivationSymmetric=False, TensorQuantOverrides=seven_bit))
             quantized = onnx.load(str(tmp))
+            folded = fold_gate_scales(quantized) if fold_gates else 0
             meta = dict(meta, int8=dict(method='onnxruntime static QDQ' + (', per-channel' if per_channel else ''),
                                         calibration=method, calibration_images=len(batch), gate_fp32=keep_gate_fp32,
-                                        ends_fp32=keep_ends_fp32, fp32_nodes=len(exclude), se_gates=len(gates)))
+                                        ends_fp32=keep_ends_fp32, fp32_nodes=len(exclude), se_gates=len(gates),
+                                        gates_in_conv_scale=folded, dense_weights_7bit=len(seven_bit)))
             del quantized.metadata_props[:]
             entry = quantized.metadata_props.add()
             entry.key, entry.value = METADATA_KEY, json.dumps(meta)
