@@ -7,9 +7,11 @@ Two measurements, each against the same-layout SE-free twin:
   gate (the scale still applied, nothing computed); the squeeze only (pooling, constant gate); the
   FCs only (on a constant squeeze). What the scale costs, and what pooling and FCs cost in the model.
 * onnxruntime fp32 and INT8 (``--ort``): kernel time per operator type from onnxruntime's profiler,
-  so the ops the SE graph adds (and the layout reorders they cause) show by name.
+  so the ops the SE graph adds (and the layout reorders they cause) show by name; INT8 also with the
+  gates left as ``QLinearMul`` (``quantize_onnx(fold_gates=False)``), and the INT8 latencies of SE-free,
+  SE and SE with ``QLinearMul`` timed round-robin (batch-1 files).
 
-    python bench/bench_se_cost.py [--rounds 20] [--ort]
+    python bench/bench_se_cost.py [--rounds 20] [--ort] [--no-eager]
 """
 import argparse
 import json
@@ -120,20 +122,34 @@ def ort_profile(path, threads, runs=30):
     return per_op, {op: n // runs for op, n in calls.items()}
 
 
-def ort_table(threads):
+def ort_table(threads, rounds, block):
+    from bench_deploy import ort_runner
+
     from se_hub.deploy.export import export_model, sample_images
     from se_hub.deploy.quantize import quantize_onnx
     _, photos = sample_images()
     with tempfile.TemporaryDirectory() as work:
-        profiles = {}
+        profiles, files = {}, {}
         for label, kwargs in (('SE', {}), ('SE-free', dict(se_layer='none'))):
             fp32 = os.path.join(work, f'{label}.onnx')
             export_model(randomize_bn(timm.create_model('se_resnet50b', **kwargs)), 'onnx', fp32)
-            int8 = fp32.replace('.onnx', '_int8.onnx')
+            files[(label, 'int8')] = int8 = fp32.replace('.onnx', '_int8.onnx')
             quantize_onnx(fp32, int8, photos)
             profiles[(label, 'fp32')] = ort_profile(fp32, threads)
             profiles[(label, 'int8')] = ort_profile(int8, threads)
-    for precision in ('fp32', 'int8'):
+        # the same SE calibration with its gates left as QLinearMul (quantize.fold_gate_scales off)
+        files[('SE, gates as QLinearMul', 'int8')] = multiply = os.path.join(work, 'SE_int8_mul.onnx')
+        quantize_onnx(os.path.join(work, 'SE.onnx'), multiply, photos, fold_gates=False)
+        profiles[('SE, gates as QLinearMul', 'int8')] = ort_profile(multiply, threads)
+        times = measure({label: ort_runner({1: path}, threads) for (label, _), path in files.items()}, 1, rounds,
+                        block=block)
+    print(f'\nonnxruntime INT8 latency, bs1, {rounds} rounds x {block} calls round-robin')
+    print('| graph | ms | SE overhead |\n|---|---|---|')
+    for label, t in times.items():
+        print(f"| {label} | {1000 * t:.2f} | {100 * (t / times['SE-free'] - 1):+.1f}% |")
+    profiles[('SE', 'int8 (gates as QLinearMul)')] = profiles.pop(('SE, gates as QLinearMul', 'int8'))
+    profiles[('SE-free', 'int8 (gates as QLinearMul)')] = profiles[('SE-free', 'int8')]
+    for precision in ('fp32', 'int8', 'int8 (gates as QLinearMul)'):
         (se, se_calls), (plain, plain_calls) = profiles[('SE', precision)], profiles[('SE-free', precision)]
         print(f'\nonnxruntime {precision}, kernel ms per run by operator (calls per run), {threads} threads')
         print(f'total: SE {sum(se.values()):.2f} ms, SE-free {sum(plain.values()):.2f} ms')
@@ -150,12 +166,14 @@ def main():
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--memory-format', choices=['channels_last', 'contiguous'], default='channels_last')
     parser.add_argument('--ort', action='store_true', help='also profile onnxruntime fp32 and INT8 by operator')
+    parser.add_argument('--no-eager', dest='eager', action='store_false', help='skip the eager gate variants')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     fmt = torch.channels_last if args.memory_format == 'channels_last' else torch.contiguous_format
-    eager_table(args.rounds, args.block, fmt, args.memory_format)
+    if args.eager:
+        eager_table(args.rounds, args.block, fmt, args.memory_format)
     if args.ort:
-        ort_table(args.threads)
+        ort_table(args.threads, args.rounds, args.block)
 
 
 if __name__ == '__main__':

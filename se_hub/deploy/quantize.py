@@ -125,18 +125,19 @@ def fold_gate_scales(proto) -> int:
     gated output of the biased convolution.
 
     Applies where the gate is not computed from the convolution's output (the bottleneck's squeeze read
-    from that convolution's *input*, see ``optimize``) and is a non-negative ``Sigmoid`` / ``HardSigmoid``;
+    from that convolution's *input*, see ``optimize``) and is a ``Sigmoid`` or ``HardSigmoid`` (in (0, 1));
     only at batch 1, since the weight scale holds one gate per channel, not per sample. Returns how many
     gates were folded; ``proto`` is changed in place."""
-    from onnx import helper, numpy_helper
+    from onnx import NodeProto, helper, numpy_helper
 
     graph = proto.graph
     dims = graph.input[0].type.tensor_type.shape.dim
     if not dims or dims[0].dim_value != 1:
         return 0
-    producers = {o: n for n in graph.node for o in n.output}
+    nodes = list(graph.node)  # one set of node objects: removals below are by their id()
+    producers = {o: n for n in nodes for o in n.output}
     consumers: Dict[str, List[Any]] = {}
-    for node in graph.node:
+    for node in nodes:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     inits = {i.name: i for i in graph.initializer}
@@ -150,7 +151,7 @@ def fold_gate_scales(proto) -> int:
         return node if node is not None and node.op_type == op_type else None
 
     def gate_source(name):
-        """The float gate behind a DQ(Q(gate)) input, if it is a non-negative gate op (through Reshape)."""
+        """The QuantizeLinear of a DQ(Q(gate)) input, if the gate is a sigmoid or hard sigmoid (through Reshape)."""
         dq = produced(name, 'DequantizeLinear')
         q = dq is not None and produced(dq.input[0], 'QuantizeLinear')
         if not q or len(consumers.get(q.output[0], [])) != 1:
@@ -173,7 +174,7 @@ def fold_gate_scales(proto) -> int:
         return seen
 
     removed, added, folded = set(), [], 0
-    for mul in [n for n in graph.node if n.op_type == 'Mul']:
+    for mul in [n for n in nodes if n.op_type == 'Mul']:
         out_q = only_consumer(mul.output[0], 'QuantizeLinear')
         for conv_side, gate_side in ((0, 1), (1, 0)):
             gate_q = gate_source(mul.input[gate_side])
@@ -219,10 +220,11 @@ def fold_gate_scales(proto) -> int:
     if folded:
         insert = {id(mul): nodes for mul, nodes in added}
         kept = []
-        for node in graph.node:
+        for node in nodes:
             kept.extend(insert.get(id(node), []))
             if id(node) not in removed:
-                kept.append(node)
+                kept.append(NodeProto())
+                kept[-1].CopyFrom(node)
         del graph.node[:]
         graph.node.extend(kept)
         used = {name for node in graph.node for name in node.input}
