@@ -59,13 +59,19 @@ def _load_images(paths: Iterable[Path]) -> list:
     return images
 
 
+def _consumers(nodes) -> Dict[str, List[Any]]:
+    """tensor name -> the nodes that read it"""
+    consumers: Dict[str, List[Any]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
 def gate_paths(proto) -> List[Dict[str, Any]]:
     """The SE gate subgraphs of an exported model: global pool -> [Flatten] -> Gemm -> act -> Gemm
     -> gate op. Each: the node names after the pool and the gate's output tensor."""
-    consumers: Dict[str, List[Any]] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(proto.graph.node)
     found = []
     for node in proto.graph.node:
         if node.op_type not in ('GlobalAveragePool', 'GlobalMaxPool'):
@@ -136,15 +142,12 @@ def fold_gate_scales(proto) -> int:
         return 0
     nodes = list(graph.node)  # one set of node objects: removals below are by their id()
     producers = {o: n for n in nodes for o in n.output}
-    consumers: Dict[str, List[Any]] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(nodes)
     inits = {i.name: i for i in graph.initializer}
 
     def only_consumer(name, op_type):
-        nodes = consumers.get(name, [])
-        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
 
     def produced(name, op_type):
         node = producers.get(name)
