@@ -31,7 +31,7 @@ from bench_deploy import measure, randomize_bn, torch_runner  # noqa: E402
 
 import se_hub  # noqa: E402,F401
 from se_hub.deploy import optimize  # noqa: E402
-from se_hub.deploy.fused import ExcitationGate  # noqa: E402
+from se_hub.deploy.fused import ExcitationGate, spatial_mean  # noqa: E402
 
 
 class GateVariant(torch.nn.Module):
@@ -63,7 +63,7 @@ class GateVariant(torch.nn.Module):
             self.squeezed = F.adaptive_avg_pool2d(x, 1).flatten(1)
             self.recorded = self.real(x)
         if self.keep == 'pool':
-            F.adaptive_avg_pool2d(x, 1)
+            spatial_mean(x)
         elif self.keep == 'fc':
             s = F.linear(self.squeezed, self.real.fc1_weight, self.real.fc1_bias).relu_()
             F.linear(s, self.real.fc2_weight, self.real.fc2_bias).sigmoid_()

@@ -1,12 +1,14 @@
 """se_hub.deploy.optimize computes the eager function of every family (max abs logit difference
 <= 1e-4 in float32), keeps hooks working, and runs under torch.jit.script and torch.compile."""
+import copy
+
 import pytest
 import timm
 import torch
 
 from _helpers import randomize_batchnorm
 from se_hub.deploy import optimize
-from se_hub.deploy.fused import ExcitationGate, GatedPointwiseConv, ScaleByGate
+from se_hub.deploy.fused import ExcitationGate, FusedConv2d, GatedPointwiseConv, ScaleByGate
 
 # one model per family and layout, small inputs; deep ablation networks cut to one block per stage
 # (random deep networks amplify float32 reordering past 1e-4, which says nothing about the fusion)
@@ -166,3 +168,109 @@ def test_torch_compile_of_optimized_model():
     model, x = make('se_resnet50', ONE, 64)
     compiled = torch.compile(optimize(model))
     assert_same_function(model, compiled, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# oneDNN convolutions on packed weights (eager CPU inference) and the tools they step aside for
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs a oneDNN (mkldnn) build')
+
+
+def _fused_convs(model):
+    return [m for m in model.modules() if isinstance(m, (FusedConv2d, GatedPointwiseConv))]
+
+
+@needs_onednn
+def test_optimized_convolutions_run_as_onednn_ops_on_packed_weights():
+    from torch.profiler import ProfilerActivity, profile
+    model, x = make('se_resnet50b', {}, 64)
+    fused = optimize(model)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = fused(x)
+    names = {e.key for e in prof.key_averages()}
+    assert 'mkldnn::_convolution_pointwise' in names and 'aten::convolution' not in names
+    # batch 2: no gate goes into the weights, so every convolution reads its packed weights
+    assert all(m.__dict__.get('_onednn_packed') for m in _fused_convs(fused))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), out, atol=0, rtol=0)  # packed once, reused
+    x_grad = x.clone().requires_grad_()
+    standard = fused(x_grad)  # autograd: the standard ops
+    torch.testing.assert_close(out, standard.detach(), atol=1e-4, rtol=0)
+    standard.sum().backward()
+    assert x_grad.grad is not None and torch.isfinite(x_grad.grad).all()
+
+
+@needs_onednn
+def test_packed_weights_follow_weight_changes_and_stay_out_of_copies():
+    import copy
+    import io
+    model, x = make('se_resnet50b', {}, 64)
+    fused = optimize(model)
+    with torch.no_grad():
+        fused(x)
+        fused.layer1[0].branch[0].weight.mul_(0.5)  # an in-place edit (load_state_dict does the same)
+        fused.layer4[0].conv_pw.weight.mul_(0.5)
+        edited = fused(x)
+        reference = fused(x.clone().requires_grad_())  # the standard ops, under autograd
+    torch.testing.assert_close(edited, reference, atol=1e-4, rtol=0)
+    assert not torch.allclose(edited, model(x).detach(), atol=1e-2)
+    twin = copy.deepcopy(fused)
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        for other in (twin, loaded):
+            assert not any('_onednn_packed' in m.__dict__ for m in other.modules())
+            torch.testing.assert_close(other(x), edited, atol=0, rtol=0)
+
+
+@needs_onednn
+def test_tracers_and_flop_counters_see_the_standard_convolutions():
+    from torch.utils.flop_counter import FlopCounterMode
+    model, x = make('se_resnet50b', {}, 64)
+    fused = optimize(model)
+
+    def conv_flops(m):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            m(x)
+        return counter.get_flop_counts()['Global'][torch.ops.aten.convolution]
+
+    # torch's own count of the original network's convolutions (BN folding adds none)
+    assert conv_flops(fused) == conv_flops(model) > 0
+    with torch.no_grad():
+        traced = torch.jit.trace(fused, x, check_trace=False)
+        assert 'mkldnn' not in str(traced.inlined_graph)
+        torch.testing.assert_close(traced(x), model(x), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('activation,reference', [('', lambda y: y), ('relu', torch.relu),
+                                                  ('silu', torch.nn.functional.silu)])
+@pytest.mark.parametrize('memory_format', [torch.channels_last, torch.contiguous_format])
+def test_fused_conv2d_is_its_convolution_activation_and_add(activation, reference, memory_format):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2).to(memory_format=memory_format)
+    expected_conv = copy.deepcopy(conv)
+    calls = []
+    conv.register_forward_hook(lambda mod, inp, out: calls.append(out.shape))
+    fused = FusedConv2d.from_conv(conv, activation)
+    assert fused is conv and isinstance(fused, torch.nn.Conv2d)
+    x = torch.randn(2, 8, 10, 10).to(memory_format=memory_format)
+    shortcut = torch.randn(2, 16, 5, 5).to(memory_format=memory_format)
+    with torch.no_grad():
+        plain = expected_conv(x)
+        out, with_add = fused(x), fused(x, shortcut)
+    torch.testing.assert_close(out, reference(plain), atol=1e-5, rtol=0)
+    torch.testing.assert_close(with_add, reference(plain + shortcut), atol=1e-5, rtol=0)
+    assert out.is_contiguous(memory_format=memory_format)  # the layout F.conv2d gives
+    assert len(calls) == 2
+
+
+def test_fused_conv2d_refuses_what_it_cannot_run():
+    from timm.layers import Conv2dSame
+    with pytest.raises(TypeError, match='plain zero-padded nn.Conv2d'):
+        FusedConv2d.from_conv(Conv2dSame(4, 4, 3))
+    with pytest.raises(TypeError, match='plain zero-padded nn.Conv2d'):
+        FusedConv2d.from_conv(torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode='reflect'))
+    with pytest.raises(ValueError, match="activation is one of"):
+        FusedConv2d.from_conv(torch.nn.Conv2d(4, 4, 3), 'gelu')

@@ -14,6 +14,14 @@ training modules, so they may change their internals freely.
   per-sample gate; at batch 1 the gate goes into the weights when that touches fewer numbers
   than scaling the activation (early, high-resolution stages), else one ``addcmul`` pass does
   scale + residual add (then ReLU in place).
+* ``FusedConv2d``  an ``nn.Conv2d`` with its ReLU / SiLU and a residual add fused in.
+
+In eager CPU float32 inference the convolutions run as oneDNN convolutions whose activation and
+residual add are post-ops, on weights reordered once into oneDNN's blocked layout and kept
+(``onednn_conv``): what ``torch.compile``'s freezing does for its graphs, and what a plain
+``F.conv2d`` redoes on every call. The SE squeeze runs as a matrix-vector product there
+(``spatial_mean``). Under a tracer, exporter, compiler, dispatch mode, TorchScript or autograd every
+module runs the standard ops instead, so those tools see (and fuse) ``conv2d`` / ``adaptive_avg_pool2d``.
 """
 import copy
 from typing import Optional
@@ -23,6 +31,185 @@ import torch.nn.functional as F
 from torch import nn
 
 GATES = {'sigmoid': nn.Sigmoid, 'hard_sigmoid': nn.Hardsigmoid, 'tanh': nn.Tanh, 'relu': nn.ReLU}
+ACTIVATIONS = {nn.ReLU: 'relu', nn.SiLU: 'silu'}  # the activations a FusedConv2d runs as a post-op
+_ONEDNN_UNARY = {'': 'none', 'relu': 'relu', 'silu': 'swish'}
+_PACKED_SHAPES = 4  # packed weights kept per convolution (one per input shape seen)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eager CPU inference: oneDNN convolutions on packed weights, GEMV squeeze
+
+def _onednn_ops_available() -> bool:
+    ops = torch.ops.mkldnn
+    return (torch.backends.mkldnn.is_available() and hasattr(ops, '_convolution_pointwise')
+            and hasattr(ops, '_reorder_convolution_weight'))
+
+
+_ONEDNN = _onednn_ops_available()
+
+
+@torch.jit.unused
+def eager_cpu_inference(x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
+    """Whether this call runs in plain eager PyTorch, float32 on the CPU, with no gradient to record
+    and nothing observing the ops: no compiler (checked first: dynamo folds it), tracer, ONNX
+    exporter or dispatch mode (FLOP counters, fake tensors), which must see the standard ops."""
+    is_compiling = getattr(torch.compiler, 'is_compiling', None)
+    if is_compiling is not None and is_compiling():
+        return False
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    if _get_current_dispatch_mode() is not None:
+        return False
+    grad = torch.is_grad_enabled()
+    for t in (x,) + others:
+        if t is None:
+            continue
+        if type(t) is not torch.Tensor and type(t) is not nn.Parameter:
+            return False  # a tensor subclass (fake, functional, distributed, ...) keeps its own dispatch
+        if t.device.type != 'cpu' or t.dtype != torch.float32 or (grad and t.requires_grad):
+            return False
+    return True
+
+
+@torch.jit.unused
+def onednn_conv(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                stride, padding, dilation, groups: int, shortcut: Optional[torch.Tensor], activation: str,
+                pack: bool) -> Optional[torch.Tensor]:
+    """``activation(conv(x) + shortcut)`` as one oneDNN convolution with post-ops, or None where that
+    path does not apply (the caller runs the standard ops). Applies where ``F.conv2d`` would run
+    oneDNN's channels-last kernel itself (input or weight channels-last) in eager CPU inference, so
+    the output layout is the same; ``pack``: the weight is the module's own, reordered once per input
+    shape and kept (a gate-scaled weight changes every call and is reordered by oneDNN as given)."""
+    if not _ONEDNN or not torch.backends.mkldnn.enabled or module.__dict__.get('_onednn_failed', False):
+        return None
+    if x.dim() != 4 or not eager_cpu_inference(x, weight, bias, shortcut):
+        return None
+    channels_last = torch.channels_last
+    if not (x.is_contiguous(memory_format=channels_last) or weight.is_contiguous(memory_format=channels_last)):
+        return None
+    if shortcut is not None and not shortcut.is_contiguous(memory_format=channels_last):
+        return None
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    ops = torch.ops.mkldnn
+    try:
+        if pack:
+            cache = module.__dict__.get('_onednn_packed')
+            key = (weight.data_ptr(), weight._version, tuple(x.shape))
+            packed = cache.get(key) if cache is not None else None
+            if packed is None:
+                if cache is None or len(cache) >= _PACKED_SHAPES or any(k[:2] != key[:2] for k in cache):
+                    cache = module.__dict__['_onednn_packed'] = {}  # weights changed, or too many shapes
+                packed = cache[key] = ops._reorder_convolution_weight(
+                    weight, padding, stride, dilation, groups, list(x.shape))
+            weight = packed
+        if shortcut is None:
+            return ops._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups,
+                                              _ONEDNN_UNARY[activation], [], '')
+        return ops._convolution_pointwise.binary(x, shortcut, weight, bias, padding, stride, dilation, groups,
+                                                 'add', 1.0, _ONEDNN_UNARY[activation] if activation else None,
+                                                 [], '')
+    except (RuntimeError, TypeError, NotImplementedError):
+        # an op this torch build lacks or refuses (older releases): the standard ops from now on
+        module.__dict__['_onednn_failed'] = True
+        return None
+
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """``activation`` ('', 'relu', 'silu') in place on a tensor the caller owns."""
+    if activation == 'relu':
+        return x.relu_()
+    if activation == 'silu':
+        return F.silu(x, inplace=True)
+    return x
+
+
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """(N, C) mean over H, W. In eager CPU inference a matrix-vector product, several times faster
+    than the pooling kernel at batch 1 (``bench/bench_se_cost.py``); elsewhere a global average pool,
+    which exporters keep as ``GlobalAveragePool`` (an int8 kernel once quantized)."""
+    if not torch.jit.is_scripting():
+        mean = _spatial_mean_gemv(x)
+        if mean is not None:
+            return mean
+    return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+@torch.jit.unused
+def _spatial_mean_gemv(x: torch.Tensor) -> Optional[torch.Tensor]:
+    if x.dim() != 4 or not eager_cpu_inference(x):
+        return None
+    n, c, h, w = x.shape
+    weights = torch.full((h * w, 1), 1.0 / (h * w), dtype=x.dtype)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return torch.matmul(weights.t(), x.permute(0, 2, 3, 1).reshape(n, h * w, c)).reshape(n, c)
+    if x.is_contiguous():
+        return torch.matmul(x.reshape(n, c, h * w), weights).reshape(n, c)
+    return None
+
+
+class OneDNNWeights:
+    """Mixin of the modules that keep packed oneDNN weights: the cache is left out of copies,
+    pickles and TorchScript (an opaque oneDNN tensor has no storage to copy; it is rebuilt on use)."""
+    __jit_ignored_attributes__ = ['_onednn_packed', '_onednn_failed']
+
+    def __getstate__(self):
+        state = nn.Module.__getstate__(self)
+        state.pop('_onednn_packed', None)
+        state.pop('_onednn_failed', None)
+        return state
+
+
+class FusedConv2d(OneDNNWeights, nn.Conv2d):
+    """``activation(conv(x) [+ shortcut])``: an ``nn.Conv2d`` (BN folded in) with its ReLU / SiLU and a
+    residual add fused in, as one oneDNN convolution in eager CPU inference (``onednn_conv``).
+
+    Made by re-classing an ``nn.Conv2d`` in place (``from_conv``): parameters, hooks and attributes
+    stay; the forward takes an optional ``shortcut``."""
+
+    activation: str
+
+    @staticmethod
+    def convertible(conv: nn.Module) -> bool:
+        """A plain ``nn.Conv2d`` with explicit zero padding (not ``Conv2dSame`` & co., which pad in
+        their own forward)."""
+        return type(conv) is nn.Conv2d and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, activation: str = '') -> 'FusedConv2d':
+        if not cls.convertible(conv):
+            raise TypeError(f'FusedConv2d takes a plain zero-padded nn.Conv2d, not {conv!r}')
+        if activation not in _ONEDNN_UNARY:
+            raise ValueError(f'FusedConv2d activation is one of {sorted(_ONEDNN_UNARY)}, not {activation!r}')
+        conv.__class__ = cls
+        conv.activation = activation
+        return conv
+
+    def forward(self, input: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():
+            out = onednn_conv(self, input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                              self.groups, shortcut, self.activation, True)
+        if out is None:
+            out = self._conv_forward(input, self.weight, self.bias)
+            if shortcut is not None:
+                out = out + shortcut
+            out = activate(out, self.activation)
+        return out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f', activation={self.activation}' if self.activation else '')
+
+
+def fused_conv(conv: nn.Conv2d, act: Optional[nn.Module] = None) -> nn.Module:
+    """``act(conv(x) [+ shortcut])`` as a ``FusedConv2d`` where ``act`` is ReLU / SiLU (or None), else
+    as a ``ConvAct`` that calls ``act`` (kept as a module: hooks see it)."""
+    act_name = '' if act is None or isinstance(act, nn.Identity) else ACTIVATIONS.get(type(act))
+    if FusedConv2d.convertible(conv):
+        if act_name is not None:
+            return FusedConv2d.from_conv(conv, act_name)
+        conv = FusedConv2d.from_conv(conv)
+    return ConvAct(conv, act if act is not None else nn.Identity())
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.Module]) -> nn.Conv2d:
@@ -86,7 +273,7 @@ class ExcitationGate(nn.Module):
         if self.squeeze == 'max':
             s = F.adaptive_max_pool2d(x, 1).flatten(1)
         else:
-            s = F.adaptive_avg_pool2d(x, 1).flatten(1)
+            s = spatial_mean(x)
         s = F.linear(s, self.fc1_weight, self.fc1_bias)
         s = s.relu_() if self.act is None else self.act(s)
         s = F.linear(s, self.fc2_weight, self.fc2_bias)
@@ -131,24 +318,29 @@ class ScaleByGate(nn.Module):
 
 
 class ConvAct(nn.Module):
-    """A convolution with its BatchNorm folded in, then an activation."""
+    """``act(conv(x) [+ shortcut])``: a convolution with its BatchNorm folded in, then an activation
+    that is not a oneDNN post-op (or a convolution that cannot be a ``FusedConv2d``)."""
 
-    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+    def __init__(self, conv: nn.Module, act: nn.Module):
         super().__init__()
         self.conv = conv
         self.act = act
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv(x))
+    def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = self.conv(x)
+        if shortcut is not None:
+            y = y + shortcut
+        return self.act(y)
 
 
-class GatedPointwiseConv(nn.Module):
+class GatedPointwiseConv(OneDNNWeights, nn.Module):
     """``conv(x * g)`` (``gate_input``) or ``conv(x) * g``, then ``+ shortcut`` and ReLU when asked.
 
     Holds the folded 1x1 convolution's weight and bias itself (no submodule whose forward the
     folded path would skip). ``fold_gate``: at batch 1 put the gate into the weights when the
     weight tensor is smaller than the activation it would otherwise scale (False for exports:
-    ONNX / INT8 graphs want static weights)."""
+    ONNX / INT8 graphs want static weights). Without a gate, or with it in the weights, the add and
+    ReLU are post-ops of the convolution in eager CPU inference (``onednn_conv``)."""
 
     def __init__(self, conv: nn.Conv2d, gate_input: bool, fold_gate: bool = True):
         super().__init__()
@@ -169,29 +361,36 @@ class GatedPointwiseConv(nn.Module):
         positions = x.shape[2] * x.shape[3]  # scaling the activation touches channels x positions
         return (self.out_channels if self.gate_input else self.in_channels) < positions
 
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, shortcut: Optional[torch.Tensor],
+              relu: bool, pack: bool) -> torch.Tensor:
+        out: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():
+            out = onednn_conv(self, x, weight, bias, (1, 1), (0, 0), (1, 1), 1, shortcut, 'relu' if relu else '', pack)
+        if out is None:
+            out = F.conv2d(x, weight, bias)
+            if shortcut is not None:
+                out = out.add_(shortcut)
+            if relu:
+                out = out.relu_()
+        return out
+
     def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None,
                 shortcut: Optional[torch.Tensor] = None, relu: bool = False) -> torch.Tensor:
         if gate is not None and self._fold(x, gate):
             if self.gate_input:
-                y = F.conv2d(x, self.weight * gate.view(1, -1, 1, 1), self.bias)
-            else:
-                g = gate.view(-1)
-                y = F.conv2d(x, self.weight * g.view(-1, 1, 1, 1), self.bias * g)
-            if shortcut is not None:
-                y = y.add_(shortcut)
-        elif gate is not None and not self.gate_input:
-            y = F.conv2d(x, self.weight, self.bias)
+                return self._conv(x, self.weight * gate.view(1, -1, 1, 1), self.bias, shortcut, relu, False)
+            g = gate.view(-1)
+            return self._conv(x, self.weight * g.view(-1, 1, 1, 1), self.bias * g, shortcut, relu, False)
+        if gate is not None and not self.gate_input:
+            y = self._conv(x, self.weight, self.bias, None, False, True)
             if shortcut is None:
                 y = y * gate
             else:
                 y = scale_add(y, gate, shortcut)
-        else:
-            if gate is not None:
-                x = x * gate
-            y = F.conv2d(x, self.weight, self.bias)
-            if shortcut is not None:
-                y = y.add_(shortcut)
-        return y.relu_() if relu else y
+            return y.relu_() if relu else y
+        if gate is not None:
+            x = x * gate
+        return self._conv(x, self.weight, self.bias, shortcut, relu, True)
 
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, gate_input={self.gate_input}, '
