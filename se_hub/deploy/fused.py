@@ -125,9 +125,10 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:
-    """(N, C) mean over H, W. In eager CPU inference a matrix-vector product, several times faster
-    than the pooling kernel at batch 1 (``bench/bench_se_cost.py``); elsewhere a global average pool,
-    which exporters keep as ``GlobalAveragePool`` (an int8 kernel once quantized)."""
+    """(N, C) mean over H, W. In eager CPU inference a matrix-vector product (faster than the pooling
+    kernel at batch 1 in a throwaway A/B; ``bench/bench_se_cost.py``'s "squeeze only" row times it in the
+    model); elsewhere a global average pool, which exporters keep as ``GlobalAveragePool`` (an int8
+    kernel once quantized)."""
     if not torch.jit.is_scripting():
         mean = _spatial_mean_gemv(x)
         if mean is not None:
