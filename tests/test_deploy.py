@@ -244,6 +244,31 @@ def test_tracers_and_flop_counters_see_the_standard_convolutions():
         torch.testing.assert_close(traced(x), model(x), atol=1e-4, rtol=0)
 
 
+@needs_onednn
+def test_a_wrong_input_raises_torch_error_and_the_next_good_one_runs_fast(monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+    model, x = make('se_resnet50b', {}, 64)
+    fused = optimize(model)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match='to have 3 channels, but got 4'):
+            fused(torch.randn(2, 4, 64, 64))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = fused(x)
+        torch.testing.assert_close(out, model(x), atol=1e-4, rtol=0)
+    names = {e.key for e in prof.key_averages()}
+    assert 'mkldnn::_convolution_pointwise' in names and 'aten::convolution' not in names
+
+    # an op this torch build refuses: the standard ops from then on, same function
+    class Refusing:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError('not supported by this build')
+        binary = __init__
+    monkeypatch.setattr(torch.ops.mkldnn, '_convolution_pointwise', Refusing)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=0)
+    assert all(m.__dict__.get('_onednn_failed') for m in _fused_convs(fused))
+
+
 @pytest.mark.parametrize('activation,reference', [('', lambda y: y), ('relu', torch.relu),
                                                   ('silu', torch.nn.functional.silu)])
 @pytest.mark.parametrize('memory_format', [torch.channels_last, torch.contiguous_format])

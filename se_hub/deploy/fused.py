@@ -92,6 +92,7 @@ def onednn_conv(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: 
         return None
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     ops = torch.ops.mkldnn
+    given_weight = weight
     try:
         if pack:
             cache = module.__dict__.get('_onednn_packed')
@@ -110,13 +111,25 @@ def onednn_conv(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: 
                                                  'add', 1.0, _ONEDNN_UNARY[activation] if activation else None,
                                                  [], '')
     except (RuntimeError, TypeError, NotImplementedError):
-        # an op this torch build lacks or refuses (older releases): the standard ops from now on
-        module.__dict__['_onednn_failed'] = True
+        pass
+    # Refused. Where the standard ops take this input, the op is what fails (a torch build that lacks
+    # or refuses it): the standard ops from now on. Where they do not, the input is wrong: the caller's
+    # standard ops raise torch's own error for it, and the next good input takes the fast path again.
+    try:
+        probe = F.conv2d(x, given_weight, bias, stride, padding, dilation, groups)
+        if shortcut is not None:
+            probe.add_(shortcut)
+    except (RuntimeError, TypeError, ValueError):
         return None
+    module.__dict__['_onednn_failed'] = True
+    return None
 
 
-def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
-    """``activation`` ('', 'relu', 'silu') in place on a tensor the caller owns."""
+def add_activate(x: torch.Tensor, shortcut: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+    """``activation(x + shortcut)`` ('', 'relu', 'silu'), in place on a convolution's output: the
+    standard ops' version of ``onednn_conv``'s post-ops."""
+    if shortcut is not None:
+        x = x.add_(shortcut)
     if activation == 'relu':
         return x.relu_()
     if activation == 'silu':
@@ -192,10 +205,7 @@ class FusedConv2d(OneDNNWeights, nn.Conv2d):
             out = onednn_conv(self, input, self.weight, self.bias, self.stride, self.padding, self.dilation,
                               self.groups, shortcut, self.activation, True)
         if out is None:
-            out = self._conv_forward(input, self.weight, self.bias)
-            if shortcut is not None:
-                out = out + shortcut
-            out = activate(out, self.activation)
+            out = add_activate(self._conv_forward(input, self.weight, self.bias), shortcut, self.activation)
         return out
 
     def extra_repr(self) -> str:
@@ -368,11 +378,7 @@ class GatedPointwiseConv(OneDNNWeights, nn.Module):
         if not torch.jit.is_scripting():
             out = onednn_conv(self, x, weight, bias, (1, 1), (0, 0), (1, 1), 1, shortcut, 'relu' if relu else '', pack)
         if out is None:
-            out = F.conv2d(x, weight, bias)
-            if shortcut is not None:
-                out = out.add_(shortcut)
-            if relu:
-                out = out.relu_()
+            out = add_activate(F.conv2d(x, weight, bias), shortcut, 'relu' if relu else '')
         return out
 
     def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None,
