@@ -4,8 +4,9 @@ Two measurements, each against the same-layout SE-free twin:
 
 * ``optimize`` (eager), gate variants timed round-robin in one process: the real gate; the gate as
   it was computed before (its FCs and activations as submodules, five module calls); a constant
-  gate (the scale still applied, nothing computed); the squeeze only (pooling, constant gate); the
-  FCs only (on a constant squeeze). What the scale costs, and what pooling and FCs cost in the model.
+  gate (the scale still applied, nothing computed); the squeeze only (``spatial_mean``, constant
+  gate; also as global pooling and as a matrix-vector product); the FCs only (on a constant
+  squeeze). What the scale costs, and what pooling and FCs cost in the model.
 * onnxruntime fp32 and INT8 (``--ort``): kernel time per operator type from onnxruntime's profiler,
   so the ops the SE graph adds (and the layout reorders they cause) show by name; INT8 also with the
   gates left as ``QLinearMul`` (``quantize_onnx(fold_gates=False)``), and the INT8 latencies of SE-free,
@@ -36,7 +37,8 @@ from se_hub.deploy.fused import ExcitationGate, spatial_mean  # noqa: E402
 
 class GateVariant(torch.nn.Module):
     """Stands in for one ``ExcitationGate``: returns the gate it recorded on the first call and
-    computes only the part named by ``keep`` ('nothing', 'pool' or 'fc'); or, with 'modules', computes
+    computes only the part named by ``keep`` ('nothing', 'fc', or 'pool': ``spatial_mean``, or the
+    squeeze another way, for comparison); or, with 'modules', computes
     the whole gate as ``optimize`` did before, through four submodule calls (Linear, ReLU, Linear,
     Sigmoid) instead of tensor ops on the gate's own weights."""
 
@@ -64,6 +66,15 @@ class GateVariant(torch.nn.Module):
             self.recorded = self.real(x)
         if self.keep == 'pool':
             spatial_mean(x)
+        elif self.keep == 'pool as global pooling':
+            F.adaptive_avg_pool2d(x, 1)
+        elif self.keep == 'pool as matrix-vector product':
+            n, c, h, w = x.shape
+            average = torch.full((h * w, 1), 1.0 / (h * w))
+            if x.is_contiguous(memory_format=torch.channels_last):
+                torch.matmul(average.t(), x.permute(0, 2, 3, 1).reshape(n, h * w, c))
+            else:
+                torch.matmul(x.reshape(n, c, h * w), average)
         elif self.keep == 'fc':
             s = F.linear(self.squeezed, self.real.fc1_weight, self.real.fc1_bias).relu_()
             F.linear(s, self.real.fc2_weight, self.real.fc2_bias).sigmoid_()
@@ -86,7 +97,9 @@ def eager_table(rounds, block, memory_format, format_name):
               'SE (real gate)': make(se),
               'SE, gate through five module calls (before)': with_gates(make(se), 'modules'),
               'constant gate (scale only)': with_gates(make(se), 'nothing'),
-              'squeeze only': with_gates(make(se), 'pool'),
+              'squeeze only (spatial_mean: a mean)': with_gates(make(se), 'pool'),
+              'squeeze only, as global pooling': with_gates(make(se), 'pool as global pooling'),
+              'squeeze only, as a matrix-vector product': with_gates(make(se), 'pool as matrix-vector product'),
               'FCs only': with_gates(make(se), 'fc')}
     medians = measure({key: torch_runner(m) for key, m in models.items()}, 1, rounds, warmup=2, block=block)
     base = medians['SE-free twin']

@@ -189,6 +189,7 @@ def test_optimized_convolutions_run_as_onednn_ops_on_packed_weights():
         out = fused(x)
     names = {e.key for e in prof.key_averages()}
     assert 'mkldnn::_convolution_pointwise' in names and 'aten::convolution' not in names
+    assert 'aten::mean' in names  # the squeezes (spatial_mean); exports keep a global pool instead
     # batch 2: no gate goes into the weights, so every convolution reads its packed weights
     assert all(m.__dict__.get('_onednn_packed') for m in _fused_convs(fused))
     with torch.no_grad():

@@ -19,9 +19,9 @@ training modules, so they may change their internals freely.
 In eager CPU float32 inference the convolutions run as oneDNN convolutions whose activation and
 residual add are post-ops, on weights reordered once into oneDNN's blocked layout and kept
 (``onednn_conv``): what ``torch.compile``'s freezing does for its graphs, and what a plain
-``F.conv2d`` redoes on every call. The SE squeeze runs as a matrix-vector product there
-(``spatial_mean``). Under a tracer, exporter, compiler, dispatch mode, TorchScript or autograd every
-module runs the standard ops instead, so those tools see (and fuse) ``conv2d`` / ``adaptive_avg_pool2d``.
+``F.conv2d`` redoes on every call. The SE squeeze is a plain ``mean`` there (``spatial_mean``).
+Under a tracer, exporter, compiler, dispatch mode, TorchScript or autograd every module runs the
+standard ops instead, so those tools see (and fuse) ``conv2d`` / ``adaptive_avg_pool2d``.
 """
 import copy
 from typing import Optional
@@ -37,7 +37,7 @@ _PACKED_SHAPES = 4  # packed weights kept per convolution (one per input shape s
 
 
 # ---------------------------------------------------------------------------------------------
-# Eager CPU inference: oneDNN convolutions on packed weights, GEMV squeeze
+# Eager CPU inference: oneDNN convolutions on packed weights
 
 def _onednn_ops_available() -> bool:
     ops = torch.ops.mkldnn
@@ -138,28 +138,13 @@ def add_activate(x: torch.Tensor, shortcut: Optional[torch.Tensor], activation: 
 
 
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:
-    """(N, C) mean over H, W. In eager CPU inference a matrix-vector product (faster than the pooling
-    kernel at batch 1 in a throwaway A/B; ``bench/bench_se_cost.py``'s "squeeze only" row times it in the
-    model); elsewhere a global average pool, which exporters keep as ``GlobalAveragePool`` (an int8
-    kernel once quantized)."""
-    if not torch.jit.is_scripting():
-        mean = _spatial_mean_gemv(x)
-        if mean is not None:
-            return mean
+    """(N, C) mean over H, W. In eager CPU inference a plain ``mean`` (``bench/bench_se_cost.py`` times
+    it in the model against global pooling and a matrix-vector product); elsewhere a global average
+    pool, which exporters keep as ``GlobalAveragePool`` (an int8 kernel once quantized)."""
+    if not torch.jit.is_scripting():  # its own line: TorchScript skips only this form
+        if x.dim() == 4 and eager_cpu_inference(x):
+            return x.mean((2, 3))
     return F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-
-@torch.jit.unused
-def _spatial_mean_gemv(x: torch.Tensor) -> Optional[torch.Tensor]:
-    if x.dim() != 4 or not eager_cpu_inference(x):
-        return None
-    n, c, h, w = x.shape
-    weights = torch.full((h * w, 1), 1.0 / (h * w), dtype=x.dtype)
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return torch.matmul(weights.t(), x.permute(0, 2, 3, 1).reshape(n, h * w, c)).reshape(n, c)
-    if x.is_contiguous():
-        return torch.matmul(x.reshape(n, c, h * w), weights).reshape(n, c)
-    return None
 
 
 class OneDNNWeights:
