@@ -37,10 +37,10 @@ from se_hub.deploy.fused import ExcitationGate, spatial_mean  # noqa: E402
 
 class GateVariant(torch.nn.Module):
     """Stands in for one ``ExcitationGate``: returns the gate it recorded on the first call and
-    computes only the part named by ``keep`` ('nothing', 'fc', or 'pool': ``spatial_mean``, or the
-    squeeze another way, for comparison); or, with 'modules', computes
-    the whole gate as ``optimize`` did before, through four submodule calls (Linear, ReLU, Linear,
-    Sigmoid) instead of tensor ops on the gate's own weights."""
+    computes only the part named by ``keep`` ('nothing', 'fc', 'pool': ``spatial_mean``, or 'pool as
+    ...': the squeeze another way, for comparison); or, with 'modules', computes the whole gate as
+    ``optimize`` did before, through four submodule calls (Linear, ReLU, Linear, Sigmoid) instead of
+    tensor ops on the gate's own weights."""
 
     def __init__(self, gate: ExcitationGate, keep: str):
         super().__init__()

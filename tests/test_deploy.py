@@ -260,11 +260,10 @@ def test_a_wrong_input_raises_torch_error_and_the_next_good_one_runs_fast(monkey
     assert 'mkldnn::_convolution_pointwise' in names and 'aten::convolution' not in names
 
     # an op this torch build refuses: the standard ops from then on, same function
-    class Refusing:
-        def __init__(self, *args, **kwargs):
-            raise RuntimeError('not supported by this build')
-        binary = __init__
-    monkeypatch.setattr(torch.ops.mkldnn, '_convolution_pointwise', Refusing)
+    def refuse(*args, **kwargs):
+        raise RuntimeError('not supported by this build')
+    refuse.binary = refuse
+    monkeypatch.setattr(torch.ops.mkldnn, '_convolution_pointwise', refuse)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=0)
     assert all(m.__dict__.get('_onednn_failed') for m in _fused_convs(fused))

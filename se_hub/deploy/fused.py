@@ -76,10 +76,11 @@ def eager_cpu_inference(x: torch.Tensor, *others: Optional[torch.Tensor]) -> boo
 def onednn_conv(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 stride, padding, dilation, groups: int, shortcut: Optional[torch.Tensor], activation: str,
                 pack: bool) -> Optional[torch.Tensor]:
-    """``activation(conv(x) + shortcut)`` as one oneDNN convolution with post-ops, or None where that
-    path does not apply (the caller runs the standard ops). Applies where ``F.conv2d`` would run
-    oneDNN's channels-last kernel itself (input or weight channels-last) in eager CPU inference, so
-    the output layout is the same; ``pack``: the weight is the module's own, reordered once per input
+    """``activation(conv(x) + shortcut)`` (zero padding) as one oneDNN convolution with post-ops, or
+    None where that path does not apply (the caller runs the standard ops). Applies where ``F.conv2d``
+    would run oneDNN's channels-last kernel itself (input or weight channels-last) in eager CPU
+    inference, so the output layout is the same; where the op refuses a call, the standard ops run
+    here. ``pack``: the weight is the module's own, reordered once per input
     shape and kept (a gate-scaled weight changes every call and is reordered by oneDNN as given)."""
     if not _ONEDNN or not torch.backends.mkldnn.enabled or module.__dict__.get('_onednn_failed', False):
         return None
@@ -92,37 +93,31 @@ def onednn_conv(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: 
         return None
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     ops = torch.ops.mkldnn
-    given_weight = weight
     try:
+        onednn_weight = weight
         if pack:
             cache = module.__dict__.get('_onednn_packed')
             key = (weight.data_ptr(), weight._version, tuple(x.shape))
-            packed = cache.get(key) if cache is not None else None
-            if packed is None:
+            onednn_weight = cache.get(key) if cache is not None else None
+            if onednn_weight is None:
                 if cache is None or len(cache) >= _PACKED_SHAPES or any(k[:2] != key[:2] for k in cache):
                     cache = module.__dict__['_onednn_packed'] = {}  # weights changed, or too many shapes
-                packed = cache[key] = ops._reorder_convolution_weight(
+                onednn_weight = cache[key] = ops._reorder_convolution_weight(
                     weight, padding, stride, dilation, groups, list(x.shape))
-            weight = packed
         if shortcut is None:
-            return ops._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups,
+            return ops._convolution_pointwise(x, onednn_weight, bias, padding, stride, dilation, groups,
                                               _ONEDNN_UNARY[activation], [], '')
-        return ops._convolution_pointwise.binary(x, shortcut, weight, bias, padding, stride, dilation, groups,
-                                                 'add', 1.0, _ONEDNN_UNARY[activation] if activation else None,
-                                                 [], '')
+        return ops._convolution_pointwise.binary(x, shortcut, onednn_weight, bias, padding, stride, dilation,
+                                                 groups, 'add', 1.0,
+                                                 _ONEDNN_UNARY[activation] if activation else None, [], '')
     except (RuntimeError, TypeError, NotImplementedError):
         pass
-    # Refused. Where the standard ops take this input, the op is what fails (a torch build that lacks
-    # or refuses it): the standard ops from now on. Where they do not, the input is wrong: the caller's
-    # standard ops raise torch's own error for it, and the next good input takes the fast path again.
-    try:
-        probe = F.conv2d(x, given_weight, bias, stride, padding, dilation, groups)
-        if shortcut is not None:
-            probe.add_(shortcut)
-    except (RuntimeError, TypeError, ValueError):
-        return None
+    # Refused: the standard ops on the same input. If they fail too, the input is wrong and torch's own
+    # error reaches the caller, the fast path kept for the next input; if they succeed, the op is what
+    # this torch build lacks or refuses, and the module takes the standard ops from now on.
+    out = add_activate(F.conv2d(x, weight, bias, stride, padding, dilation, groups), shortcut, activation)
     module.__dict__['_onednn_failed'] = True
-    return None
+    return out
 
 
 def add_activate(x: torch.Tensor, shortcut: Optional[torch.Tensor], activation: str) -> torch.Tensor:
