@@ -129,7 +129,10 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Modu
         kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(weights))
     for key, value in (config.get('model_args') or {}).items():
         kwargs.setdefault(key, value)
-    return timm.create_model(config['architecture'], pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
+    model = timm.create_model(config['architecture'], pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
+    if pretrained and hasattr(model, 'loaded_weights'):
+        model.loaded_weights = model_name  # the export's weights, as timm's own reader reports them: its tag holds
+    return model
 
 
 __all__ = ['LOCAL_DIR', 'TIMM_HAS_LOCAL_DIR', 'LocalEntryNotFoundError', 'create_classifier', 'create_model',

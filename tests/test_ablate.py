@@ -15,6 +15,7 @@ from timm.layers import EcaModule
 from torch.utils.flop_counter import FlopCounterMode
 
 import se_hub  # noqa: F401  (registers the models)
+from se_hub import _compat  # timm < 1.0.16 has no local-dir: source
 from se_hub.analysis.ablate import (
     AblationError,
     ablate,
@@ -139,7 +140,7 @@ def test_params_and_multiply_adds_of_models_built_here(sweep):
 
 def test_variants_really_differ_in_architecture(sweep):
     out, _ = sweep
-    reloaded = {v: timm.create_model(f'local-dir:{out / v / "seed0"}') for v in EXPECTED_KWARGS}
+    reloaded = {v: _compat.create_model(f'local-dir:{out / v / "seed0"}') for v in EXPECTED_KWARGS}
     assert not [n for n, _ in reloaded['none'].named_modules() if n.endswith('.se')]
     assert sum(isinstance(m, EcaModule) for m in reloaded['eca'].modules()) == 3
     se_units = [m for m in reloaded['r4'].modules() if isinstance(m, SqueezeExcite)]
@@ -259,7 +260,7 @@ def test_pretrained_base_loads_the_shared_weights_and_starts_se_fresh(digits_dir
     base_kwargs = dict(SHARED, pretrained_cfg_overlay={'file': str(checkpoint)})
     options = dict(FAST, pretrained=True, freeze_backbone=True)
     ablate(BASE, digits_dir, 'tanh', epochs=1, output=out, seeds=1, model_kwargs=base_kwargs, log=quiet, **options)
-    exported = timm.create_model(f'local-dir:{out / "tanh" / "seed0"}', pretrained=True).state_dict()
+    exported = _compat.create_model(f'local-dir:{out / "tanh" / "seed0"}', pretrained=True).state_dict()
     reference = source.state_dict()
     se = [k for k in reference if '.se.' in k]
     assert len(se) == 12
@@ -268,7 +269,7 @@ def test_pretrained_base_loads_the_shared_weights_and_starts_se_fresh(digits_dir
             assert not torch.equal(exported[key], value), f'{key} was loaded, not started fresh'
         elif not key.startswith('fc.'):
             assert torch.equal(exported[key], value), f'{key} differs from the pretrained weights'
-    assert type(timm.create_model(f'local-dir:{out / "tanh" / "seed0"}').layer1[0].se.gate).__name__ == 'Tanh'
+    assert type(_compat.create_model(f'local-dir:{out / "tanh" / "seed0"}').layer1[0].se.gate).__name__ == 'Tanh'
     # the printed commands of a pretrained sweep ask finetune for the same loading
     commands = ablate(BASE, digits_dir, 'r4', epochs=1, output=tmp_path / 'p', seeds=1, model_kwargs=base_kwargs,
                       print_commands=True, log=quiet, **options).commands

@@ -160,6 +160,10 @@ def test_local_dir_fallback_reads_an_export(tmp_path, monkeypatch, model_args):
     monkeypatch.setattr(compat, 'TIMM_HAS_LOCAL_DIR', False)  # as on timm < 1.0.16
     reloaded = compat.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
     torch.testing.assert_close(reloaded(x), model(x))
+    # reported as the export's weights (so a re-export keeps its tag), as timm's own reader reports them
+    assert reloaded.loaded_weights == f'local-dir:{tmp_path}'
+    if compat.TIMM_HAS_LOCAL_DIR:
+        assert reference.loaded_weights == reloaded.loaded_weights
     assert reloaded.pretrained_cfg['label_names'] == ['a', 'b', 'c'] and reloaded.num_classes == 3
     assert isinstance(reloaded.layer1[0].se, type(model.layer1[0].se))
     fresh = compat.create_model(f'local-dir:{tmp_path}', num_classes=4)  # config only, a new head
@@ -199,11 +203,11 @@ def _floor(requirement):
 
 
 def test_ci_floor_run_installs_the_declared_floors():
-    """.ci/run's floor run installs exactly the lowest timm, huggingface-hub and safetensors pyproject.toml allows."""
+    """.ci/run's floor run installs exactly the lowest release of every dependency pyproject.toml allows."""
     declared = _declared()
     ci = (ROOT / '.ci' / 'run').read_text(encoding='utf-8')
     pins = dict(re.findall(r'^FLOOR_([A-Z_]+)=([0-9][0-9.]*)$', ci, re.M))
-    names = ('timm', 'huggingface-hub', 'safetensors')
+    names = tuple(declared)
     assert {n: Version(pins[n.upper().replace('-', '_')]) for n in names} == {n: _floor(declared[n]) for n in names}
 
 
@@ -218,7 +222,8 @@ def test_installed_releases_are_in_the_declared_range():
 
 
 # torch APIs se_hub uses, newest first, with the release that brought each
-TORCH_APIS = [('torch.amp.GradScaler(', '2.3'),  # GradScaler(device): fine-tuning's float16 AMP
+TORCH_APIS = [('add_safe_globals(', '2.4'),  # weights-only reading of timm's training checkpoints
+              ('torch.amp.GradScaler(', '2.3'),  # GradScaler(device): fine-tuning's float16 AMP
               ('FlopCounterMode', '2.1')]  # complexity.py: multiply-adds
 
 

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from hub_server import point_client_at
 from PIL import Image, ImageDraw
 
+from se_hub import _compat  # timm < 1.0.16 has no local-dir: source
 from se_hub.cli import main
 from se_hub.tasks import checkpoints
 from se_hub.tasks.classification import EvalResult, FinetuneOptions, evaluate, finetune
@@ -120,7 +120,7 @@ def test_finetune_learns_and_writes_every_output(trained, data_dir):
 
 
 def test_export_reloads_with_timm_and_gives_the_same_logits(trained):
-    reloaded = timm.create_model(f'local-dir:{trained.output}', pretrained=True).eval()
+    reloaded = _compat.create_model(f'local-dir:{trained.output}', pretrained=True).eval()
     assert reloaded.num_classes == 3
     assert list(reloaded.pretrained_cfg['label_names']) == CLASSES
     assert tuple(reloaded.pretrained_cfg['input_size']) == (3, 32, 32)
@@ -172,7 +172,7 @@ def test_frozen_backbone_and_bn_from_the_exported_model_then_push(trained, data_
                                                                    monkeypatch):
     """Fine-tune the previous export with the backbone and BatchNorm frozen: only the classifier
     moves. The result is published to a (local) Hub."""
-    start = timm.create_model(f'local-dir:{trained.output}', pretrained=True).state_dict()
+    start = _compat.create_model(f'local-dir:{trained.output}', pretrained=True).state_dict()
     point_client_at(monkeypatch, local_hub.endpoint)
     monkeypatch.setenv('HF_ENDPOINT', local_hub.endpoint)
     out = tmp_path / 'frozen'
@@ -443,13 +443,13 @@ def test_model_arguments_from_the_command_line_build_and_reload(digits_dir, tmp_
     assert main(['finetune', '--model', 'se_resnet20_cifar', '--data', str(digits_dir), '--epochs', '1',
                  '--output', str(out), '--no-pretrained', '--batch-size', '64', '--workers', '0', '--no-progress',
                  '--model-arg', 'se_layer=eca', '--model-arg', 'layers=(1, 1, 1)']) == 0
-    reloaded = timm.create_model(f'local-dir:{out}')
+    reloaded = _compat.create_model(f'local-dir:{out}')
     assert sum(isinstance(m, EcaModule) for m in reloaded.modules()) == 3
     plain = tmp_path / 'plain'
     assert main(['finetune', '--model', 'se_resnet20_cifar', '--data', str(digits_dir), '--epochs', '1',
                  '--output', str(plain), '--no-pretrained', '--batch-size', '64', '--workers', '0', '--no-progress',
                  '--model-arg', 'se_layer=None', '--model-arg', 'layers=(1, 1, 1)']) == 0
-    reloaded = timm.create_model(f'local-dir:{plain}')
+    reloaded = _compat.create_model(f'local-dir:{plain}')
     assert not any('se' in name.split('.') for name, _ in reloaded.named_modules())
     ref = timm.create_model('se_resnet20_cifar', layers=(1, 1, 1), se_layer='none', num_classes=10)
     assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in ref.parameters())

@@ -21,6 +21,7 @@ from safetensors.torch import save
 import se_hub
 import se_hub.cli
 from _helpers import randomize_batchnorm
+from se_hub import _compat  # timm < 1.0.16 has no local-dir: source
 from se_hub.hub import save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_export_reloads_to_the_same_function(how, case, tmp_path):
     for key, value in KWARGS[case].items():
         if key != 'drop_path_rate':  # timm leaves training-only rates out of exports
             assert json.dumps(config['model_args'][key]) == json.dumps(value)
-    reloaded = timm.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True)
+    reloaded = _compat.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True)
     torch.testing.assert_close(logits(reloaded), logits(model))
     if how == 'create_model':  # the kwargs are not decoration: without them the function differs
         plain = build(how, 'se_resnet18b', num_classes=5)
@@ -130,7 +131,7 @@ def test_loaded_weights_keep_their_tag_and_a_checkpoint_is_named(hub, tmp_path, 
     assert 'tag' not in json.loads((tmp_path / 'head' / 'config.json').read_text())['pretrained_cfg']
     assert 'initial weights: `se_resnet18.in1k`' in (tmp_path / 'head' / 'README.md').read_text()
     # reloaded from the export: the export's own tag stays true
-    again = timm.create_model(f'local-dir:{tmp_path / "tagged"}', pretrained=True)
+    again = _compat.create_model(f'local-dir:{tmp_path / "tagged"}', pretrained=True)
     save_pretrained(again, tmp_path / 'again')
     assert json.loads((tmp_path / 'again' / 'config.json').read_text())['pretrained_cfg']['tag'] == 'in1k'
     # weights from a checkpoint are not the tag's
@@ -268,10 +269,29 @@ class Payload:
         return (print, ('pwned',))
 
 
-def test_checkpoint_that_runs_code_is_still_refused(tmp_path):
-    model = timm.create_model('se_resnet18b')
+def _evil_checkpoint(directory):
     buffer = io.BytesIO()
-    torch.save({'state_dict': model.state_dict(), 'args': argparse.Namespace(hook=Payload())}, buffer)
-    (tmp_path / 'evil.pth.tar').write_bytes(buffer.getvalue())
+    torch.save({'state_dict': timm.create_model('se_resnet18b').state_dict(),
+                'args': argparse.Namespace(hook=Payload())}, buffer)
+    (directory / 'evil.pth.tar').write_bytes(buffer.getvalue())
+    return directory / 'evil.pth.tar'
+
+
+def test_checkpoint_that_runs_code_is_still_refused(tmp_path):
     with pytest.raises(se_hub.CheckpointLayoutError, match='never unpickles code'):
-        se_hub.load_checkpoint(model, tmp_path / 'evil.pth.tar')
+        se_hub.load_checkpoint(timm.create_model('se_resnet18b'), _evil_checkpoint(tmp_path))
+
+
+def test_torch_2_4_reads_timm_checkpoints_and_keeps_its_allow_list(timm_checkpoint, tmp_path, monkeypatch):
+    """torch 2.4 has no scoped ``safe_globals``, only the process-wide allow-list: Namespace is
+    allowed for se_hub's load and the list is as it was afterwards (also after a refused file)."""
+    monkeypatch.delattr(torch.serialization, 'safe_globals', raising=False)  # as on torch 2.4
+    before = set(torch.serialization.get_safe_globals())
+    path, model, _ = timm_checkpoint
+    loaded = timm.create_model('se_resnet18b', num_classes=4)
+    se_hub.load_checkpoint(loaded, path, use_ema=False)
+    torch.testing.assert_close(logits(loaded), logits(model))
+    assert set(torch.serialization.get_safe_globals()) == before
+    with pytest.raises(se_hub.CheckpointLayoutError, match='never unpickles code'):
+        se_hub.load_checkpoint(timm.create_model('se_resnet18b'), _evil_checkpoint(tmp_path))
+    assert set(torch.serialization.get_safe_globals()) == before

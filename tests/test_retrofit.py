@@ -12,7 +12,7 @@ from torch import nn
 
 import se_hub
 from _helpers import randomize_batchnorm
-from se_hub import SqueezeExcite, retrofit
+from se_hub import SqueezeExcite, _compat, retrofit  # _compat: timm < 1.0.16 reads no local-dir:
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -180,7 +180,7 @@ def test_finetune_retrofit_end_to_end_and_reload(digits_dir, tmp_path):
     assert config['architecture'] == 'se_tf_efficientnet_lite0'
     assert config['model_args']['se_layer'] == 'se'
     assert config['model_args']['se_args'] == {'rd_ratio': 0.125, 'gate': '2sigmoid'}
-    reloaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    reloaded = _compat.create_model(f'local-dir:{out}', pretrained=True).eval()
     units = _se_units(reloaded)
     assert len(units) == 16 and units[1][1].rd_channels == 16 // 8  # 1/8 of the block's 16 input channels
     # the fine-tuned weights, SE included, are the ones reloaded; the SE units have trained
@@ -192,7 +192,9 @@ def test_finetune_retrofit_end_to_end_and_reload(digits_dir, tmp_path):
     transform = create_transform(**resolve_data_config({}, model=reloaded))  # the recorded 32x32 input
     val = find_splits(digits_dir).val
     images = torch.stack([transform(val[i][0]) for i in range(8)])
-    built = timm.create_model('se_tf_efficientnet_lite0', **config['model_args']).eval()
+    # config.json's num_classes (timm < 1.0.16 writes it there only, not in model_args)
+    built = timm.create_model('se_tf_efficientnet_lite0', **dict(config['model_args'],
+                                                               num_classes=config['num_classes'])).eval()
     built.load_state_dict(ckpt['model'])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(images), built(images), rtol=0, atol=0)
@@ -214,7 +216,7 @@ def test_resume_rebuilds_the_retrofitted_network(digits_dir, tmp_path, capsys):
     ckpt = checkpoints.load(out / 'last.pth')
     assert ckpt['epoch'] == 2 and ckpt['options']['retrofit'] is True
     assert sum('.se.fc2.weight' in k for k in ckpt['model']) == 3
-    reloaded = timm.create_model(f'local-dir:{out}', pretrained=True)
+    reloaded = _compat.create_model(f'local-dir:{out}', pretrained=True)
     assert len(_se_units(reloaded)) == 3
 
 

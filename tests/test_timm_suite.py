@@ -8,7 +8,7 @@ backward on one model per code path (CODE_PATHS); TorchScript on one model per f
 139 px minimum).
 
 The file comes from the package registry: .ci/run fetches it into .ci/cache/timm-tests/; a plain
-``python -m pytest`` fetches it there too when it is missing (pip, in a subprocess: the registry is
+``python -m pytest`` fetches it there too when it is missing or another timm's (pip, in a subprocess: the registry is
 the only network the tests use). If that fails, collection fails and says why; set
 SE_HUB_TIMM_TESTS to a copy of the file, or SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly (then
 every one of its tests is reported as skipped, with the reason).
@@ -51,18 +51,26 @@ def fetch_suite(dest_dir: Path = CACHE) -> Path:
     return dest_dir / 'test_models.py'
 
 
+def _cached_version() -> str:
+    try:
+        return (CACHE / 'VERSION').read_text().strip() if SUITE.is_file() else ''
+    except OSError:
+        return ''
+
+
 SKIP_REASON = None
 if os.environ.get('SE_HUB_SKIP_TIMM_SUITE'):
     SKIP_REASON = "SE_HUB_SKIP_TIMM_SUITE is set: timm's own model tests were NOT run"
-elif not SUITE.is_file():
-    if 'SE_HUB_TIMM_TESTS' in os.environ:
-        raise RuntimeError(f'SE_HUB_TIMM_TESTS={SUITE} does not exist')
+elif 'SE_HUB_TIMM_TESTS' in os.environ and not SUITE.is_file():
+    raise RuntimeError(f'SE_HUB_TIMM_TESTS={SUITE} does not exist')
+elif 'SE_HUB_TIMM_TESTS' not in os.environ and _cached_version() != timm.__version__:  # missing, or another timm's
     try:
         SUITE = fetch_suite()
     except (subprocess.SubprocessError, OSError, StopIteration, KeyError) as e:
         detail = getattr(e, 'stderr', '') or e
         raise RuntimeError(
-            f"timm's tests/test_models.py is missing at {SUITE} and could not be fetched from the package registry "
+            f"timm {timm.__version__}'s tests/test_models.py is not at {SUITE} and could not be fetched from the "
+            'package registry '
             f'(pip download timm=={timm.__version__} --no-binary :all:): {detail}. Run .ci/run once, set '
             'SE_HUB_TIMM_TESTS to a copy of the file, or set SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly') from e
 if SKIP_REASON:

@@ -177,11 +177,18 @@ def load_checkpoint(
 def _torch_load_weights_only(path: str) -> Any:
     """``torch.load(weights_only=True)``, also accepting the ``argparse.Namespace`` that timm's
     training checkpoints carry in ``args`` (a plain attribute bag; nothing else is allowed)."""
-    safe_globals = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
-    if safe_globals is None:
+    serialization = torch.serialization
+    if hasattr(serialization, 'safe_globals'):  # torch >= 2.5
+        with serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    # torch 2.4: only a process-wide allow-list; Namespace is on it for this load only
+    allowed = serialization.get_safe_globals()
+    serialization.add_safe_globals([argparse.Namespace])
+    try:
         return torch.load(path, map_location='cpu', weights_only=True)
-    with safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location='cpu', weights_only=True)
+    finally:
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(allowed)
 
 
 def read_checkpoint_file(path: Union[str, os.PathLike]) -> Mapping[str, Any]:
