@@ -192,7 +192,7 @@ def test_finetune_retrofit_end_to_end_and_reload(digits_dir, tmp_path):
     transform = create_transform(**resolve_data_config({}, model=reloaded))  # the recorded 32x32 input
     val = find_splits(digits_dir).val
     images = torch.stack([transform(val[i][0]) for i in range(8)])
-    # config.json's num_classes (timm < 1.0.16 writes it there only, not in model_args)
+    # config.json's num_classes (timm 1.0.15 writes it there only, not in model_args)
     built = timm.create_model('se_tf_efficientnet_lite0', **dict(config['model_args'],
                                                                num_classes=config['num_classes'])).eval()
     built.load_state_dict(ckpt['model'])

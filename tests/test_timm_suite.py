@@ -7,11 +7,11 @@ backward on one model per code path (CODE_PATHS); TorchScript on one model per f
 (SCRIPT_MODELS). Inputs are capped at 64 px (timm's own size knobs; the Inception stems take their
 139 px minimum).
 
-The file comes from the package registry: .ci/run fetches it into .ci/cache/timm-tests/; a plain
-``python -m pytest`` fetches it there too when it is missing or another timm's (pip, in a subprocess: the registry is
-the only network the tests use). If that fails, collection fails and says why; set
-SE_HUB_TIMM_TESTS to a copy of the file, or SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly (then
-every one of its tests is reported as skipped, with the reason).
+The file comes from the package registry: the test fetches it into .ci/cache/timm-tests/ when it is
+missing or another timm's (pip, in a subprocess: the registry is the only network the tests use). If
+that fails, collection fails and says why; set SE_HUB_TIMM_TESTS to a copy of the file, or
+SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly (then every one of its tests is reported as skipped,
+with the reason).
 """
 import importlib.util
 import os
@@ -70,8 +70,7 @@ elif 'SE_HUB_TIMM_TESTS' not in os.environ and _cached_version() != timm.__versi
         detail = getattr(e, 'stderr', '') or e
         raise RuntimeError(
             f"timm {timm.__version__}'s tests/test_models.py is not at {SUITE} and could not be fetched from the "
-            'package registry '
-            f'(pip download timm=={timm.__version__} --no-binary :all:): {detail}. Run .ci/run once, set '
+            f'package registry (pip download timm=={timm.__version__} --no-binary :all:): {detail}. Set '
             'SE_HUB_TIMM_TESTS to a copy of the file, or set SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly') from e
 if SKIP_REASON:
     pytest.skip(SKIP_REASON, allow_module_level=True)

@@ -5,7 +5,6 @@ or real files, with the family's layout conversion; ``model.pretrained_cfg`` nam
 Manifest loads hold no extra copies of the weights, and a cached file is hashed once (a stamp next
 to it), while a damaged one is still caught."""
 import copy
-import inspect
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import timm
 import torch
 from hub_server import point_client_at
+from packaging.version import Version
 from safetensors.torch import save
 
 import se_hub  # noqa: F401
@@ -87,13 +87,10 @@ def test_overlay_url_loads_the_callers_file(hub, weights):
     assert (Path(torch.hub.get_dir()) / 'checkpoints' / 'caller-b.pth').is_file()  # timm's own download
 
 
-# timm 1.0.15 reads an hf_hub_filename other than model.safetensors with torch.load (README Compatibility)
-TIMM_READS_NAMED_SAFETENSORS = 'filename.endswith(".safetensors")' in inspect.getsource(
-    timm.models._hub.load_state_dict_from_hf)
-
-
+# timm < 1.0.29 reads an hf_hub_filename other than model.safetensors with torch.load (README Compatibility)
 @pytest.mark.parametrize('filename', [None, pytest.param('weights/b.safetensors', marks=pytest.mark.skipif(
-    not TIMM_READS_NAMED_SAFETENSORS, reason=f'timm {timm.__version__} cannot read a named .safetensors file'))])
+    Version(timm.__version__) < Version('1.0.29'), reason=f'timm {timm.__version__} < 1.0.29 cannot read a '
+                                                          'named .safetensors file'))])
 def test_overlay_hf_hub_id_loads_the_callers_repo(hub, weights, filename):
     hub.add_file('caller/repo', filename or 'model.safetensors', save(weights['B'][1]))
     overlay = dict(hf_hub_id='caller/repo', **({'hf_hub_filename': filename} if filename else {}))
