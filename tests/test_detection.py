@@ -356,6 +356,35 @@ def test_resume_continues_exactly(tmp_path, one_thread, monkeypatch):
         run(tmp_path / 'c', resume=True)
 
 
+def test_retinanet_p6p7_gradients_stay_finite_under_cpu_bf16_autocast(one_thread):
+    """With 64-pixel images P7 is a 1x1 map made by a strided convolution; oneDNN's bf16 backward for
+    that convolution returns NaN weight gradients at random (it reads memory nobody wrote: here freed
+    memory is filled with NaN first). The detector's P6 / P7 gradients under CPU bf16 autocast must
+    stay finite and match the float32 ones, trial after trial."""
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    torch.manual_seed(0)
+    block = _tiny_detector('retinanet').backbone.fpn.extra_blocks
+    assert isinstance(block, LastLevelP6P7)
+    p5 = torch.randn(2, 16, 2, 2, generator=torch.Generator().manual_seed(1))
+
+    def gradients(autocast: bool):
+        block.zero_grad()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            levels, names = block([p5], [p5], ['p5'])
+        assert names == ['p5', 'p6', 'p7'] and [t.shape[-1] for t in levels] == [2, 1, 1]
+        sum(t.float().square().sum() for t in levels[1:]).backward()
+        return {k: v.grad.clone() for k, v in block.named_parameters()}
+
+    expected = gradients(autocast=False)
+    for trial in range(40):
+        for n in (2304, 4608, 1024 + 64 * trial):  # freed blocks of the sizes oneDNN asks for, full of NaN
+            torch.full((n,), float('nan'))
+        got = gradients(autocast=True)
+        for k, g in got.items():
+            assert torch.isfinite(g).all(), f'trial {trial}: NaN in the gradient of {k}'
+            torch.testing.assert_close(g, expected[k], rtol=2e-2, atol=1e-3, msg=f'trial {trial}: {k}')
+
+
 def test_amp_bf16_and_ema_on_cpu(tmp_path, one_thread):
     """Detection under the engine's AMP (bf16 autocast on the CPU) with an EMA: the EMA weights
     are what is exported, and metrics.jsonl has the EMA's mAP too."""

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from . import checkpoints
@@ -64,6 +65,30 @@ def _stage_of_children(body: nn.Module) -> List[Tuple[nn.Module, int]]:
     if stage < len(points):
         raise ValueError(f'cannot map the feature stages {points} of {type(body).__name__} onto its modules')
     return out
+
+
+class RetinaNetP6P7(LastLevelP6P7):
+    """torchvision's P6 / P7 block (same submodules and state-dict keys), with its two convolutions in
+    float32 when a CPU autocast is on.
+
+    Why: oneDNN's bfloat16 backward for a strided convolution with a 1x1 output reads memory it never
+    wrote, so P7's weight gradient comes out NaN at random (torch 2.4 and 2.14 here) once the padded
+    image side is 64 pixels or less: a NaN loss one step later, depending on what the process freed
+    before. P6 and P7 work on maps 64x and 128x smaller than the image, so float32 there costs next to
+    nothing; on CUDA, and without autocast, this is torchvision's block."""
+
+    def forward(self, p: List[torch.Tensor], c: List[torch.Tensor], names: List[str]):
+        x = p[-1] if self.use_P5 else c[-1]
+        if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
+            with torch.autocast('cpu', enabled=False):
+                p6 = self.p6(x.to(self.p6.weight.dtype))
+                p7 = self.p7(F.relu(p6))
+        else:
+            p6 = self.p6(x)
+            p7 = self.p7(F.relu(p6))
+        p.extend([p6, p7])
+        names.extend(['p6', 'p7'])
+        return p, names
 
 
 class SEBackboneWithFPN(nn.Module):
@@ -152,7 +177,7 @@ def create_detector(kind: str, backbone: str, num_classes: int, pretrained_backb
                   freeze_bn=freeze_bn if freeze_bn is not None else pretrained_backbone, **detector_kwargs)
     retina = kind == 'retinanet'
     # RetinaNet: C3-C5 -> P3-P7; the R-CNNs: C2-C5 -> P2-P6 (P6 by max-pool, for the RPN only)
-    extra = LastLevelP6P7(fpn_channels, fpn_channels) if retina else LastLevelMaxPool()
+    extra = RetinaNetP6P7(fpn_channels, fpn_channels) if retina else LastLevelMaxPool()
     body = create_backbone(backbone, pretrained_backbone, trainable_layers, 3 if retina else 4, fpn_channels,
                            extra, config['freeze_bn'])
     config['trainable_layers'] = body.trainable_layers
