@@ -7,12 +7,15 @@ Rows (each an onnxruntime static QDQ model, per-channel int8 weights, uint8 acti
   + blocks.N fp32              that, plus every convolution of block N and the activation after each
   default (first block fp32)   ``quantize_onnx``'s default (``high_resolution_nodes`` + classifier)
   default, SET METHOD          the default with other calibration photos / methods (--calibration-sweep)
+  default + stages A-B fp32    the default, plus every convolution of stages A..B (--stage-groups 0-2 3-4 5-6):
+                               is INT8's error one layer's, or spread over the network?
 Columns: relative logit error mean ||int8 - fp32||^2 / ||fp32||^2 (x1e-3), min cosine and top-1 agreement
 on the four photos ``verify_export`` classifies, and the change of the fp32 top-1 / top-2 logit gap per photo
 (chelsea, coffee, astronaut, rocket). Calibration (unless swept): six scikit-image colour photos that are
 not among the four.
 
     python bench/bench_int8_sensitivity.py [--models lite0 lite1 lite2] [--no-blocks] [--calibration-sweep]
+        [--stage-groups 0-2 3-4 5-6]
 """
 import argparse
 import contextlib
@@ -74,6 +77,8 @@ def main():
     parser.add_argument('--models', nargs='+', default=['lite0', 'lite1', 'lite2'])
     parser.add_argument('--no-blocks', action='store_true', help='skip the one-block-at-a-time rows')
     parser.add_argument('--calibration-sweep', action='store_true')
+    parser.add_argument('--stage-groups', nargs='*', default=[], metavar='A-B',
+                        help='rows keeping stages A..B float32 on top of the default')
     args = parser.parse_args()
     import onnx
     print('| model | float32 layers | calibration | rel. logit error x1e-3 | min cosine | same top-1 | '
@@ -107,6 +112,12 @@ def main():
                     rows.append((f'+ {b} fp32', 'colour6', 'percentile', dict(keep_ends_fp32=False,
                                                                               keep_fp32=base + extra)))
             rows.append(('default (first block fp32)', 'colour6', 'percentile', {}))
+            for group in args.stage_groups:
+                first, last = (int(v) for v in group.split('-'))
+                chosen = [n for n in convs if n.name.startswith('/blocks/')
+                          and first <= int(n.name.split('/')[3].split('.')[1]) <= last]
+                rows.append((f'default + stages {group} fp32', 'colour6', 'percentile',
+                             dict(keep_fp32=with_acts(chosen))))
             if args.calibration_sweep:
                 for set_name in PHOTO_SETS:
                     for method in ('percentile', 'minmax'):
