@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -203,6 +204,24 @@ def test_sgd_layer_decay_ema_and_cpu_bf16(data_dir, tmp_path):
     for k, v in ckpt['ema'].items():  # the EMA weights are exported
         assert torch.equal(exported[k], v), k
     assert any(not torch.equal(ckpt['ema'][k], ckpt['model'][k]) for k in ckpt['model'])
+
+
+def test_diverging_loss_stops_and_says_what_was_kept(data_dir, tmp_path):
+    """A loss that turns NaN stops the run at once, naming the epoch, what was kept (nothing before the first
+    epoch ends; after it last.pth, untouched) and, under AMP, the precision as a suspect."""
+    first = tmp_path / 'first'
+    with pytest.raises(FloatingPointError, match=r'at epoch 1 .*; no checkpoint was written yet '
+                                                 r'\(lower --lr, or --amp off \(this ran bfloat16\)\?\)'):
+        finetune(MODEL, data_dir, epochs=1, output=first, optimizer='sgd', amp='bf16', **dict(FAST, lr=1e30))
+    assert not (first / 'last.pth').exists()
+
+    later = tmp_path / 'later'
+    finetune(MODEL, data_dir, epochs=1, output=later, optimizer='sgd', **FAST)
+    kept = (later / 'last.pth').read_bytes()
+    with pytest.raises(FloatingPointError, match=rf'at epoch 2 .*; the last good checkpoint is '
+                                                 rf'{re.escape(str(later / "last.pth"))} \(lower --lr\?\)'):
+        finetune(MODEL, data_dir, epochs=2, output=later, optimizer='sgd', resume=True, **dict(FAST, lr=1e30))
+    assert (later / 'last.pth').read_bytes() == kept
 
 
 def test_csv_layout(tmp_path):

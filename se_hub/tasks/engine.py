@@ -487,8 +487,11 @@ class Engine:
                 with autocast(self.plan):
                     loss, n, parts = task.loss(self.model, batch, self.device)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f'the loss is {loss.item()} at epoch {epoch + 1} {parts}; the last '
-                                             f'good checkpoint is {self.out / LAST} (lower --lr?)')
+                    last = self.out / LAST
+                    kept = f'the last good checkpoint is {last}' if last.exists() else 'no checkpoint was written yet'
+                    hint = 'lower --lr' + (f', or --amp off (this ran {self.plan.amp})' if self.plan.amp else '')
+                    raise FloatingPointError(f'the loss is {loss.item()} at epoch {epoch + 1} {parts}; {kept} '
+                                             f'({hint}?)')
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
