@@ -157,13 +157,12 @@ def test_local_dir_fallback_reads_an_export(tmp_path, monkeypatch, model_args):
     if compat.TIMM_HAS_LOCAL_DIR:  # timm's own reader is the reference where there is one
         reference = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
         torch.testing.assert_close(reference(x), model(x))
+        assert reference.loaded_weights == f'local-dir:{tmp_path}'  # how timm names an export's weights
     monkeypatch.setattr(compat, 'TIMM_HAS_LOCAL_DIR', False)  # as on timm < 1.0.16
     reloaded = compat.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
     torch.testing.assert_close(reloaded(x), model(x))
     # reported as the export's weights (so a re-export keeps its tag), as timm's own reader reports them
     assert reloaded.loaded_weights == f'local-dir:{tmp_path}'
-    if compat.TIMM_HAS_LOCAL_DIR:
-        assert reference.loaded_weights == reloaded.loaded_weights
     assert reloaded.pretrained_cfg['label_names'] == ['a', 'b', 'c'] and reloaded.num_classes == 3
     assert isinstance(reloaded.layer1[0].se, type(model.layer1[0].se))
     fresh = compat.create_model(f'local-dir:{tmp_path}', num_classes=4)  # config only, a new head

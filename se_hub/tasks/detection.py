@@ -35,7 +35,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from . import checkpoints
@@ -78,17 +77,15 @@ class RetinaNetP6P7(LastLevelP6P7):
     nothing; on CUDA, and without autocast, this is torchvision's block."""
 
     def forward(self, p: List[torch.Tensor], c: List[torch.Tensor], names: List[str]):
-        x = p[-1] if self.use_P5 else c[-1]
-        if x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
-            with torch.autocast('cpu', enabled=False):
-                p6 = self.p6(x.to(self.p6.weight.dtype))
-                p7 = self.p7(F.relu(p6))
+        if not (p[-1].device.type == 'cpu' and torch.is_autocast_enabled('cpu')):
+            return super().forward(p, c, names)
+        dtype = self.p6.weight.dtype  # only the block's input (P5, or C5) as float32, the other levels untouched
+        if self.use_P5:
+            p = p[:-1] + [p[-1].to(dtype)]
         else:
-            p6 = self.p6(x)
-            p7 = self.p7(F.relu(p6))
-        p.extend([p6, p7])
-        names.extend(['p6', 'p7'])
-        return p, names
+            c = c[:-1] + [c[-1].to(dtype)]
+        with torch.autocast('cpu', enabled=False):
+            return super().forward(p, c, names)
 
 
 class SEBackboneWithFPN(nn.Module):
