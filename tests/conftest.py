@@ -14,6 +14,15 @@ import se_hub  # noqa: E402,F401  (registers the models)
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# .ci/run names a file here (and runs pytest with -p no:faulthandler): on a hard crash (an abort or a
+# segfault inside a C++ library) every thread's Python stack, the test included, is written to it, and
+# .ci/run prints it without the console copy's long list of loaded extension modules.
+if os.environ.get('SE_HUB_CRASH_LOG'):
+    import faulthandler
+
+    _crash_log = open(os.environ['SE_HUB_CRASH_LOG'], 'w')
+    faulthandler.enable(_crash_log, all_threads=True)
+
 
 class InternetAccessError(RuntimeError):
     """A test tried to open a connection to something other than this machine."""
@@ -57,6 +66,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """A set of file names: writing a file of such a name through se_hub's atomic writer
+    (``se_hub.tasks.checkpoints.write_atomic``: checkpoints, exports) fails as on a full disk. Its temporary
+    file is a link to /dev/full, whose writes fail with the kernel's ENOSPC, so the real writers
+    (torch.save, onnx, plain file writes) meet a real full-disk error."""
+    from pathlib import Path
+
+    from se_hub.tasks import checkpoints
+    if not Path('/dev/full').exists():
+        pytest.skip('needs /dev/full (Linux)')
+    names = set()
+    temporary = checkpoints._tmp_path
+
+    def temporary_on_a_full_disk(path):
+        tmp = temporary(path)
+        if path.name in names:
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to('/dev/full')
+        return tmp
+
+    monkeypatch.setattr(checkpoints, '_tmp_path', temporary_on_a_full_disk)
+    return names
 
 
 @pytest.fixture

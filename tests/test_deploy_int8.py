@@ -18,6 +18,7 @@ from se_hub.deploy.export import (
     verify_export,
 )
 from se_hub.deploy.quantize import gate_error, gate_paths, quantize_onnx
+from se_hub.tasks.checkpoints import FileWriteError
 
 # calibration photos: scikit-image's other bundled colour pictures (stereo_motorcycle: both views), none of
 # the four verify_export classifies (chelsea = cat, coffee, astronaut, rocket)
@@ -114,8 +115,9 @@ def test_int8_se_network_finetuned_on_digits_keeps_accuracy(tmp_path):
     assert len(errors) == 3 and max(e['mean_abs'] for e in errors) < 0.05
 
 
-def test_int8_from_calibration_directory(tmp_path):
-    """The file path of the CLI: a folder of images, --calibration-count of them used."""
+def test_int8_from_calibration_directory(tmp_path, full_disk):
+    """The file path of the CLI: a folder of images, --calibration-count of them used; a full disk is one
+    clear error that keeps the file already there."""
     from se_hub.deploy.quantize import calibration_images
     for i, img in enumerate(skimage_photos(CALIBRATION_PHOTOS)):
         img.save(tmp_path / f'{i}.png')
@@ -128,6 +130,11 @@ def test_int8_from_calibration_directory(tmp_path):
     export_model(model, 'onnx', str(tmp_path / 'm.onnx'), img_size=32)
     meta = quantize_onnx(str(tmp_path / 'm.onnx'), str(tmp_path / 'q.onnx'), str(tmp_path))
     assert meta['int8']['calibration_images'] == len(skimage_photos(CALIBRATION_PHOTOS))
+    before = (tmp_path / 'q.onnx').read_bytes()
+    full_disk.add('q.onnx')
+    with pytest.raises(FileWriteError, match=r'q\.onnx: the disk is full .*the previous q\.onnx is intact'):
+        quantize_onnx(str(tmp_path / 'm.onnx'), str(tmp_path / 'q.onnx'), str(tmp_path))
+    assert (tmp_path / 'q.onnx').read_bytes() == before and not list(tmp_path.glob('.*'))
 
 
 def test_int8_high_resolution_layers_are_the_lite_stem_and_first_block(tmp_path):

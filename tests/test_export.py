@@ -131,7 +131,7 @@ def test_deploy_export_every_family(name, kwargs, size, fmt, suffix, tmp_path):
     exported = ExportedModel(str(path))
     assert exported.meta['preprocessing'] == meta['preprocessing'] and meta['preprocessing']['input_size'][1] == size
     assert exported.labels == meta['label_names'] and len(exported.labels) == model.num_classes
-    assert not list(tmp_path.glob('.*part*'))  # written beside, then renamed
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # written beside, then renamed
 
 
 def test_deploy_onnx_squeeze_is_a_global_pool(tmp_path):
@@ -152,6 +152,23 @@ def test_deploy_pt2_export(tmp_path):
     model = photo_calibrated('se_resnet50b', {}, 64)
     export_model(model, 'pt2', str(tmp_path / 'm.pt2'), img_size=64, dynamic_batch=True)
     assert verify_export(model, str(tmp_path / 'm.pt2'))['max_abs_diff'] <= 1e-4
+
+
+@pytest.mark.parametrize('fmt', ['onnx', 'torchscript', 'pt2'])
+def test_export_to_a_full_disk_says_so_and_keeps_the_file_there(fmt, tmp_path, full_disk):
+    """torch.jit.save and torch.export.save abort the whole process when a write to a path fails (a C++
+    exception in a destructor): an export to a full disk must be one clear error, the earlier file kept."""
+    from se_hub.deploy.export import export_model
+    from se_hub.tasks.checkpoints import FileWriteError
+    model = timm.create_model('se_resnet20_cifar', layers=(1, 1, 1), num_classes=10).eval()
+    path = tmp_path / f'm.{fmt}'
+    export_model(model, fmt, str(path), img_size=32)
+    before = path.read_bytes()
+    full_disk.add(path.name)
+    with pytest.raises(FileWriteError, match=rf'm\.{fmt}: the disk is full .*the previous m\.{fmt} is intact'):
+        export_model(model, fmt, str(path), img_size=32)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], 'no partial file is left'
 
 
 def _cli(argv, capsys):

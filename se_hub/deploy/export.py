@@ -6,9 +6,8 @@ bottleneck read from the last 1x1 convolution's input, the squeeze as a global p
 ``GlobalAveragePool``, which onnxruntime runs as an int8 kernel once quantized; ``ReduceMean``
 would stay fp32 on dequantized tensors), and static weights (no gate folded into them).
 """
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -72,11 +71,13 @@ def photo_batch(meta: Dict[str, Any], images: Optional[Sequence] = None) -> torc
     return torch.stack([transform(img) for img in images])
 
 
-def _atomic_target(output: Path) -> Path:
+def write_file(output: Path, data: bytes) -> None:
+    """Write a finished file: it appears only when complete, and a full disk is a clear error that leaves
+    what was at ``output`` intact. Files are serialised in memory first: torch.jit.save and
+    torch.export.save abort the whole process when a write to a path fails."""
+    from ..tasks.checkpoints import write_atomic
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{output.stem}.part.', suffix=output.suffix, dir=output.parent)
-    os.close(fd)
-    return Path(tmp)
+    write_atomic(output, lambda f: f.write(data))
 
 
 def export_model(model: nn.Module, fmt: str, output: str, img_size: Optional[int] = None,
@@ -90,30 +91,26 @@ def export_model(model: nn.Module, fmt: str, output: str, img_size: Optional[int
     size = meta['preprocessing']['input_size']
     example = torch.randn(2 if dynamic_batch else 1, *size)
     fused = optimize(model, memory_format=None, fold_gate=False)
-    output = Path(output)
-    tmp = _atomic_target(output)
-    try:
-        if fmt == 'onnx':
-            import onnx
-            torch.onnx.export(
-                fused, (example,), str(tmp), input_names=['image'], output_names=['logits'], opset_version=opset,
-                dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}} if dynamic_batch else None,
-                dynamo=False)
-            proto = onnx.load(str(tmp))
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-            onnx.save(proto, str(tmp))
-        elif fmt == 'torchscript':
-            scripted = torch.jit.script(fused)
-            torch.jit.save(scripted, str(tmp), _extra_files={METADATA_KEY: json.dumps(meta)})
-        else:
-            dynamic = {'x': {0: torch.export.Dim('batch', min=1, max=1024)}} if dynamic_batch else None
-            program = torch.export.export(fused, (example,), dynamic_shapes=dynamic)
-            torch.export.save(program, str(tmp), extra_files={METADATA_KEY: json.dumps(meta)})
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buffer = io.BytesIO()
+    if fmt == 'onnx':
+        import onnx
+        torch.onnx.export(
+            fused, (example,), buffer, input_names=['image'], output_names=['logits'], opset_version=opset,
+            dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}} if dynamic_batch else None,
+            dynamo=False)
+        proto = onnx.load_from_string(buffer.getvalue())
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+        data = proto.SerializeToString()
+    elif fmt == 'torchscript':
+        torch.jit.save(torch.jit.script(fused), buffer, _extra_files={METADATA_KEY: json.dumps(meta)})
+        data = buffer.getvalue()
+    else:
+        dynamic = {'x': {0: torch.export.Dim('batch', min=1, max=1024)}} if dynamic_batch else None
+        program = torch.export.export(fused, (example,), dynamic_shapes=dynamic)
+        torch.export.save(program, buffer, extra_files={METADATA_KEY: json.dumps(meta)})
+        data = buffer.getvalue()
+    write_file(Path(output), data)
     return meta
 
 

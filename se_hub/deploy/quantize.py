@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .export import METADATA_KEY, _atomic_target, photo_batch
+from .export import METADATA_KEY, photo_batch, write_file
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.ppm')
 GATE_OPS = ('Sigmoid', 'HardSigmoid', 'Tanh', 'Relu', 'Clip')
@@ -280,10 +280,8 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
     images = _load_images(calibration_images(calibration)) if isinstance(calibration, (str, Path)) else calibration
     batch = photo_batch(meta, images).numpy()
     input_name = proto.graph.input[0].name
-    output = Path(output)
-    tmp = _atomic_target(output)
     with tempfile.TemporaryDirectory() as work:
-        pre = os.path.join(work, 'pre.onnx')
+        pre, quantized_path = os.path.join(work, 'pre.onnx'), os.path.join(work, 'int8.onnx')
         quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
         pre_proto = onnx.load(pre)
         gates = gate_paths(pre_proto)
@@ -303,28 +301,23 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
         seven_bit = {node.input[1]: [{'axis': 0, 'reduce_range': True}] for node in pre_proto.graph.node
                      if reduce_range and node.op_type == 'Conv' and node.name not in excluded
                      and all(a.i == 1 for a in node.attribute if a.name == 'group')}
-        try:
-            # onnxruntime prints its calibration progress: keep stdout for results (`se-hub export --json`)
-            with contextlib.redirect_stdout(sys.stderr):
-                quantize_static(
-                    pre, str(tmp), _Reader(input_name, batch), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                    calibrate_method=calibrate,
-                    extra_options=dict(ActivationSymmetric=False, TensorQuantOverrides=seven_bit))
-            quantized = onnx.load(str(tmp))
-            folded = fold_gate_scales(quantized) if fold_gates else 0
-            meta = dict(meta, int8=dict(method='onnxruntime static QDQ' + (', per-channel' if per_channel else ''),
-                                        calibration=method, calibration_images=len(batch), gate_fp32=keep_gate_fp32,
-                                        ends_fp32=keep_ends_fp32, fp32_nodes=len(exclude), se_gates=len(gates),
-                                        gates_in_conv_scale=folded, dense_weights_7bit=len(seven_bit)))
-            del quantized.metadata_props[:]
-            entry = quantized.metadata_props.add()
-            entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-            onnx.save(quantized, str(tmp))
-            os.replace(tmp, output)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        # onnxruntime prints its calibration progress: keep stdout for results (`se-hub export --json`)
+        with contextlib.redirect_stdout(sys.stderr):
+            quantize_static(
+                pre, quantized_path, _Reader(input_name, batch), quant_format=QuantFormat.QDQ,
+                per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude, calibrate_method=calibrate,
+                extra_options=dict(ActivationSymmetric=False, TensorQuantOverrides=seven_bit))
+        quantized = onnx.load(quantized_path)
+    folded = fold_gate_scales(quantized) if fold_gates else 0
+    meta = dict(meta, int8=dict(method='onnxruntime static QDQ' + (', per-channel' if per_channel else ''),
+                                calibration=method, calibration_images=len(batch), gate_fp32=keep_gate_fp32,
+                                ends_fp32=keep_ends_fp32, fp32_nodes=len(exclude), se_gates=len(gates),
+                                gates_in_conv_scale=folded, dense_weights_7bit=len(seven_bit)))
+    del quantized.metadata_props[:]
+    entry = quantized.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    write_file(Path(output), quantized.SerializeToString())
     return meta
 
 

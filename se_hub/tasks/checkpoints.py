@@ -1,7 +1,7 @@
-"""Training checkpoints that are never half-written: each file is written to a temporary file in
-the same directory, flushed to disk, then moved over the old one with ``os.replace`` (atomic on
-POSIX and Windows). A failed write (full disk, ...) removes the temporary file and leaves the
-previous checkpoint as it was."""
+"""Training checkpoints (and exported files, through :func:`write_atomic`) that are never half-written:
+each file is written to a temporary file in the same directory, flushed to disk, then moved over the old
+one with ``os.replace`` (atomic on POSIX and Windows). A failed write (full disk, ...) removes the
+temporary file and leaves the previous file as it was."""
 import errno
 import os
 import random
@@ -14,8 +14,8 @@ import torch
 TMP_MARK = '.tmp-'
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; the previous one at that path is intact."""
+class FileWriteError(OSError):
+    """A file (a checkpoint, an export) could not be written; what was at that path before is intact."""
 
 
 def _tmp_path(path: Path) -> Path:
@@ -36,9 +36,14 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def write_atomic(path: Union[str, os.PathLike], write) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, then move it over ``path``. A failed
+    write removes the temporary file, leaves ``path`` as it was, and an OS error (a full disk) is
+    raised as :class:`FileWriteError` saying so."""
     path = Path(path)
     tmp = _tmp_path(path)
     try:
+        # torch.save reports a full disk as a RuntimeError about stream positions; closing the file then
+        # raises the OSError (the unwritten data is still in its buffer)
         with open(tmp, 'wb') as f:
             write(f)
             f.flush()
@@ -50,9 +55,10 @@ def write_atomic(path: Union[str, os.PathLike], write) -> Path:
         except OSError:
             pass
         if isinstance(e, OSError):
-            reason = 'the disk is full' if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            reason = ('the disk is full (free some space and run again)' if e.errno == errno.ENOSPC
+                      else (e.strerror or str(e)))
             kept = f'the previous {path.name} is intact' if path.exists() else f'no {path.name} was written'
-            raise CheckpointWriteError(e.errno, f'could not write checkpoint {path}: {reason}; {kept}') from e
+            raise FileWriteError(e.errno, f'could not write {path}: {reason}; {kept}') from e
         raise
     _fsync_dir(path.parent)
     return path
