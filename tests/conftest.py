@@ -74,11 +74,11 @@ def full_disk(monkeypatch):
     (``se_hub.tasks.checkpoints.write_atomic``: checkpoints, exports) fails as on a full disk. Its temporary
     file is a link to /dev/full, whose writes fail with the kernel's ENOSPC, so the real writers
     (torch.save, onnx, plain file writes) meet a real full-disk error."""
-    from pathlib import Path
+    import stat
 
     from se_hub.tasks import checkpoints
-    if not Path('/dev/full').exists():
-        pytest.skip('needs /dev/full (Linux)')
+    if not (os.path.exists('/dev/full') and stat.S_ISCHR(os.stat('/dev/full').st_mode)):
+        pytest.skip('needs the /dev/full device (Linux)')
     names = set()
     temporary = checkpoints._tmp_path
 
