@@ -104,18 +104,18 @@ def main():
 
             base = [convs[0].name] + [n.name for n in graph.node if n.op_type == 'Gemm'][-1:]
             rows = [('stem+classifier fp32', 'colour6', 'percentile', dict(keep_ends_fp32=False, keep_fp32=base))]
+            # timm's block of each block convolution, as (stage, index): '/blocks/blocks.3.1/...' -> (3, 1)
+            block_of = {n.name: tuple(int(x) for x in n.name.split('/')[3].split('.')[1:])
+                        for n in convs if n.name.startswith('/blocks/')}
             if not args.no_blocks:
-                blocks = sorted({n.name.split('/')[3] for n in convs if n.name.startswith('/blocks/')},
-                                key=lambda b: [int(x) for x in b.split('.')[1:]])
-                for b in blocks:
-                    extra = with_acts([n for n in convs if f'/{b}/' in n.name])
-                    rows.append((f'+ {b} fp32', 'colour6', 'percentile', dict(keep_ends_fp32=False,
-                                                                              keep_fp32=base + extra)))
+                for block in sorted(set(block_of.values())):
+                    extra = with_acts([n for n in convs if block_of.get(n.name) == block])
+                    rows.append((f'+ blocks.{block[0]}.{block[1]} fp32', 'colour6', 'percentile',
+                                 dict(keep_ends_fp32=False, keep_fp32=base + extra)))
             rows.append(('default (first block fp32)', 'colour6', 'percentile', {}))
             for group in args.stage_groups:
                 first, last = (int(v) for v in group.split('-'))
-                chosen = [n for n in convs if n.name.startswith('/blocks/')
-                          and first <= int(n.name.split('/')[3].split('.')[1]) <= last]
+                chosen = [n for n in convs if n.name in block_of and first <= block_of[n.name][0] <= last]
                 rows.append((f'default + stages {group} fp32', 'colour6', 'percentile',
                              dict(keep_fp32=with_acts(chosen))))
             if args.calibration_sweep:
