@@ -6,7 +6,8 @@ Two measurements, each against the same-layout SE-free twin:
   it was computed before (its FCs and activations as submodules, five module calls); a constant
   gate (the scale still applied, nothing computed); the squeeze only (``spatial_mean``, constant
   gate; also as global pooling and as a matrix-vector product); the FCs only (on a constant
-  squeeze). What the scale costs, and what pooling and FCs cost in the model.
+  squeeze); the FC weights only read (summed: what any exact float32 gate pays to fetch them from
+  memory at batch 1). What the scale costs, and what pooling and FCs cost in the model.
 * onnxruntime fp32 and INT8 (``--ort``): kernel time per operator type from onnxruntime's profiler,
   so the ops the SE graph adds (and the layout reorders they cause) show by name; INT8 also with the
   gates left as ``QLinearMul`` (``quantize_onnx(fold_gates=False)``), and the INT8 latencies of SE-free,
@@ -37,10 +38,10 @@ from se_hub.deploy.fused import ExcitationGate, spatial_mean  # noqa: E402
 
 class GateVariant(torch.nn.Module):
     """Stands in for one ``ExcitationGate``: returns the gate it recorded on the first call and
-    computes only the part named by ``keep`` ('nothing', 'fc', 'pool': ``spatial_mean``, or 'pool as
-    ...': the squeeze another way, for comparison); or, with 'modules', computes the whole gate as
-    ``optimize`` did before, through four submodule calls (Linear, ReLU, Linear, Sigmoid) instead of
-    tensor ops on the gate's own weights."""
+    computes only the part named by ``keep`` ('nothing', 'fc', 'fc weights read': the FC weights summed,
+    no product, 'pool': ``spatial_mean``, or 'pool as ...': the squeeze another way, for comparison);
+    or, with 'modules', computes the whole gate as ``optimize`` did before, through four submodule
+    calls (Linear, ReLU, Linear, Sigmoid) instead of tensor ops on the gate's own weights."""
 
     def __init__(self, gate: ExcitationGate, keep: str):
         super().__init__()
@@ -78,6 +79,11 @@ class GateVariant(torch.nn.Module):
         elif self.keep == 'fc':
             s = F.linear(self.squeezed, self.real.fc1_weight, self.real.fc1_bias).relu_()
             F.linear(s, self.real.fc2_weight, self.real.fc2_bias).sigmoid_()
+        elif self.keep == 'fc weights read':
+            # what any exact fp32 gate must pay at batch 1: its FC weights fetched from memory (the
+            # convolutions stream ~100 MB of weights through the caches between two reads)
+            self.real.fc1_weight.sum()
+            self.real.fc2_weight.sum()
         return self.recorded
 
 
@@ -100,7 +106,8 @@ def eager_table(rounds, block, memory_format, format_name):
               'squeeze only (spatial_mean: a mean)': with_gates(make(se), 'pool'),
               'squeeze only, as global pooling': with_gates(make(se), 'pool as global pooling'),
               'squeeze only, as a matrix-vector product': with_gates(make(se), 'pool as matrix-vector product'),
-              'FCs only': with_gates(make(se), 'fc')}
+              'FCs only': with_gates(make(se), 'fc'),
+              'FC weights read only (a sum each: the memory floor)': with_gates(make(se), 'fc weights read')}
     medians = measure({key: torch_runner(m) for key, m in models.items()}, 1, rounds, warmup=2, block=block)
     base = medians['SE-free twin']
     print(f'optimize ({format_name}), batch 1, {rounds} rounds x {block} calls, {torch.get_num_threads()} threads')

@@ -211,6 +211,31 @@ def test_cli_errors_give_cli_advice(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ Cutout
 
+def test_one_file_written_by_many_threads_at_once_is_always_whole(tmp_path):
+    """Each writer has its own temporary file: concurrent writes of one path never mix their bytes or
+    lose a temporary file to another writer (a per-process name did: one writer's rename failed)."""
+    import threading
+    target = tmp_path / 'shared.bin'
+    payloads = [bytes([k]) * (256 << 10) for k in range(8)]
+    errors = []
+
+    def writer(data):
+        try:
+            for _ in range(10):
+                checkpoints.write_bytes_atomic(target, data)
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert target.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ['shared.bin']
+
+
 def test_cutout_on_a_real_photo():
     """Cutout on scikit-image's cat photo, through the fine-tuning train transform: exactly one
     axis-aligned square (clipped at the borders) of the normalised tensor is zero; the rest is

@@ -145,6 +145,26 @@ def test_statistics_equal_a_direct_computation(trained, digits_dir, tmp_path):
         np.testing.assert_allclose(again.stds[b], stats.stds[b], atol=1e-6)
 
 
+def test_full_disk_while_saving_keeps_the_files_there(trained, digits_dir, tmp_path, full_disk):
+    """Saving into a directory on a full disk (the kernel's ENOSPC) says so; the files of an earlier
+    save stay as they were and no temporary file is left."""
+    import errno
+
+    from se_hub.tasks.checkpoints import FileWriteError
+    model, _, _ = trained
+    stats = collect_excitations(model, digits_dir, classes=['0', '1'], max_images=2, batch_size=4,
+                                img_size=SIZE, num_workers=0, progress=False)
+    paths = stats.save(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    full_disk.add('excitations.csv')
+    kept = r'excitations\.csv: the disk is full .*previous excitations\.csv is intact'
+    with pytest.raises(FileWriteError, match=kept) as e:
+        stats.save(tmp_path)
+    assert e.value.errno == errno.ENOSPC
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert sorted(before) == sorted(p.name for p in paths.values())
+
+
 def test_classes_and_max_images_per_class(trained, digits_dir):
     model, _, splits = trained
     stats = collect_excitations(model, digits_dir, classes=['7', '3', '1'], max_images=5, batch_size=4,

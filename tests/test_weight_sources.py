@@ -169,6 +169,21 @@ def test_cached_file_is_hashed_once_then_stamped(hub, weights, monkeypatch):
     assert json.loads(sources.stamp_path(blob).read_text())['mtime_ns'] == blob.stat().st_mtime_ns
 
 
+def test_stamp_not_written_on_a_full_disk(hub, weights, monkeypatch, full_disk):
+    """The stamp is a cache of the hash: on a full disk it is not written (no temporary file left), the
+    weights still load, and the next load hashes the file again."""
+    blob = Path(timm.create_model(MODEL, pretrained=True).pretrained_cfg['file']).resolve()
+    sources.stamp_path(blob).unlink()
+    full_disk.add(sources.stamp_path(blob).name)
+    hashed = []
+    real_digest = sources.file_digest
+    monkeypatch.setattr(sources, 'file_digest', lambda path, *a: hashed.append(path) or real_digest(path, *a))
+    for _ in range(2):
+        assert_loaded(timm.create_model(MODEL, pretrained=True), weights['A'][0])
+    assert len(hashed) == 2 and not sources.stamp_path(blob).exists()
+    assert not [p.name for p in blob.parent.iterdir() if p.name.startswith('.')], 'temporary file left'
+
+
 def test_damaged_cached_file_is_caught_despite_its_stamp(hub, weights):
     model = timm.create_model(MODEL, pretrained=True)
     blob = Path(model.pretrained_cfg['file']).resolve()

@@ -60,7 +60,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 import tempfile
 import warnings
@@ -71,6 +70,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch import nn
+
+from ..tasks.checkpoints import write_bytes_atomic
 
 FORMAT = 'se_hub.excitations/1'
 
@@ -318,12 +319,12 @@ class ExcitationStats:
         paths = {'arrays': out / 'excitations.safetensors', 'csv': out / 'excitations.csv',
                  'selectivity': out / 'selectivity.csv', 'by_depth': out / 'excitations_by_depth.png',
                  'last_blocks': out / 'excitations_last_blocks.png'}
-        _atomic_write(paths['arrays'], safetensors_bytes(tensors, metadata={'se_hub': json.dumps(meta)}))
-        _atomic_write(paths['csv'], _csv_bytes(self.rows()))
-        _atomic_write(paths['selectivity'], _csv_bytes(self.selectivity()))
+        write_bytes_atomic(paths['arrays'], safetensors_bytes(tensors, metadata={'se_hub': json.dumps(meta)}))
+        write_bytes_atomic(paths['csv'], _csv_bytes(self.rows()))
+        write_bytes_atomic(paths['selectivity'], _csv_bytes(self.selectivity()))
         chosen = self._figure_classes(figure_classes)
-        _atomic_write(paths['by_depth'], _png_bytes(lambda f: self._draw_by_depth(f, chosen)))
-        _atomic_write(paths['last_blocks'], _png_bytes(lambda f: self._draw_last_blocks(f, chosen)))
+        write_bytes_atomic(paths['by_depth'], _png_bytes(lambda f: self._draw_by_depth(f, chosen)))
+        write_bytes_atomic(paths['last_blocks'], _png_bytes(lambda f: self._draw_last_blocks(f, chosen)))
         return paths
 
     @classmethod
@@ -419,18 +420,6 @@ def _writable_dir(output) -> Path:
         raise OSError(f'cannot write to the output directory {out}: {e.strerror or e}; choose another --output') \
             from None
     return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _csv_bytes(rows: List[Dict[str, Any]]) -> bytes:

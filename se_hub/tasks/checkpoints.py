@@ -1,4 +1,5 @@
-"""Training checkpoints (and exported files, through :func:`write_atomic`) that are never half-written:
+"""Training checkpoints and every other file se_hub writes (exports, weight stamps, analysis outputs),
+never half-written:
 each file is written to a temporary file in the same directory, flushed to disk, then moved over the old
 one with ``os.replace`` (atomic on POSIX and Windows). A failed write (full disk, ...) removes the
 temporary file and leaves the previous file as it was."""
@@ -6,6 +7,7 @@ import errno
 import os
 import random
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -19,7 +21,8 @@ class FileWriteError(OSError):
 
 
 def _tmp_path(path: Path) -> Path:
-    return path.with_name(f'.{path.name}{TMP_MARK}{os.getpid()}')
+    # one per process and thread: two writers of the same file never share a temporary file
+    return path.with_name(f'.{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}')
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -77,8 +80,12 @@ def copy_atomic(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> P
     return write_atomic(dst, write)
 
 
+def write_bytes_atomic(path: Union[str, os.PathLike], data: bytes) -> Path:
+    return write_atomic(path, lambda f: f.write(data))
+
+
 def write_text_atomic(path: Union[str, os.PathLike], text: str) -> Path:
-    return write_atomic(path, lambda f: f.write(text.encode('utf-8')))
+    return write_bytes_atomic(path, text.encode('utf-8'))
 
 
 def remove_stale_temporaries(directory: Union[str, os.PathLike]) -> None:

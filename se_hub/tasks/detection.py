@@ -482,7 +482,7 @@ class DetectionTask(Task):
                        'epoch': ckpt['epoch'], 'epochs': self.epochs, 'weights': which,
                        'metrics': {k: row[k] for k in COCO_STATS if k in row}}
         data = save({k: v.contiguous() for k, v in net.state_dict().items()})
-        checkpoints.write_atomic(engine.out / EXPORT_WEIGHTS, lambda f: f.write(data))
+        checkpoints.write_bytes_atomic(engine.out / EXPORT_WEIGHTS, data)
         checkpoints.write_text_atomic(engine.out / EXPORT_CONFIG, json.dumps(description, indent=1) + '\n')
         engine.log(f"exported the {which} weights (epoch {ckpt['epoch']}) to {engine.out}: "
                    f"load_detector('{engine.out}') rebuilds it")

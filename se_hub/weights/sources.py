@@ -12,11 +12,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+
+from ..tasks.checkpoints import write_text_atomic
 
 _TRUE = ('1', 'true', 'yes', 'on')
 
@@ -144,16 +145,9 @@ def _stamped_digest(real: Path) -> Optional[str]:
 
 
 def _write_stamp(real: Path, key: Dict[str, int], digest: str) -> None:
-    """Atomically (temporary file + rename); a cache we may not write to just goes unstamped."""
+    """Atomically; a cache we may not write to (read-only, full) just goes unstamped."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=real.parent, prefix='.' + real.name, suffix='.tmp')
-        try:
-            with os.fdopen(fd, 'w') as f:
-                json.dump(dict(key, sha256=digest), f)
-            os.replace(tmp, stamp_path(real))
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_text_atomic(stamp_path(real), json.dumps(dict(key, sha256=digest)))
     except OSError:
         pass
 
