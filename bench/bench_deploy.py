@@ -12,15 +12,16 @@ for the EfficientNets).
     python bench/bench_deploy.py --quick    # bs1 only, no torch.compile, fewer repeats
 
 onnxruntime runs with ``session.intra_op.allow_spinning=0``: spinning idle threads would slow
-whatever runs next in the round. Weights are random (speed does not depend on them); BN
-statistics are randomised so that nothing is a no-op.
+whatever runs next in the round. PyTorch runs with its OpenMP as a deployed process has it (set
+``OMP_WAIT_POLICY`` yourself to change that): with ``PASSIVE`` every parallel region wakes sleeping
+threads, which on 2 cores made ``optimize``'s SE-ResNet-50 at batch 1 2.3x slower and SE's overhead
++25% instead of +15% (README).
+Weights are random (speed does not depend on them); BN statistics are randomised so that nothing is
+a no-op.
 """
 import argparse
 import copy
 import os
-
-# OpenMP worker threads of a busy-waiting runtime slow everything else on a shared machine
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import statistics
 import sys
 import tempfile
@@ -204,6 +205,7 @@ def main():
             label = f'{path} ({formats[row]})' if path == 'optimize' else path
             lines.append(f'| {row} | {label} | {1000 * t:.1f} | {thr} | {over} | {speed} |')
     print(f'torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, '
+          f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "(unset)")}, '
           f'repeats {repeats} x block {args.block}, reference for speed-up: timm seresnet50 eager (ResNets), '
           f'se_efficientnet_b0 eager (EfficientNets)')
     print('\n'.join(lines))

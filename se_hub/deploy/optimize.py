@@ -16,9 +16,9 @@ What it does (each measured in ``bench/bench_deploy.py``):
   convolution with those as post-ops, on weights reordered once into oneDNN's blocked layout and
   kept (about as much memory again as the convolution weights); ``F.conv2d`` redoes that reorder on
   every call. This is what ``torch.compile``'s freezing does; it took ``optimize`` of an SE-ResNet-50
-  at batch 1 from 1.10-1.14x to 1.71x timm's eager seresnet50 (README). Autograd, tracers, exporters,
-  ``torch.compile``, TorchScript and dispatch modes (FLOP counters) see the standard ops instead;
-  ``torch.backends.mkldnn.flags(enabled=False)`` turns the oneDNN path off;
+  at batch 1 from 1.10-1.14x to 1.71x timm's eager seresnet50 (README: 1.56x on a later machine).
+  Autograd, tracers, exporters, ``torch.compile``, TorchScript and dispatch modes (FLOP counters) see
+  the standard ops instead; ``torch.backends.mkldnn.flags(enabled=False)`` turns the oneDNN path off;
 * weights channels-last (oneDNN's preferred layout), or whichever of NCHW and channels-last runs
   faster on an example input (``memory_format='auto'``): on this project's 2-core CPU the two are
   within a few % at batch 1 either way, while NCHW lost a quarter of the throughput at batch 16
