@@ -1,8 +1,7 @@
 """Training checkpoints and every other file se_hub writes (exports, weight stamps, analysis outputs),
-never half-written:
-each file is written to a temporary file in the same directory, flushed to disk, then moved over the old
-one with ``os.replace`` (atomic on POSIX and Windows). A failed write (full disk, ...) removes the
-temporary file and leaves the previous file as it was."""
+never half-written: each file is written to a temporary file in the same directory, flushed to disk,
+then moved over the old one with ``os.replace`` (atomic on POSIX and Windows). A failed write (full
+disk, ...) removes the temporary file and leaves the previous file as it was."""
 import errno
 import os
 import random
