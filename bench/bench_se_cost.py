@@ -81,7 +81,7 @@ class GateVariant(torch.nn.Module):
             F.linear(s, self.real.fc2_weight, self.real.fc2_bias).sigmoid_()
         elif self.keep == 'fc weights read':
             # what any exact fp32 gate must pay at batch 1: its FC weights fetched from memory (the
-            # convolutions stream ~100 MB of weights through the caches between two reads)
+            # convolutions stream ~90 MiB of weights through the caches between two reads)
             self.real.fc1_weight.sum()
             self.real.fc2_weight.sum()
         return self.recorded
@@ -110,7 +110,12 @@ def eager_table(rounds, block, memory_format, format_name):
               'FC weights read only (a sum each: the memory floor)': with_gates(make(se), 'fc weights read')}
     medians = measure({key: torch_runner(m) for key, m in models.items()}, 1, rounds, warmup=2, block=block)
     base = medians['SE-free twin']
-    print(f'optimize ({format_name}), batch 1, {rounds} rounds x {block} calls, {torch.get_num_threads()} threads')
+    gates = [m for m in models['SE (real gate)'].modules() if isinstance(m, ExcitationGate)]
+    fc = sum(g.fc1_weight.numel() + g.fc2_weight.numel() for g in gates)
+    conv = sum(m.weight.numel() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))  # what streams past
+    print(f'optimize ({format_name}), batch 1, {rounds} rounds x {block} calls, {torch.get_num_threads()} threads; '
+          f'gate FC weights {fc / 1e6:.2f} M ({4 * fc / 2**20:.1f} MiB fp32) in {2 * len(gates)} matrices, '
+          f'convolution weights {4 * conv / 2**20:.0f} MiB')
     print('| variant | ms | over SE-free |\n|---|---|---|')
     for key, t in medians.items():
         print(f'| {key} | {1000 * t:.1f} | {100 * (t / base - 1):+.1f}% |')

@@ -209,7 +209,7 @@ def test_cli_errors_give_cli_advice(tmp_path, capsys):
     assert 'leave out --resume' in err and 'resume=' not in err
 
 
-# ------------------------------------------------------------------------------ Cutout
+# ------------------------------------------------------------------------------ files
 
 def test_one_file_written_by_many_threads_at_once_is_always_whole(tmp_path):
     """Each writer has its own temporary file: concurrent writes of one path never mix their bytes or
@@ -235,6 +235,8 @@ def test_one_file_written_by_many_threads_at_once_is_always_whole(tmp_path):
     assert target.read_bytes() in payloads
     assert [p.name for p in tmp_path.iterdir()] == ['shared.bin']
 
+
+# ------------------------------------------------------------------------------ Cutout
 
 def test_cutout_on_a_real_photo():
     """Cutout on scikit-image's cat photo, through the fine-tuning train transform: exactly one

@@ -151,10 +151,16 @@ def test_manifest_load_makes_no_copy_of_the_weights(hub, weights, monkeypatch):
     assert copy.deepcopy(model.pretrained_cfg).get('state_dict') is None
 
 
-def test_cached_file_is_hashed_once_then_stamped(hub, weights, monkeypatch):
-    hashed = []
+@pytest.fixture
+def hashed(monkeypatch):
+    """The files se_hub hashes, in order (``sources.file_digest`` still runs)."""
+    paths = []
     real_digest = sources.file_digest
-    monkeypatch.setattr(sources, 'file_digest', lambda path, *a: hashed.append(path) or real_digest(path, *a))
+    monkeypatch.setattr(sources, 'file_digest', lambda path, *a: paths.append(path) or real_digest(path, *a))
+    return paths
+
+
+def test_cached_file_is_hashed_once_then_stamped(hub, weights, hashed):
     first = timm.create_model(MODEL, pretrained=True)
     assert len(hashed) == 1
     blob = Path(first.pretrained_cfg['file']).resolve()
@@ -169,15 +175,13 @@ def test_cached_file_is_hashed_once_then_stamped(hub, weights, monkeypatch):
     assert json.loads(sources.stamp_path(blob).read_text())['mtime_ns'] == blob.stat().st_mtime_ns
 
 
-def test_stamp_not_written_on_a_full_disk(hub, weights, monkeypatch, full_disk):
+def test_stamp_not_written_on_a_full_disk(hub, weights, full_disk, hashed):
     """The stamp is a cache of the hash: on a full disk it is not written (no temporary file left), the
     weights still load, and the next load hashes the file again."""
     blob = Path(timm.create_model(MODEL, pretrained=True).pretrained_cfg['file']).resolve()
     sources.stamp_path(blob).unlink()
     full_disk.add(sources.stamp_path(blob).name)
-    hashed = []
-    real_digest = sources.file_digest
-    monkeypatch.setattr(sources, 'file_digest', lambda path, *a: hashed.append(path) or real_digest(path, *a))
+    hashed.clear()
     for _ in range(2):
         assert_loaded(timm.create_model(MODEL, pretrained=True), weights['A'][0])
     assert len(hashed) == 2 and not sources.stamp_path(blob).exists()
