@@ -1,8 +1,9 @@
-"""Where SE's remaining inference cost goes, for an SE-ResNet-50 (timm layout) at batch 1.
+"""Where SE's remaining inference cost goes, for an SE-ResNet-50 (timm layout; ``--model``) at batch 1.
 
 Two measurements, each against the same-layout SE-free twin:
 
-* ``optimize`` (eager), gate variants timed round-robin in one process: the real gate; the gate as
+* ``optimize`` (eager), gate variants timed round-robin in one process: the real gate; the gate
+  put into the next 1x1 convolution's weights (``fold_gate=True``); the gate as
   it was computed before (its FCs and activations as submodules, five module calls); a constant
   gate (the scale still applied, nothing computed); the squeeze only (``spatial_mean``, constant
   gate; also as global pooling and as a matrix-vector product); the FCs only (on a constant
@@ -13,7 +14,7 @@ Two measurements, each against the same-layout SE-free twin:
   gates left as ``QLinearMul`` (``quantize_onnx(fold_gates=False)``), and the INT8 latencies of SE-free,
   SE and SE with ``QLinearMul`` timed round-robin (batch-1 files).
 
-    python bench/bench_se_cost.py [--rounds 20] [--ort] [--no-eager]
+    python bench/bench_se_cost.py [--model se_resnet50b] [--rounds 20] [--ort] [--no-eager]
 """
 import argparse
 import json
@@ -95,12 +96,13 @@ def with_gates(model, keep):
     return model
 
 
-def eager_table(rounds, block, memory_format, format_name):
-    se = randomize_bn(timm.create_model('se_resnet50b'))
-    plain = randomize_bn(timm.create_model('se_resnet50b', se_layer='none'))
-    make = lambda m: optimize(m, memory_format=memory_format)  # noqa: E731
+def eager_table(arch, rounds, block, memory_format, format_name):
+    se = randomize_bn(timm.create_model(arch))
+    plain = randomize_bn(timm.create_model(arch, se_layer='none'))
+    make = lambda m, **kw: optimize(m, memory_format=memory_format, **kw)  # noqa: E731
     models = {'SE-free twin': make(plain),
               'SE (real gate)': make(se),
+              "SE, gate into the 1x1 convolution's weights at batch 1 (fold_gate=True)": make(se, fold_gate=True),
               'SE, gate through five module calls (before)': with_gates(make(se), 'modules'),
               'constant gate (scale only)': with_gates(make(se), 'nothing'),
               'squeeze only (spatial_mean: a mean)': with_gates(make(se), 'pool'),
@@ -113,7 +115,8 @@ def eager_table(rounds, block, memory_format, format_name):
     gates = [m for m in models['SE (real gate)'].modules() if isinstance(m, ExcitationGate)]
     fc = sum(g.fc1_weight.numel() + g.fc2_weight.numel() for g in gates)
     conv = sum(m.weight.numel() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))  # what streams past
-    print(f'optimize ({format_name}), batch 1, {rounds} rounds x {block} calls, {torch.get_num_threads()} threads; '
+    print(f'{arch}, optimize ({format_name}), batch 1, {rounds} rounds x {block} calls, '
+          f'{torch.get_num_threads()} threads; '
           f'gate FC weights {fc / 1e6:.2f} M ({4 * fc / 2**20:.1f} MiB fp32) in {2 * len(gates)} matrices, '
           f'convolution weights {4 * conv / 2**20:.0f} MiB')
     print('| variant | ms | over SE-free |\n|---|---|---|')
@@ -186,6 +189,9 @@ def ort_table(threads, rounds, block):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--model', default='se_resnet50b',
+                        help='an se_hub model with an se_layer=none twin, for the eager table '
+                             '(e.g. se_efficientnet_b0)')
     parser.add_argument('--rounds', type=int, default=20)
     parser.add_argument('--block', type=int, default=3)
     parser.add_argument('--threads', type=int, default=2)
@@ -196,7 +202,7 @@ def main():
     torch.set_num_threads(args.threads)
     fmt = torch.channels_last if args.memory_format == 'channels_last' else torch.contiguous_format
     if args.eager:
-        eager_table(args.rounds, args.block, fmt, args.memory_format)
+        eager_table(args.model, args.rounds, args.block, fmt, args.memory_format)
     if args.ort:
         ort_table(args.threads, args.rounds, args.block)
 

@@ -11,9 +11,10 @@ training modules, so they may change their internals freely.
   into ``fc1`` (``fc1(W m + b) = (W1 W) m + W1 b + b1``), so the squeeze reads the smaller
   tensor and costs no extra weights.
 * ``GatedPointwiseConv``  a 1x1 convolution whose input or output channels are scaled by a
-  per-sample gate; at batch 1 the gate goes into the weights when that touches fewer numbers
-  than scaling the activation (early, high-resolution stages), else one ``addcmul`` pass does
-  scale + residual add (then ReLU in place).
+  per-sample gate: one ``addcmul`` pass does scale + residual add (then ReLU in place), or the gate
+  scales the input of a packed convolution; with ``fold_gate``, at batch 1 the gate goes into the
+  weights where that touches fewer numbers than scaling the activation (early, high-resolution
+  stages), which measured slower (oneDNN then reorders the weights on every call).
 * ``FusedConv2d``  an ``nn.Conv2d`` with its ReLU / SiLU and a residual add fused in.
 
 In eager CPU float32 inference the convolutions run as oneDNN convolutions whose activation and
@@ -329,11 +330,12 @@ class GatedPointwiseConv(OneDNNWeights, nn.Module):
 
     Holds the folded 1x1 convolution's weight and bias itself (no submodule whose forward the
     folded path would skip). ``fold_gate``: at batch 1 put the gate into the weights when the
-    weight tensor is smaller than the activation it would otherwise scale (False for exports:
-    ONNX / INT8 graphs want static weights). Without a gate, or with it in the weights, the add and
-    ReLU are post-ops of the convolution in eager CPU inference (``onednn_conv``)."""
+    weight tensor is smaller than the activation it would otherwise scale (off by default: slower
+    here, see ``optimize``; exports need it off, as ONNX / INT8 graphs want static weights).
+    Without a gate, or with it in the weights, the add and ReLU are post-ops of the convolution in
+    eager CPU inference (``onednn_conv``)."""
 
-    def __init__(self, conv: nn.Conv2d, gate_input: bool, fold_gate: bool = True):
+    def __init__(self, conv: nn.Conv2d, gate_input: bool, fold_gate: bool = False):
         super().__init__()
         if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1 or conv.padding != (0, 0):
             raise ValueError('GatedPointwiseConv needs a plain 1x1 stride-1 convolution')

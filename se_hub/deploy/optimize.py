@@ -5,10 +5,12 @@ What it does (each measured in ``bench/bench_deploy.py``):
 * BatchNorm folded into the convolution before it (``torch.nn.utils.fusion.fuse_conv_bn_eval``);
 * residual blocks (SE-ResNet / ResNeXt / SENet / CIFAR, any SE placement) and MBConv blocks
   rebuilt from their parameters as ``fused`` blocks: the SE squeeze of a bottleneck reads the
-  last 1x1 convolution's input (4x smaller) by linearity, the gate goes into the next 1x1
-  convolution's weights where it precedes one (MBConv, SE-3x3) or where it scales that
-  convolution's output at batch 1 and the weights are the smaller tensor, and scale + residual
-  add + ReLU run as one ``addcmul`` plus an in-place ReLU;
+  last 1x1 convolution's input (4x smaller) by linearity, and scale + residual add + ReLU run as
+  one ``addcmul`` plus an in-place ReLU (MBConv, SE-3x3: the gate scales the 1x1 convolution's
+  input, whose packed convolution then takes the residual add). ``fold_gate=True`` puts the gate
+  into that convolution's weights at batch 1 where the weights are the smaller tensor: fewer
+  numbers touched, yet slower on this project's CPU (oneDNN reorders gate-scaled weights on every
+  call; ``bench/bench_se_cost.py``), so it is off by default;
 * the other SE units (Inception) become ``ScaleByGate`` modules; other attention modules (ECA,
   CBAM) and every other layer are kept as they are;
 * every plain convolution becomes a ``FusedConv2d`` (re-classed in place: hooks stay), its ReLU /
@@ -223,7 +225,7 @@ class FusedResidualBlock(nn.Module):
         return out
 
 
-def fuse_residual_block(block: nn.Module, preact: bool, fold_gate: bool = True) -> FusedResidualBlock:
+def fuse_residual_block(block: nn.Module, preact: bool, fold_gate: bool = False) -> FusedResidualBlock:
     """A post-activation ``BasicBlock`` / ``Bottleneck`` (conv1-bn1[-conv2-bn2]-conv_last-bn_last)
     or a pre-activation CIFAR unit (bn1-relu-conv1[-bn2-relu-conv2]-bn-relu-conv_last)."""
     if preact:
@@ -303,7 +305,7 @@ class FusedInvertedResidual(nn.Module):
         return self.conv_pwl(x, gate, shortcut if self.has_skip else None)
 
 
-def fuse_inverted_residual(block: nn.Module, fold_gate: bool = True) -> FusedInvertedResidual:
+def fuse_inverted_residual(block: nn.Module, fold_gate: bool = False) -> FusedInvertedResidual:
     if hasattr(block, 'conv_pwl'):  # MBConv: pw -> dw -> SE -> pwl
         conv_pw = fused_conv(fold_conv_bn(block.conv_pw, block.bn1), copy.deepcopy(block.act1))
         conv_dw = fused_conv(fold_conv_bn(block.conv_dw, block.bn2), copy.deepcopy(block.act2))
@@ -415,16 +417,17 @@ def fastest_memory_format(model: nn.Module, example_input: Optional[torch.Tensor
 
 
 def optimize(model: nn.Module, memory_format: Union[str, torch.memory_format, None] = torch.channels_last,
-             fold_gate: bool = True, example_input: Optional[torch.Tensor] = None) -> nn.Module:
+             fold_gate: bool = False, example_input: Optional[torch.Tensor] = None) -> nn.Module:
     """An eval-only copy of ``model`` computing the same function faster (see module docstring).
 
     ``memory_format``: of the weights (activations follow), recorded as ``optimized_memory_format``.
     Channels-last by default: within a few % of NCHW at batch 1 here, and up to a quarter faster at
     batch 16. 'auto' times both on ``example_input`` (default: one random image at the model's input
     size; a few forward passes) and keeps the faster: give it an input of the batch size you will run.
-    None keeps the model's. ``fold_gate=False`` keeps every SE scale as an activation multiply (for exports:
-    ONNX / INT8 graphs need static weights). The copy keeps the model's attributes (``pretrained_cfg``,
-    ``forward_features``, ...)."""
+    None keeps the model's. ``fold_gate``: at batch 1, put an SE gate that scales a 1x1 convolution into
+    its weights where they are the smaller tensor (off: slower on this project's CPU, see the module
+    docstring; exports keep it off, as ONNX / INT8 graphs need static weights). The copy keeps the
+    model's attributes (``pretrained_cfg``, ``forward_features``, ...)."""
     from ..models.se_cifar import SECifarResNet
     from ..models.se_mbconv import EfficientNet
     from ..models.se_residual import SEResNet
