@@ -3,9 +3,11 @@
 Paths: eager PyTorch, ``se_hub.deploy.optimize``, ``torch.compile`` (inductor, freezing),
 onnxruntime fp32, onnxruntime INT8 (static QDQ, per-channel, SE gate path in fp32 for se_hub;
 timm's graphs quantized the same way, their ReduceMean squeeze as exported). Models: se_resnet50b
-and its SE-free twin, timm's seresnet50 and resnet50, se_efficientnet_b0 and its SE-free twin.
+and its SE-free twin, timm's seresnet50 and resnet50, the same four for SE-ResNeXt-50 (32x4d),
+se_efficientnet_b0 and its SE-free twin.
 Columns: batch-1 latency (median), batch-16 throughput, SE overhead over the same-layout SE-free
-twin through the same path, speed-up over timm's eager seresnet50 (or se_efficientnet_b0's eager
+twin through the same path (the median over rounds of the two models' ratio within a round, and its
+quartiles), speed-up over timm's eager seresnet50 / seresnext50_32x4d (or se_efficientnet_b0's eager
 for the EfficientNets).
 
     python bench/bench_deploy.py            # full table (bs1 + bs16, all paths)
@@ -44,6 +46,10 @@ MODELS = [
     ('se_resnet50b (no SE)', 'se_resnet50b', dict(se_layer='none'), None, 'timm seresnet50'),
     ('timm seresnet50', 'seresnet50', {}, 'timm resnet50', 'timm seresnet50'),
     ('timm resnet50', 'resnet50', {}, None, 'timm seresnet50'),
+    ('se_resnext50b_32x4d', 'se_resnext50b_32x4d', {}, 'se_resnext50b_32x4d (no SE)', 'timm seresnext50_32x4d'),
+    ('se_resnext50b_32x4d (no SE)', 'se_resnext50b_32x4d', dict(se_layer='none'), None, 'timm seresnext50_32x4d'),
+    ('timm seresnext50_32x4d', 'seresnext50_32x4d', {}, 'timm resnext50_32x4d', 'timm seresnext50_32x4d'),
+    ('timm resnext50_32x4d', 'resnext50_32x4d', {}, None, 'timm seresnext50_32x4d'),
     ('se_efficientnet_b0', 'se_efficientnet_b0', {}, 'se_efficientnet_b0 (no SE)', 'se_efficientnet_b0'),
     ('se_efficientnet_b0 (no SE)', 'se_efficientnet_b0', dict(se_layer='none'), None, 'se_efficientnet_b0'),
 ]
@@ -157,10 +163,28 @@ def timings(runners, x, repeats, warmup=3, block=1):
     return times
 
 
-def measure(runners, batch, repeats, warmup=3, block=1):
-    """Median seconds per call of each runner on a (batch, 3, 224, 224) input (``timings``)."""
+def measure(runners, batch, repeats, warmup=3, block=1, with_times=False):
+    """Median seconds per call of each runner on a (batch, 3, 224, 224) input (``timings``); with
+    ``with_times`` also every timed call, for ``overhead_quartiles``."""
     times = timings(runners, torch.randn(batch, 3, 224, 224), repeats, warmup, block)
-    return {k: statistics.median(v) for k, v in times.items()}
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return (medians, times) if with_times else medians
+
+
+def overhead_quartiles(times, key, base, block):
+    """How much slower ``key`` ran than ``base``, in %, per round-robin round (the median of each one's
+    ``block`` calls in that round): (median, first quartile, third quartile) over the rounds. Both ran
+    within the same round, so load that drifts between rounds cancels, and the quartiles show how far a
+    single run's overhead can be trusted on a shared machine."""
+    ratios = [statistics.median(times[key][i:i + block]) / statistics.median(times[base][i:i + block])
+              for i in range(0, len(times[key]), block)]
+    q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return tuple(100 * (q - 1) for q in (median, q1, q3))
+
+
+def format_overhead(quartiles):
+    median, q1, q3 = quartiles
+    return f'{median:+.1f}% ({q1:+.1f} to {q3:+.1f})'
 
 
 def main():
@@ -189,9 +213,10 @@ def main():
             parser.error(f'unknown rows / paths {sorted(unknown)}; rows: {[m[0] for m in MODELS]}, paths: {PATHS}')
         runners = build(args, work, formats, lambda row, path: (not keep_rows or row in keep_rows)
                         and (not keep_paths or path in keep_paths))
-        bs1 = measure(runners, 1, repeats, block=args.block)
+        bs1, bs1_times = measure(runners, 1, repeats, block=args.block, with_times=True)
         bs16 = {} if args.quick else measure(runners, 16, max(3, repeats // 4), warmup=1, block=args.block)
-    header = ['model', 'path', 'bs1 ms', 'bs16 img/s', 'SE overhead bs1', 'speed-up vs eager ref']
+    header = ['model', 'path', 'bs1 ms', 'bs16 img/s', 'SE overhead bs1 (quartiles over rounds)',
+              'speed-up vs eager ref']
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for row, _, _, twin, ref in MODELS:
         for path in PATHS:
@@ -199,15 +224,16 @@ def main():
             if key not in bs1:
                 continue
             t = bs1[key]
-            over = f'{100 * (t / bs1[(twin, path)] - 1):+.1f}%' if twin and (twin, path) in bs1 else ''
+            over = (format_overhead(overhead_quartiles(bs1_times, key, (twin, path), args.block))
+                    if twin and (twin, path) in bs1 else '')
             thr = f'{16 / bs16[key]:.1f}' if key in bs16 else ''
             speed = f'{bs1[(ref, "eager")] / t:.2f}x' if (ref, 'eager') in bs1 else ''
             label = f'{path} ({formats[row]})' if path == 'optimize' else path
             lines.append(f'| {row} | {label} | {1000 * t:.1f} | {thr} | {over} | {speed} |')
     print(f'torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, '
           f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "(unset)")}, '
-          f'repeats {repeats} x block {args.block}, reference for speed-up: timm seresnet50 eager (ResNets), '
-          f'se_efficientnet_b0 eager (EfficientNets)')
+          f'repeats {repeats} x block {args.block}, reference for speed-up: timm seresnet50 / seresnext50_32x4d '
+          f'eager (ResNets / ResNeXts), se_efficientnet_b0 eager (EfficientNets)')
     print('\n'.join(lines))
 
 

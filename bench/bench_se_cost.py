@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import timm  # noqa: E402
-from bench_deploy import measure, randomize_bn, torch_runner  # noqa: E402
+from bench_deploy import format_overhead, measure, overhead_quartiles, randomize_bn, torch_runner  # noqa: E402
 
 import se_hub  # noqa: E402,F401
 from se_hub.deploy import optimize  # noqa: E402
@@ -110,8 +110,8 @@ def eager_table(arch, rounds, block, memory_format, format_name):
               'squeeze only, as a matrix-vector product': with_gates(make(se), 'pool as matrix-vector product'),
               'FCs only': with_gates(make(se), 'fc'),
               'FC weights read only (a sum each: the memory floor)': with_gates(make(se), 'fc weights read')}
-    medians = measure({key: torch_runner(m) for key, m in models.items()}, 1, rounds, warmup=2, block=block)
-    base = medians['SE-free twin']
+    medians, times = measure({key: torch_runner(m) for key, m in models.items()}, 1, rounds, warmup=2, block=block,
+                             with_times=True)
     gates = [m for m in models['SE (real gate)'].modules() if isinstance(m, ExcitationGate)]
     fc = sum(g.fc1_weight.numel() + g.fc2_weight.numel() for g in gates)
     conv = sum(m.weight.numel() for m in plain.modules() if isinstance(m, torch.nn.Conv2d))  # what streams past
@@ -119,9 +119,9 @@ def eager_table(arch, rounds, block, memory_format, format_name):
           f'{torch.get_num_threads()} threads; '
           f'gate FC weights {fc / 1e6:.2f} M ({4 * fc / 2**20:.1f} MiB fp32) in {2 * len(gates)} matrices, '
           f'convolution weights {4 * conv / 2**20:.0f} MiB')
-    print('| variant | ms | over SE-free |\n|---|---|---|')
+    print('| variant | ms | over SE-free (quartiles over rounds) |\n|---|---|---|')
     for key, t in medians.items():
-        print(f'| {key} | {1000 * t:.1f} | {100 * (t / base - 1):+.1f}% |')
+        print(f"| {key} | {1000 * t:.1f} | {format_overhead(overhead_quartiles(times, key, 'SE-free twin', block))} |")
 
 
 def ort_profile(path, threads, runs=30):
@@ -169,12 +169,12 @@ def ort_table(threads, rounds, block):
         files[('SE, gates as QLinearMul', 'int8')] = multiply = os.path.join(work, 'SE_int8_mul.onnx')
         quantize_onnx(os.path.join(work, 'SE.onnx'), multiply, photos, fold_gates=False)
         profiles[('SE, gates as QLinearMul', 'int8')] = ort_profile(multiply, threads)
-        times = measure({label: ort_runner({1: path}, threads) for (label, _), path in files.items()}, 1, rounds,
-                        block=block)
+        medians, times = measure({label: ort_runner({1: path}, threads) for (label, _), path in files.items()}, 1,
+                                 rounds, block=block, with_times=True)
     print(f'\nonnxruntime INT8 latency, bs1, {rounds} rounds x {block} calls round-robin')
-    print('| graph | ms | SE overhead |\n|---|---|---|')
-    for label, t in times.items():
-        print(f"| {label} | {1000 * t:.2f} | {100 * (t / times['SE-free'] - 1):+.1f}% |")
+    print('| graph | ms | SE overhead (quartiles over rounds) |\n|---|---|---|')
+    for label, t in medians.items():
+        print(f"| {label} | {1000 * t:.2f} | {format_overhead(overhead_quartiles(times, label, 'SE-free', block))} |")
     profiles[('SE', 'int8 (gates as QLinearMul)')] = profiles.pop(('SE, gates as QLinearMul', 'int8'))
     profiles[('SE-free', 'int8 (gates as QLinearMul)')] = profiles[('SE-free', 'int8')]
     for precision in ('fp32', 'int8', 'int8 (gates as QLinearMul)'):
