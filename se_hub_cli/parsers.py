@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--int8-full-range', action='store_true',
                    help='8-bit weights in every convolution, for CPUs with VNNI or ARM (default: 7-bit weights in '
                         "the dense convolutions, whose onnxruntime kernels saturate on x86 CPUs without VNNI)")
+    p.add_argument('--int8-no-bias-correction', dest='int8_bias_correction', action='store_false',
+                   help="keep the quantized biases as rounded (default: move each convolution's bias by the mean "
+                        'error it leaves on the calibration images)')
     p.add_argument('--no-pretrained', dest='pretrained', action='store_false',
                    help='random weights (to test an export path); the default loads pretrained weights')
     p.add_argument('--json', action='store_true', help='print the verification as JSON')

@@ -51,7 +51,7 @@ def export_command(args: argparse.Namespace) -> int:
             export_model(model, 'onnx', str(fp32), args.img_size, args.dynamic_batch)
             images = _load_images(calibration_images(args.calibration, args.calibration_count))
             quantize_onnx(str(fp32), str(output), images, keep_gate_fp32=not args.int8_gate,
-                          reduce_range=not args.int8_full_range)
+                          reduce_range=not args.int8_full_range, bias_correction=args.int8_bias_correction)
     else:
         export_model(model, args.format, str(output), args.img_size, args.dynamic_batch)
     report = verify_export(model, str(output))
