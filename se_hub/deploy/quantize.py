@@ -289,9 +289,9 @@ def correct_biases(quantized, reference, batch: np.ndarray) -> int:
     return len(layers)
 
 
-def tensor_values(proto, names: List[str], images: np.ndarray) -> List[np.ndarray]:
-    """The values of the tensors ``names`` of ``proto`` (made graph outputs) on ``images``, run one at a
-    time in an ``ort_session`` (batch-1 files), concatenated along the batch axis."""
+def _runs(proto, names: List[str], images: np.ndarray):
+    """Per image of ``images`` (run one at a time in an ``ort_session``: batch-1 files), the values of the
+    tensors ``names`` of ``proto``, made graph outputs."""
     import onnx
 
     from .export import ort_session
@@ -304,13 +304,25 @@ def tensor_values(proto, names: List[str], images: np.ndarray) -> List[np.ndarra
         path = os.path.join(work, 'model.onnx')
         onnx.save(proto, path)
         session = ort_session(path)
-        feed = session.get_inputs()[0].name
-        runs = [session.run(names, {feed: images[i:i + 1]}) for i in range(len(images))]
+    feed = session.get_inputs()[0].name
+    for i in range(len(images)):
+        yield session.run(names, {feed: images[i:i + 1]})
+
+
+def tensor_values(proto, names: List[str], images: np.ndarray) -> List[np.ndarray]:
+    """The values of the tensors ``names`` of ``proto`` on ``images``, concatenated along the batch axis."""
+    runs = list(_runs(proto, names, images))
     return [np.concatenate([r[k] for r in runs]) for k in range(len(names))]
 
 
 def _channel_means(proto, names: List[str], images: np.ndarray) -> List[np.ndarray]:
-    return [v.mean(axis=tuple(a for a in range(v.ndim) if a != 1)) for v in tensor_values(proto, names, images)]
+    """Per-channel means of the tensors ``names`` over ``images``, accumulated image by image (all of a
+    network's activations for every image at once would not fit in memory)."""
+    sums = None
+    for run in _runs(proto, names, images):
+        means = [v.mean(axis=tuple(a for a in range(v.ndim) if a != 1)) for v in run]
+        sums = means if sums is None else [s + m for s, m in zip(sums, means)]
+    return [s / len(images) for s in sums]
 
 
 class _Reader:
