@@ -220,42 +220,50 @@ def test_int8_float32_layers_stay_float32_in_onnxruntime(tmp_path):
     assert cosine.min() >= 0.999, cosine
 
 
-def test_cli_export_int8_lite0_meets_target(tmp_path, capsys):
-    """`se-hub export --int8 --calibration DIR` on the real Lite0 weights: the CLI's default keeps the target."""
+def cli_int8_export(tmp_path, *flags):
+    """`se-hub export --int8 --calibration DIR [flags]` of the real Lite0 weights -> (file, printed report)."""
+    import contextlib
+    import io
     import json
 
     from se_hub.cli import main
     calibration = calibration_folder(tmp_path)
-    out = tmp_path / 'lite0_int8.onnx'
-    assert main(['export', lite_weights()[0], '--format', 'onnx', '--int8', '--calibration', str(calibration),
-                 '--output', str(out), '--json']) == 0
-    report = json.loads(capsys.readouterr().out)
+    out = tmp_path / f'lite0_int8{"".join(flags)}.onnx'
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(['export', lite_weights()[0], '--format', 'onnx', '--int8', '--calibration', str(calibration),
+                     '--output', str(out), '--json', *flags]) == 0
+    return out, json.loads(printed.getvalue())
+
+
+@pytest.fixture(scope='module')
+def lite0_cli_int8(tmp_path_factory):
+    """The CLI's default INT8 export of Lite0, made once for the tests that read it."""
+    return cli_int8_export(tmp_path_factory.mktemp('lite0_default'))
+
+
+def test_cli_export_int8_lite0_meets_target(lite0_cli_int8):
+    """`se-hub export --int8 --calibration DIR` on the real Lite0 weights: the CLI's default keeps the target."""
+    out, report = lite0_cli_int8
     assert report['same_top1'] and min(report['cosine']) >= 0.99, report
     meta = ExportedModel(str(out)).meta['int8']
     assert meta['calibration_images'] == 6 and meta['fp32_nodes'] == 6  # stem, first block (3 + 2 ReLU6), classifier
     assert meta['biases_corrected'] > 0
 
 
-def test_int8_bias_correction_lowers_the_logit_error_of_real_weights(tmp_path, capsys):
+def test_int8_bias_correction_lowers_the_logit_error_of_real_weights(lite0_cli_int8, tmp_path):
     """Bias correction (``correct_biases``, on the six calibration photos) against the biases as rounded, on the
     real Lite0 weights, judged on the four other photos ``verify_export`` classifies: every logit vector ends up
-    closer to float32 (measured on an AVX-512 VNNI machine: relative error about 2-3x lower). Through the CLI,
-    whose ``--int8-no-bias-correction`` turns it off."""
-    from se_hub.cli import main
-    calibration = calibration_folder(tmp_path)
+    closer to float32. Through the CLI, whose ``--int8-no-bias-correction`` turns it off."""
     model = timm.create_model(lite_weights()[0], pretrained=True).eval()
     errors, corrected = {}, {}
-    for flag in ([], ['--int8-no-bias-correction']):
-        out = tmp_path / f'lite0{len(flag)}.onnx'
-        assert main(['export', lite_weights()[0], '--format', 'onnx', '--int8', '--calibration', str(calibration),
-                     '--output', str(out), '--json', *flag]) == 0
-        capsys.readouterr()
+    for rounded, out in ((False, lite0_cli_int8[0]), (True, cli_int8_export(tmp_path, '--int8-no-bias-correction')[0])):
         exported = ExportedModel(str(out))
-        corrected[bool(flag)] = exported.meta['int8']['biases_corrected']
+        corrected[rounded] = exported.meta['int8']['biases_corrected']
         batch = photo_batch(exported.meta)
         with torch.inference_mode():
             ref = model(batch)
-        errors[bool(flag)] = ((exported(batch) - ref).pow(2).sum(-1) / ref.pow(2).sum(-1)).tolist()
+        errors[rounded] = ((exported(batch) - ref).pow(2).sum(-1) / ref.pow(2).sum(-1)).tolist()
     assert corrected[True] == 0 and corrected[False] > 40, corrected  # Lite0: 46 quantized convolutions
     assert all(a < b for a, b in zip(errors[False], errors[True])), errors
 

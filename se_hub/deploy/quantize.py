@@ -281,11 +281,11 @@ def correct_biases(quantized, reference, batch: np.ndarray) -> int:
         return 0
     images = batch[:BIAS_CORRECTION_IMAGES]
     expected = _channel_means(reference, [layer[0] for layer in layers], images)
+    int32 = np.iinfo(np.int32)
     for (_, read, bias, scale), want in zip(layers, expected):
         (got,) = _channel_means(quantized, [read], images)
         moved = numpy_helper.to_array(bias).astype(np.int64) + np.round((want - got) / scale).astype(np.int64)
-        info = np.iinfo(np.int32)
-        bias.CopyFrom(numpy_helper.from_array(np.clip(moved, info.min, info.max).astype(np.int32), bias.name))
+        bias.CopyFrom(numpy_helper.from_array(np.clip(moved, int32.min, int32.max).astype(np.int32), bias.name))
     return len(layers)
 
 
