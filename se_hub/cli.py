@@ -59,11 +59,11 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .weights.manifest import manifest
-    from .weights.sources import CorruptWeightsError, _local, verify
+    from .weights.sources import CorruptWeightsError, local_file, verify
     damaged = checked = 0
     for entry in manifest()['weights']:
         for source in entry['sources']:
-            path = _local(source)
+            path = local_file(source)
             if path is None:
                 continue
             checked += 1

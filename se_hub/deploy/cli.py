@@ -45,11 +45,11 @@ def export_command(args: argparse.Namespace) -> int:
     if args.int8:
         import tempfile
 
-        from .quantize import _load_images, quantize_onnx
+        from .quantize import load_images, quantize_onnx
         with tempfile.TemporaryDirectory() as work:
             fp32 = Path(work) / 'fp32.onnx'
             export_model(model, 'onnx', str(fp32), args.img_size, args.dynamic_batch)
-            images = _load_images(calibration_images(args.calibration, args.calibration_count))
+            images = load_images(calibration_images(args.calibration, args.calibration_count))
             quantize_onnx(str(fp32), str(output), images, keep_gate_fp32=not args.int8_gate,
                           reduce_range=not args.int8_full_range, bias_correction=args.int8_bias_correction)
     else:

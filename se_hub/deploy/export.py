@@ -75,7 +75,7 @@ def write_file(output: Path, data: bytes) -> None:
     """Write a finished file: it appears only when complete, and a full disk is a clear error that leaves
     what was at ``output`` intact. Files are serialised in memory first: torch.jit.save and
     torch.export.save abort the whole process when a write to a path fails."""
-    from ..tasks.checkpoints import write_bytes_atomic
+    from ..files import write_bytes_atomic
     output.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(output, data)
 
