@@ -39,7 +39,8 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from .. import files
 from . import checkpoints
-from .engine import LAST, Engine, Task, TrainConfig, autocast
+from .distributed import autocast
+from .engine import LAST, Engine, Task, TrainConfig
 
 PathLike = Union[str, os.PathLike]
 KINDS = ('fasterrcnn', 'retinanet', 'maskrcnn')
