@@ -14,7 +14,7 @@ TABLES = {
     'models-table': ('docs/models.md', ['se_*'], ['se_resnet50_*'], False),
     'ablation-table': ('docs/paper.md', ['se_resnet50*'], ['se_resnet50b'], False),
     'weights-table': ('docs/weights.md', ['se_*'], [], True),
-    # README's short table: one model per family with published weights
+    # README's short table: a few of the residual and MBConv models with published weights
     'readme-weights-table': ('README.md', ['se_resnet50', 'se_resnet50b', 'se_resnext50_32x4d', 'se_senet154',
                                            'se_efficientnet_b0', 'se_tf_efficientnet_lite0'], [], True),
 }
@@ -36,9 +36,10 @@ def block_pattern(name: str) -> str:
 
 def read_block(path: str, name: str) -> str:
     """The text between a file's <!-- NAME:start --> and <!-- NAME:end --> lines."""
-    m = re.search(block_pattern(name), (REPO / path).read_text(), flags=re.S)
+    text = (REPO / path).read_text()
+    m = re.search(block_pattern(name), text, flags=re.S)
     assert m, f'{path} has no {name} block'
-    return (REPO / path).read_text()[m.end(1):m.start(2)].rstrip('\n')
+    return text[m.end(1):m.start(2)].rstrip('\n')
 
 
 def main() -> None:
