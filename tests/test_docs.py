@@ -16,8 +16,10 @@ from se_hub_cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 README_BUDGET = 250  # lines: details belong in docs/
-# docs/cli.md is the parser's own help text, not commands quoted by a person
+# docs/cli.md is the parser's own help text, not commands quoted by a person; a bench/results file's first
+# line quotes the command that wrote it
 DOC_FILES = [REPO / 'README.md'] + sorted(p for p in (REPO / 'docs').glob('*.md') if p.name != 'cli.md')
+DOC_FILES += sorted((REPO / 'bench' / 'results').glob('*.md'))
 SEPARATORS = {'|', '||', '&&', ';', '&', '>', '>>', '2>&1'}
 SCRIPT = re.compile(r'(?:^|/)((?:bench|tools)/[\w./-]+\.py)$')
 
