@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import record  # bench/record.py: --results writes the output to bench/results/
+
 HERE = Path(__file__).resolve().parents[1]
 
 
@@ -27,12 +29,15 @@ def best_of(cmd, runs):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--runs', type=int, default=3)
-    runs = parser.parse_args().runs
-    print(f"{'command':28s}{'se_hub_cli (s)':>16s}{'python -m se_hub.cli (s)':>26s}")
-    for verb in (['--help'], ['list'], ['list', '--pretrained']):
-        fast = best_of([sys.executable, '-m', 'se_hub_cli', *verb], runs)
-        slow = best_of([sys.executable, '-m', 'se_hub.cli', *verb], runs)
-        print(f"{'se-hub ' + ' '.join(verb):28s}{fast:16.2f}{slow:26.2f}")
+    record.add_option(parser)
+    args = parser.parse_args()
+    runs = args.runs
+    with record.recording(args.results, 'cli_startup'):
+        print(f"{'command':28s}{'se_hub_cli (s)':>16s}{'python -m se_hub.cli (s)':>26s}")
+        for verb in (['--help'], ['list'], ['list', '--pretrained']):
+            fast = best_of([sys.executable, '-m', 'se_hub_cli', *verb], runs)
+            slow = best_of([sys.executable, '-m', 'se_hub.cli', *verb], runs)
+            print(f"{'se-hub ' + ' '.join(verb):28s}{fast:16.2f}{slow:26.2f}")
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import record  # noqa: E402  # bench/record.py: --results writes the output to bench/results/
 import timm  # noqa: E402
 
 import se_hub  # noqa: E402,F401
@@ -199,42 +200,44 @@ def main():
     parser.add_argument('--threads', type=int, default=2, help='torch and onnxruntime intra-op threads')
     parser.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
                         help='include torch.compile (default: yes unless --quick)')
+    record.add_option(parser)
     args = parser.parse_args()
-    if args.compile is None:
-        args.compile = not args.quick
-    repeats = 5 if args.quick else args.repeats
-    torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as work:
-        formats = {}  # row -> memory format optimize picked
-        keep_rows = {r.strip() for r in args.models.split(',') if r.strip()}
-        keep_paths = {p.strip() for p in args.paths.split(',') if p.strip()}
-        unknown = (keep_rows - {m[0] for m in MODELS}) | (keep_paths - set(PATHS))
-        if unknown:
-            parser.error(f'unknown rows / paths {sorted(unknown)}; rows: {[m[0] for m in MODELS]}, paths: {PATHS}')
-        runners = build(args, work, formats, lambda row, path: (not keep_rows or row in keep_rows)
-                        and (not keep_paths or path in keep_paths))
-        bs1, bs1_times = measure(runners, 1, repeats, block=args.block, with_times=True)
-        bs16 = {} if args.quick else measure(runners, 16, max(3, repeats // 4), warmup=1, block=args.block)
-    header = ['model', 'path', 'bs1 ms', 'bs16 img/s', 'SE overhead bs1 (quartiles over rounds)',
-              'speed-up vs eager ref']
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    for row, _, _, twin, ref in MODELS:
-        for path in PATHS:
-            key = (row, path)
-            if key not in bs1:
-                continue
-            t = bs1[key]
-            over = (format_overhead(overhead_quartiles(bs1_times, key, (twin, path), args.block))
-                    if twin and (twin, path) in bs1 else '')
-            thr = f'{16 / bs16[key]:.1f}' if key in bs16 else ''
-            speed = f'{bs1[(ref, "eager")] / t:.2f}x' if (ref, 'eager') in bs1 else ''
-            label = f'{path} ({formats[row]})' if path == 'optimize' else path
-            lines.append(f'| {row} | {label} | {1000 * t:.1f} | {thr} | {over} | {speed} |')
-    print(f'torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, '
-          f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "(unset)")}, '
-          f'repeats {repeats} x block {args.block}, reference for speed-up: timm seresnet50 / seresnext50_32x4d '
-          f'eager (ResNets / ResNeXts), se_efficientnet_b0 eager (EfficientNets)')
-    print('\n'.join(lines))
+    with record.recording(args.results, 'deploy'):
+        if args.compile is None:
+            args.compile = not args.quick
+        repeats = 5 if args.quick else args.repeats
+        torch.set_num_threads(args.threads)
+        with tempfile.TemporaryDirectory() as work:
+            formats = {}  # row -> memory format optimize picked
+            keep_rows = {r.strip() for r in args.models.split(',') if r.strip()}
+            keep_paths = {p.strip() for p in args.paths.split(',') if p.strip()}
+            unknown = (keep_rows - {m[0] for m in MODELS}) | (keep_paths - set(PATHS))
+            if unknown:
+                parser.error(f'unknown rows / paths {sorted(unknown)}; rows: {[m[0] for m in MODELS]}, paths: {PATHS}')
+            runners = build(args, work, formats, lambda row, path: (not keep_rows or row in keep_rows)
+                            and (not keep_paths or path in keep_paths))
+            bs1, bs1_times = measure(runners, 1, repeats, block=args.block, with_times=True)
+            bs16 = {} if args.quick else measure(runners, 16, max(3, repeats // 4), warmup=1, block=args.block)
+        header = ['model', 'path', 'bs1 ms', 'bs16 img/s', 'SE overhead bs1 (quartiles over rounds)',
+                  'speed-up vs eager ref']
+        lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+        for row, _, _, twin, ref in MODELS:
+            for path in PATHS:
+                key = (row, path)
+                if key not in bs1:
+                    continue
+                t = bs1[key]
+                over = (format_overhead(overhead_quartiles(bs1_times, key, (twin, path), args.block))
+                        if twin and (twin, path) in bs1 else '')
+                thr = f'{16 / bs16[key]:.1f}' if key in bs16 else ''
+                speed = f'{bs1[(ref, "eager")] / t:.2f}x' if (ref, 'eager') in bs1 else ''
+                label = f'{path} ({formats[row]})' if path == 'optimize' else path
+                lines.append(f'| {row} | {label} | {1000 * t:.1f} | {thr} | {over} | {speed} |')
+        print(f'torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, '
+              f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "(unset)")}, '
+              f'repeats {repeats} x block {args.block}, reference for speed-up: timm seresnet50 / seresnext50_32x4d '
+              f'eager (ResNets / ResNeXts), se_efficientnet_b0 eager (EfficientNets)')
+        print('\n'.join(lines))
 
 
 if __name__ == '__main__':

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import record  # bench/record.py: --results writes the output to bench/results/
+
 HERE = Path(__file__).resolve().parents[1]
 BATCH, SIZE, DET_SIZE = 8, 224, 320
 
@@ -109,17 +111,19 @@ def main() -> None:
     parser.add_argument('--before', default='/work/main', help='checkout of the code before the engine')
     parser.add_argument('--steps', type=int, default=4)
     parser.add_argument('--threads', type=int, default=2)
+    record.add_option(parser)
     args = parser.parse_args()
-    before, after = Path(args.before), HERE
-    rows = [('classification fine-tune step', _measure_in(before, 'classification', args.steps, args.threads),
-             _measure_in(after, 'classification', args.steps, args.threads),
-             _measure_in(after, 'timm_step', args.steps, args.threads)),
-            ('detection step (Faster R-CNN)', _measure_in(before, 'detection', args.steps, args.threads),
-             _measure_in(after, 'detection', args.steps, args.threads), None)]
-    print(f'se_resnet50b, CPU ({args.threads} threads), batch {BATCH}, {args.steps} steps; images/s')
-    print(f"{'step':32s}{'before':>10s}{'after':>10s}{'timm step':>12s}")
-    for name, b, a, t in rows:
-        print(f"{name:32s}{b:10.2f}{a:10.2f}{(f'{t:.2f}' if t else 'n/a'):>12s}")
+    with record.recording(args.results, 'finetune_step'):
+        before, after = Path(args.before), HERE
+        rows = [('classification fine-tune step', _measure_in(before, 'classification', args.steps, args.threads),
+                 _measure_in(after, 'classification', args.steps, args.threads),
+                 _measure_in(after, 'timm_step', args.steps, args.threads)),
+                ('detection step (Faster R-CNN)', _measure_in(before, 'detection', args.steps, args.threads),
+                 _measure_in(after, 'detection', args.steps, args.threads), None)]
+        print(f'se_resnet50b, CPU ({args.threads} threads), batch {BATCH}, {args.steps} steps; images/s')
+        print(f"{'step':32s}{'before':>10s}{'after':>10s}{'timm step':>12s}")
+        for name, b, a, t in rows:
+            print(f"{name:32s}{b:10.2f}{a:10.2f}{(f'{t:.2f}' if t else 'n/a'):>12s}")
 
 
 if __name__ == '__main__':

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record  # noqa: E402  # bench/record.py: --results writes the output to bench/results/
 import timm  # noqa: E402
 from bench_deploy import format_overhead, measure, overhead_quartiles, randomize_bn, torch_runner  # noqa: E402
 
@@ -198,13 +199,15 @@ def main():
     parser.add_argument('--memory-format', choices=['channels_last', 'contiguous'], default='channels_last')
     parser.add_argument('--ort', action='store_true', help='also profile onnxruntime fp32 and INT8 by operator')
     parser.add_argument('--no-eager', dest='eager', action='store_false', help='skip the eager gate variants')
+    record.add_option(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    fmt = torch.channels_last if args.memory_format == 'channels_last' else torch.contiguous_format
-    if args.eager:
-        eager_table(args.model, args.rounds, args.block, fmt, args.memory_format)
-    if args.ort:
-        ort_table(args.threads, args.rounds, args.block)
+    with record.recording(args.results, 'se_cost'):
+        torch.set_num_threads(args.threads)
+        fmt = torch.channels_last if args.memory_format == 'channels_last' else torch.contiguous_format
+        if args.eager:
+            eager_table(args.model, args.rounds, args.block, fmt, args.memory_format)
+        if args.ort:
+            ort_table(args.threads, args.rounds, args.block)
 
 
 if __name__ == '__main__':

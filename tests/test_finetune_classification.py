@@ -416,15 +416,15 @@ def test_two_processes_with_ddp(tmp_path):
     assert r.loss == pytest.approx(rows[best['epoch'] - 1]['val_loss'], rel=1e-4)
 
 
-def test_readme_places365_recipe_parses_into_the_papers_setting():
-    """The README's Places-365 recipe is a command that runs: its flags parse and give the paper's values."""
+def test_docs_places365_recipe_parses_into_the_papers_setting():
+    """docs/finetuning.md's Places-365 recipe is a command that runs: its flags parse into the paper's values."""
     import shlex
 
     from se_hub.cli import build_parser
     from se_hub.models.catalog import MODELS
     from se_hub.tasks.classification import finetune_options
-    readme = (REPO / 'README.md').read_text()
-    block = readme.split('<!-- places365-recipe:start -->')[1].split('<!-- places365-recipe:end -->')[0]
+    page = (REPO / 'docs' / 'finetuning.md').read_text()
+    block = page.split('<!-- places365-recipe:start -->')[1].split('<!-- places365-recipe:end -->')[0]
     lines = block.split('```bash\n')[1].split('```')[0].replace('\\\n', ' ').splitlines()
     launcher, evaluation = shlex.split(lines[0].replace('$(which se-hub)', 'SE_HUB')), shlex.split(lines[1])
     assert launcher[:4] == ['torchrun', '--nproc_per_node', '8', 'SE_HUB']
