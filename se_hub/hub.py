@@ -204,11 +204,12 @@ def as_timm_model(model: nn.Module) -> nn.Module:
                                 'crop_mode', 'mean', 'std', 'num_classes', 'label_names', 'label_descriptions',
                                 'pool_size', 'test_pool_size', 'license', 'origin_url', 'tag', 'paper_ids',
                                 'paper_name') if k in cfg}
-    target.pretrained_cfg = dict(target.pretrained_cfg, tag=None, license=None, origin_url=None, **data)
+    # the weights' fields (tag, license, origin) are the se_hub model's when it carries its tag, else none
+    target.pretrained_cfg = {**target.pretrained_cfg, 'tag': None, 'license': None, 'origin_url': None, **data}
     for key in ('hf_hub_id', 'url', 'file', 'hf_hub_filename', 'source'):
         target.pretrained_cfg.pop(key, None)
     target.default_cfg = target.pretrained_cfg
-    target._model_args = dict(num_classes=model.num_classes, in_chans=in_chans)
+    target._model_args = dict(in_chans=in_chans)
     if pool:
         target._model_args['global_pool'] = pool
     return target
@@ -228,6 +229,16 @@ def _check_same_function(model: nn.Module, target: nn.Module, in_chans: int, nam
     if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * scale):
         raise ValueError(f"{name} does not give the logits of timm's {upstream} with the mapped weights "
                          f'(max difference {(ours - theirs).abs().max().item():.3g}); publish it without as_timm')
+
+
+def _without_num_classes_in_model_args(config_file: Path) -> None:
+    """The class count lives at the config's root (timm reads it there): newer timm also writes it into
+    ``model_args``, which Hugging Face transformers' timm wrapper passes to ``timm.create_model`` beside its own
+    ``num_classes`` ("got multiple values for keyword argument 'num_classes'")."""
+    config = json.loads(config_file.read_text(encoding='utf-8'))
+    if 'num_classes' in (config.get('model_args') or {}):
+        config['model_args'].pop('num_classes')
+        config_file.write_text(json.dumps(config, indent=2), encoding='utf-8')
 
 
 def _replace_files(src: Path, directory: Path) -> None:
@@ -271,6 +282,7 @@ def save_pretrained(
                 save_for_hf(model, tmp, model_config=model_config, model_args=args, safe_serialization=True)
             finally:
                 model.pretrained_cfg, model.default_cfg = saved_cfgs
+        _without_num_classes_in_model_args(Path(tmp) / 'config.json')
         (Path(tmp) / 'README.md').write_text(card, encoding='utf-8')
         _replace_files(Path(tmp), directory)
     return directory

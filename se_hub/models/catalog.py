@@ -76,6 +76,10 @@ def documented_kwargs(model_cls: type, config: Dict[str, Any]) -> Tuple[str, ...
 
 def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
     def entrypoint(pretrained: bool = False, **kwargs):
+        if 'se_layer' in kwargs and kwargs['se_layer'] is None:
+            # None means "no SE" here but "the default" to timm (create_model and a config's model_args drop
+            # None): the model is built, and recorded, with the value that means the same everywhere
+            kwargs['se_layer'] = 'none'
         model_args = {k: v for k, v in kwargs.items() if k not in _NOT_MODEL_ARGS and v is not None}
         loaded = None
         if pretrained:
