@@ -242,8 +242,12 @@ def _without_num_classes_in_model_args(config_file: Path) -> None:
 
 
 def _replace_files(src: Path, directory: Path) -> None:
-    """Move every file of ``src`` into ``directory``, each with one atomic rename."""
+    """Move every file of ``src`` into ``directory``, each with one atomic rename, with the mode the umask
+    gives new files (safetensors writes model.safetensors 0o600)."""
+    from .tasks.checkpoints import new_file_mode
+    mode = new_file_mode()
     for path in src.iterdir():
+        os.chmod(path, mode)
         os.replace(path, directory / path.name)
 
 

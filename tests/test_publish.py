@@ -325,3 +325,19 @@ def test_se_free_model_built_with_none_reloads(how, tmp_path):
     save_pretrained(model, tmp_path / 'export')
     reloaded = _compat.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True)
     torch.testing.assert_close(logits(reloaded), logits(model))
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o002])
+def test_export_files_follow_the_umask(umask, tmp_path):
+    """safetensors writes model.safetensors 0o600: another user reading a shared run directory got 'Permission
+    denied'. Every exported file gets the mode the umask gives new files, as a plain open() would."""
+    code = ('import os, sys, timm\nfrom se_hub.hub import save_pretrained\n'
+            f'os.umask({umask})\n'
+            f"save_pretrained(timm.create_model('se_resnet20_cifar', layers=(1, 1, 1)), sys.argv[1])\n"
+            f"open(os.path.join(sys.argv[1], 'reference'), 'w').close()\n")
+    run = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'export')], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    assert run.returncode == 0, run.stderr
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / 'export').iterdir()}
+    assert set(modes) == {'config.json', 'model.safetensors', 'README.md', 'reference'}
+    assert set(modes.values()) == {modes['reference']} == {0o666 & ~umask}, {k: oct(v) for k, v in modes.items()}
