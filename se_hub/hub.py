@@ -13,6 +13,8 @@ for weights loaded from that tag, "random initialisation" for a model never load
 """
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -251,6 +253,29 @@ def _replace_files(src: Path, directory: Path) -> None:
         os.replace(path, directory / path.name)
 
 
+_EXPORT_PREFIX = '.se_hub-export-'
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_exports(directory: Path) -> None:
+    """Work folders of exports into ``directory`` whose process (same host) has died: a killed export leaves
+    the whole model there. Each folder is named ``.se_hub-export-<host>-<pid>-<random>``."""
+    own = f'{_EXPORT_PREFIX}{socket.gethostname()}-'
+    for path in directory.glob(f'{_EXPORT_PREFIX}*'):
+        pid = path.name[len(own):].split('-', 1)[0] if path.name.startswith(own) else ''
+        if pid.isdigit() and not _pid_alive(int(pid)) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def save_pretrained(
         model: nn.Module,
         directory: Union[str, os.PathLike],
@@ -273,7 +298,9 @@ def save_pretrained(
         raise ValueError(f'{len(label_names)} label names for a model with {model.num_classes} classes')
     model_config = {'label_names': list(label_names)} if label_names else None
     card = model_card(model, metrics, notes, as_timm=MODELS[_architecture(model)].upstream if as_timm else '')
-    with tempfile.TemporaryDirectory(dir=directory, prefix='.se_hub-export-') as tmp:
+    _remove_stale_exports(directory)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=f'{_EXPORT_PREFIX}{socket.gethostname()}-{os.getpid()}-') \
+            as tmp:
         if as_timm:
             target = as_timm_model(model)
             save_for_hf(target, tmp, model_config=model_config, model_args=target._model_args,

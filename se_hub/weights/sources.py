@@ -8,6 +8,7 @@ file's size and modification time are unchanged (``se-hub verify`` always re-has
 Hugging Face settings are read when a file is requested (not when se_hub is imported):
 ``HF_ENDPOINT``, ``HF_HUB_CACHE`` / ``HF_HOME``, ``HF_HUB_OFFLINE``; tokens are huggingface_hub's.
 """
+import glob
 import hashlib
 import json
 import os
@@ -64,8 +65,64 @@ def describe(source: Dict[str, Any]) -> str:
     return f"{source['path']} in the installed distribution {source['distribution']}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Debris of killed downloads. A writer holds a lock while its temporary file grows (huggingface_hub its
+# `.locks/<repo>/<etag>.lock`, se_hub one per URL file); a temporary file whose lock is free has no live writer.
+
+def _remove_unless_locked(debris: List[Path], lock_file: Path) -> None:
+    from filelock import FileLock, Timeout
+    if not debris:
+        return
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except (Timeout, OSError):  # a live writer, or a cache we cannot write to
+        return
+    try:
+        for path in debris:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+    finally:
+        lock.release()
+
+
+def remove_stale_hub_downloads(repo_folder: Path) -> None:
+    """``blobs/*.incomplete`` of a Hub cache repo folder (``models--OWNER--NAME``) that no live download
+    holds. huggingface_hub >= 1.0 names them ``<etag>.<random>.incomplete`` (never reused); earlier releases
+    resume from ``<etag>.incomplete``, which is removed only once its blob is complete."""
+    blobs = repo_folder / 'blobs'
+    if not blobs.is_dir():
+        return
+    locks = repo_folder.parent / '.locks' / repo_folder.name
+    by_etag: Dict[str, List[Path]] = {}
+    for path in blobs.glob('*.incomplete'):
+        etag, _, rest = path.name.partition('.')
+        if rest != 'incomplete' or (blobs / etag).is_file():
+            by_etag.setdefault(etag, []).append(path)
+    for etag, debris in by_etag.items():
+        _remove_unless_locked(debris, locks / f'{etag}.lock')
+
+
+def _url_lock(path: Path) -> Path:
+    return path.with_name(f'.{path.name}.se_hub-lock')
+
+
+def remove_stale_url_downloads(path: Path) -> None:
+    """torch.hub's ``<file>.<uuid>.partial`` beside ``path`` that no live se_hub download holds."""
+    _remove_unless_locked(list(path.parent.glob(f'{glob.escape(path.name)}.*.partial')), _url_lock(path))
+
+
+def _hub_repo_folder(source: Dict[str, Any], cache_dir=None) -> Path:
+    from huggingface_hub import constants
+    cache = cache_dir or hub_cache_dir() or constants.HF_HUB_CACHE
+    return Path(cache) / ('models--' + source['repo_id'].replace('/', '--'))
+
+
 def _hf_download(source: Dict[str, Any], local_only: bool, cache_dir=None) -> Path:
     from huggingface_hub import hf_hub_download
+    remove_stale_hub_downloads(_hub_repo_folder(source, cache_dir))
     return Path(hf_hub_download(
         source['repo_id'], source['filename'], revision=source.get('revision'),
         cache_dir=os.fspath(cache_dir) if cache_dir else hub_cache_dir(),
@@ -86,6 +143,8 @@ def _local(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
             return None
     if source['kind'] == 'url':
         path = _url_path(source, cache_dir)
+        if path.parent.is_dir():
+            remove_stale_url_downloads(path)
         return path if path.is_file() else None
     from .wheel import installed_file
     try:
@@ -97,10 +156,14 @@ def _local(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
 def _download(source: Dict[str, Any], progress: bool, cache_dir=None) -> Path:
     if source['kind'] == 'hf_hub':
         return _hf_download(source, local_only=False, cache_dir=cache_dir)
+    from filelock import FileLock
     path = _url_path(source, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # torch.hub writes to a temporary file and renames it only after the hash-prefix check
-    torch.hub.download_url_to_file(source['url'], str(path), hash_prefix=source.get('hash_prefix'), progress=progress)
+    with FileLock(str(_url_lock(path))):  # one writer per file; its .partial is live while the lock is held
+        if not path.is_file():  # another process may have finished it while this one waited
+            # torch.hub writes to a temporary file and renames it only after the hash-prefix check
+            torch.hub.download_url_to_file(source['url'], str(path), hash_prefix=source.get('hash_prefix'),
+                                           progress=progress)
     return path
 
 
