@@ -49,12 +49,11 @@ def calibration_images(directory: str, count: Optional[int] = None) -> List[Path
 
 
 def _load_images(paths: Iterable[Path]) -> list:
-    from PIL import Image
+    from ..images import read_rgb
     images = []
     for p in paths:
         try:
-            with Image.open(p) as img:
-                images.append(img.convert('RGB'))
+            images.append(read_rgb(p))
         except OSError as e:
             raise ValueError(f'cannot read calibration image {p}: {e}') from None
     return images
