@@ -68,6 +68,7 @@ def describe(source: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Debris of killed downloads. A writer holds a lock while its temporary file grows (huggingface_hub its
 # `.locks/<repo>/<etag>.lock`, se_hub one per URL file); a temporary file whose lock is free has no live writer.
+# filelock is a dependency of huggingface_hub and torch in every release se_hub supports.
 
 def _remove_unless_locked(debris: List[Path], lock_file: Path) -> None:
     from filelock import FileLock, Timeout
