@@ -152,14 +152,14 @@ class LocalHub:
             self._repos[repo_id].served[filename] = bytes(data)
 
     def stall(self, repo_id: str, filename: str, after: int) -> None:
-        """GETs of this file send its first ``after`` bytes, then hang until ``release_stalls()``: a download
-        in progress, to kill or to keep alive."""
+        """GETs of this file send its first ``after`` bytes, then hang until ``release_stalls()`` (then the
+        rest): a download in progress, to kill or to keep alive."""
         with self._lock:
             self._stalls[(repo_id, filename)] = after
             self._released.clear()
 
     def release_stalls(self) -> None:
-        """Serve every file in full again; hanging answers end (their clients see a short read)."""
+        """Serve every file in full again; hanging answers send the rest of their file."""
         with self._lock:
             self._stalls.clear()
         self._released.set()
@@ -353,6 +353,10 @@ class LocalHub:
             h.wfile.write(stalled.body[:stalled.after])
             h.wfile.flush()
             self._released.wait(timeout=300)
+            try:
+                h.wfile.write(stalled.body[stalled.after:])
+            except OSError:  # the client was killed meanwhile
+                pass
         except _HubError as e:
             self._send_json(h, e.status, {'error': e.message},
                             {**({'X-Error-Code': e.code} if e.code else {}), 'X-Error-Message': e.message, **e.headers})
