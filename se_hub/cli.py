@@ -81,6 +81,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def load_image(spec: str):
     """A PIL image from a path, or 'skimage:NAME' for one of scikit-image's bundled photos."""
     from PIL import Image
+
+    from .images import read_rgb, to_rgb
     if spec.startswith('skimage:'):
         try:
             import skimage.data
@@ -89,10 +91,9 @@ def load_image(spec: str):
         loader = getattr(skimage.data, spec.split(':', 1)[1], None)
         if loader is None:
             raise ValueError(f'{spec}: scikit-image has no image named like that (try skimage:chelsea)')
-        return Image.fromarray(loader()).convert('RGB')
+        return to_rgb(Image.fromarray(loader()))
     try:
-        with Image.open(spec) as img:
-            return img.convert('RGB')
+        return read_rgb(spec)
     except FileNotFoundError:
         raise ValueError(f'image not found: {spec}') from None
     except OSError as e:

@@ -22,6 +22,18 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f'.{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}')
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask. For files written by libraries
+    that create them private (safetensors writes 0o600), so that a shared run directory stays readable."""
+    try:  # Linux >= 4.7 reports it without changing it (os.umask would, for every thread, for a moment)
+        with open('/proc/self/status', encoding='ascii') as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith('Umask:'))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)

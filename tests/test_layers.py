@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Lowest floor first; a module may import its own floor (no circles) and any floor below it. A name
 # covers the module and everything under it; the most specific name wins (``se_hub.deploy.cli`` is CLI).
 FLOORS: Tuple[Tuple[str, ...], ...] = (
-    ('se_hub._compat', 'se_hub.files', 'se_hub.plots', 'se_hub.layers'),
+    ('se_hub._compat', 'se_hub.files', 'se_hub.plots', 'se_hub.images', 'se_hub.layers'),
     ('se_hub.weights',),
     ('se_hub.models', 'se_hub.retrofit', 'se_hub.complexity'),
     ('se_hub.factory', 'se_hub.hub', 'se_hub.__init__'),  # se_hub.__init__: the package's front door

@@ -159,8 +159,8 @@ class ExportedModel:
             self.session = ort_session(str(self.path))
             self.kind = 'onnx'
         elif suffix == '.pt2':
-            extra = {METADATA_KEY: ''}
-            self.program = torch.export.load(str(self.path), extra_files=extra)
+            from .pt2 import load_pt2
+            self.program, extra = load_pt2(self.path, extra_files=(METADATA_KEY,))
             self.module = self.program.module()
             self.meta = self._parse(extra[METADATA_KEY])
             self.kind = 'pt2'

@@ -50,12 +50,11 @@ def calibration_images(directory: str, count: Optional[int] = None) -> List[Path
 
 def load_images(paths: Iterable[Path]) -> list:
     """Calibration photos as RGB PIL images; a file that is not an image is an error naming it."""
-    from PIL import Image
+    from ..images import read_rgb
     images = []
     for p in paths:
         try:
-            with Image.open(p) as img:
-                images.append(img.convert('RGB'))
+            images.append(read_rgb(p))
         except OSError as e:
             raise ValueError(f'cannot read calibration image {p}: {e}') from None
     return images

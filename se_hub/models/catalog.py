@@ -9,7 +9,9 @@ from typing import Any, Callable, Dict, Tuple
 
 from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
 
+from .._compat import LocalEntryNotFoundError
 from ..weights.pretrained import tagged_cfgs, with_pretrained_source
+from ..weights.sources import hub_weights_unavailable
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,20 @@ def documented_kwargs(model_cls: type, config: Dict[str, Any]) -> Tuple[str, ...
 
 def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
     def entrypoint(pretrained: bool = False, **kwargs):
+        if 'se_layer' in kwargs and kwargs['se_layer'] is None:
+            # None means "no SE" here but "the default" to timm (create_model and a config's model_args drop
+            # None): the model is built, and recorded, with the value that means the same everywhere
+            kwargs['se_layer'] = 'none'
         model_args = {k: v for k, v in kwargs.items() if k not in NOT_MODEL_ARGS and v is not None}
         loaded = None
         if pretrained:
             kwargs, loaded = with_pretrained_source(name, kwargs)
-        model = create(name, pretrained, **kwargs)
+        try:
+            model = create(name, pretrained, **kwargs)
+        except LocalEntryNotFoundError as e:  # timm reading an hf-hub: repo's weights
+            if not (loaded or '').startswith('hf-hub:'):
+                raise
+            raise hub_weights_unavailable(loaded, e) from None
         # what rebuilds this model (exports write it as model_args), whether it came through
         # timm.create_model, torch.hub or this entrypoint; create_model adds the same keys later
         model._model_args = dict(getattr(model, '_model_args', None) or {}, **model_args)

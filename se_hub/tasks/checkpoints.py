@@ -7,6 +7,8 @@ from typing import Any, Dict, Union
 
 import torch
 
+from .._compat import not_a_tensor_file
+
 
 def load(path: Union[str, os.PathLike], map_location: Any = 'cpu') -> Dict[str, Any]:
     """A training checkpoint written by :func:`se_hub.files.save_atomic` (tensors and plain data only)."""
@@ -16,8 +18,7 @@ def load(path: Union[str, os.PathLike], map_location: Any = 'cpu') -> Dict[str, 
     except FileNotFoundError:
         raise FileNotFoundError(f'checkpoint not found: {path}') from None
     except Exception as e:  # noqa: BLE001 - named file, one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f'cannot read checkpoint {path}: {first}') from e
+        raise ValueError(not_a_tensor_file(path, e)) from e
 
 
 def rng_state() -> Dict[str, Any]:

@@ -241,15 +241,15 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, index):
-        from PIL import Image
         from torchvision.transforms.functional import pil_to_tensor
+
+        from ..images import read_rgb
         index, flip = index if isinstance(index, tuple) else (index, False)
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         path = self.image_dir / info['file_name']
         try:
-            with Image.open(path) as img:
-                image = pil_to_tensor(img.convert('RGB')).float().div_(255)
+            image = pil_to_tensor(read_rgb(path)).float().div_(255)
         except FileNotFoundError:
             raise FileNotFoundError(f'image {path} (id {image_id} in {self.annotation_file}) is missing') from None
         except OSError as e:

@@ -113,10 +113,11 @@ def read_categories(path: PathLike, num_classes: Optional[int] = None, verify_md
 
 
 def _load_rgb(path: str):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from ..images import read_rgb
     try:
-        with Image.open(path) as img:
-            return img.convert('RGB')
+        return read_rgb(path)
     except FileNotFoundError:
         raise Places365Error(f'Places-365 image is missing: {path}') from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
