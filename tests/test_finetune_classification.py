@@ -193,6 +193,32 @@ def test_frozen_backbone_and_bn_from_the_exported_model_then_push(trained, data_
     assert json.loads(files['config.json'])['label_names'] == CLASSES
 
 
+def test_freeze_bn_alone_keeps_batchnorm_as_loaded_while_the_rest_trains(trained, data_dir, tmp_path):
+    """--freeze-bn without --freeze-backbone: after real optimizer steps (lr 0.05, weight decay) every
+    BatchNorm's running statistics and affine parameters are those of the loaded weights, while every
+    convolution, the SE units and the classifier moved."""
+    import torch.nn as nn
+    start_model = _compat.create_model(f'local-dir:{trained.output}', pretrained=True)
+    start = start_model.state_dict()
+    bn_keys = {f'{name}.{k}' for name, m in start_model.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) for k in m.state_dict()}
+    assert len(bn_keys) > 40  # weight, bias, running_mean, running_var, num_batches_tracked of each BN
+    out = tmp_path / 'bn'
+    finetune(f'local-dir:{trained.output}', data_dir, epochs=1, output=out, freeze_bn=True,
+             **dict(FAST, pretrained=True, lr=0.05))
+    ckpt = checkpoints.load(out / 'last.pth')
+    assert ckpt['step'] == 6  # 48 train images / batch 8: six optimizer steps
+    after = ckpt['model']
+    for k, v in start.items():
+        if k in bn_keys:
+            assert torch.equal(v, after[k]), k
+        elif v.is_floating_point():
+            assert not torch.equal(v, after[k]), k  # convolutions, SE units, classifier
+    # the optimizer was given the other parameters only
+    trained_params = [i for g in ckpt['optimizer']['param_groups'] for i in g['params']]
+    assert len(trained_params) == sum(1 for k in start if k not in bn_keys and start[k].is_floating_point())
+
+
 def test_sgd_layer_decay_ema_and_cpu_bf16(data_dir, tmp_path):
     out = tmp_path / 'ema'
     result = finetune(MODEL, data_dir, epochs=1, output=out, optimizer='sgd', layer_decay=0.5, ema=True,
