@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import factory
+from ..files import write_error
 from .data import DataError, find_splits, worker_errors_named
 from .distributed import autocast, plan_device
 from .engine import Engine, Progress, Task, TrainConfig
@@ -433,7 +434,13 @@ class ClassificationTask(Task):
         retrofitted = ' with SE units retrofitted (se_hub.retrofit)' if self.opts.retrofit else ''
         notes = (f"Fine-tuned with `se-hub finetune` from `{self.spec}`{retrofitted} on {len(self.classes)} classes "
                  f"({', '.join(self.classes[:10])}{', ...' if len(self.classes) > 10 else ''}).")
-        save_pretrained(net, engine.out, label_names=self.classes, metrics=metrics, notes=notes)
+        try:
+            save_pretrained(net, engine.out, label_names=self.classes, metrics=metrics, notes=notes)
+        except Exception as e:  # a full disk: safetensors names no file; the export's files are replaced last
+            error = write_error(engine.out / _failed_file(e), e)
+            if error is None:
+                raise
+            raise error from e
         pushed = None
         if self.opts.push:
             pushed = push_to_hub(net, self.opts.push, label_names=self.classes, metrics=metrics, notes=notes)
@@ -441,6 +448,16 @@ class ClassificationTask(Task):
         engine.log(f"exported the {which} weights (epoch {ckpt['epoch']}: top-1 {top1:.2f}%) to {engine.out}")
         return FinetuneResult(engine.out, net, list(self.classes), list(engine.history), engine.best_epoch,
                               engine.best_score, which, pushed)
+
+
+def _failed_file(error: BaseException) -> str:
+    """The export file a failed ``save_pretrained`` was writing: the one an OSError names, else the
+    weights (safetensors' errors name no file; the weights are most of an export's bytes)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.filename:
+            return Path(error.filename).name
+        error = error.__cause__ or error.__context__
+    return 'model.safetensors'
 
 
 def finetune(model: str, data, epochs: int, output, **options) -> FinetuneResult:
