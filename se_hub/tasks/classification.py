@@ -338,6 +338,9 @@ class ClassificationTask(Task):
                             '(add a folder of images for each other class)')
         self.train_set = self.splits.train
         self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+        # the weights the run started from (hub.weights_origin: 'model.tag', 'local-dir:...', None for random);
+        # kept in every checkpoint, as a resumed run builds the network without them
+        self.start_weights: Optional[str] = None
 
     def build(self, engine: Engine, resuming: bool) -> nn.Module:
         from timm.data import create_transform
@@ -349,6 +352,9 @@ class ClassificationTask(Task):
         if opts.retrofit:  # before the optimizer exists; on resume the same architecture, then last.pth loads
             from ..retrofit import retrofit
             net = retrofit(net, **opts.retrofit_args)
+        if resuming:  # built without weights (last.pth loads): its provenance is the first run's
+            net.loaded_weights = self.start_weights
+        self.start_weights = getattr(net, 'loaded_weights', None)
         _record_input_size(net, opts.img_size)
         data_cfg = factory.data_config(net, opts.img_size)
         self.splits.train.transform = train_transform(data_cfg, opts.augment, opts.cutout)
@@ -385,9 +391,11 @@ class ClassificationTask(Task):
         return row
 
     def meta(self) -> Dict[str, Any]:
-        return {'model_spec': self.spec, 'classes': list(self.classes), 'options': asdict(self.opts)}
+        return {'model_spec': self.spec, 'classes': list(self.classes), 'options': asdict(self.opts),
+                'loaded_weights': self.start_weights}
 
     def check_resume(self, ckpt: Dict[str, Any], path: Path) -> None:
+        self.start_weights = ckpt.get('loaded_weights')
         if ckpt['classes'] != list(self.classes):
             old, new = ckpt['classes'], list(self.classes)
             diff = sorted(set(old) ^ set(new))
