@@ -54,7 +54,11 @@ def hold_output(directory: Union[str, os.PathLike], create: bool = True) -> Iter
     info = directory / HOLDER_NAME
     try:
         started = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
-        write_text_atomic(info, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': started}))
+        try:
+            write_text_atomic(info, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                                                'started': started}))
+        except OSError:  # a full disk: the run's own files will say so; the lock holds without its info
+            pass
         yield directory
     finally:
         try:
