@@ -17,6 +17,7 @@ from test_finetune_classification import FAST, MODEL, make_folders, sha
 from se_hub.files import FileWriteError, save_atomic
 from se_hub.tasks import checkpoints
 from se_hub.tasks.classification import finetune
+from se_hub.tasks.output_lock import LOCK_NAME
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -96,7 +97,7 @@ def test_finetune_checkpoint_and_export_on_a_full_filesystem(small_filesystem, t
     assert any(re.match(full_message(out / name), str(e.value)) for name in ('last.pth', 'best.pth')), e.value
     for name in ('last.pth', 'best.pth'):
         assert sha(out / name) == files[name] and checkpoints.load(out / name)['epoch'] == 1
-    assert not [p.name for p in out.iterdir() if p.name.startswith('.') and p.name != '.se_hub-run.lock']
+    assert not [p.name for p in out.iterdir() if p.name.startswith('.') and p.name != LOCK_NAME]
     (out.parent / 'filler').unlink()
 
     # the export: the disk fills just before it (another process's file)
@@ -111,7 +112,7 @@ def test_finetune_checkpoint_and_export_on_a_full_filesystem(small_filesystem, t
     assert checkpoints.load(out / 'last.pth')['epoch'] == 2  # the epoch itself was saved
     for name in ('model.safetensors', 'config.json', 'README.md'):
         assert sha(out / name) == files[name], name
-    assert not [p.name for p in out.iterdir() if p.name.startswith('.') and p.name != '.se_hub-run.lock']
+    assert not [p.name for p in out.iterdir() if p.name.startswith('.') and p.name != LOCK_NAME]
 
     monkeypatch.setattr(se_hub.hub, 'save_pretrained', real_save)
     (out.parent / 'filler').unlink()
