@@ -8,13 +8,16 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 TMP_MARK = '.tmp-'
 
 
 class FileWriteError(OSError):
     """A file (a checkpoint, an export) could not be written; what was at that path before is intact."""
+
+    def __str__(self) -> str:  # the sentence, without OSError's '[Errno 28]' in front
+        return self.strerror or super().__str__()
 
 
 def _tmp_path(path: Path) -> Path:
@@ -47,15 +50,44 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _disk_full(error: BaseException) -> bool:
+    """Whether ``error`` or one it was raised from is a full disk. torch's zip writer reports one as
+    ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``, raised while handling the
+    OSError of the write; safetensors (Rust) as an error saying ``os error 28`` and no path."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if not isinstance(error, OSError) and f'os error {errno.ENOSPC})' in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def write_error(path: Union[str, os.PathLike], error: BaseException) -> Optional[FileWriteError]:
+    """What ``error``, raised while writing ``path`` (beside it, not over it), means for the user: a
+    :class:`FileWriteError` naming ``path`` and saying that what was there is intact, or None when
+    ``error`` is not about the file system (a bug, an interrupt: raise it as it is)."""
+    path = Path(path)
+    kept = f'the previous {path} is intact' if path.exists() else f'no {path} was written'
+    if _disk_full(error):
+        return FileWriteError(errno.ENOSPC, f'the disk is full, could not write {path}; {kept} (free some space '
+                                            'and run again)')
+    if isinstance(error, OSError):
+        return FileWriteError(error.errno, f'could not write {path}: {error.strerror or error}; {kept}')
+    return None
+
+
 def write_atomic(path: Union[str, os.PathLike], write) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then move it over ``path``. A failed
-    write removes the temporary file, leaves ``path`` as it was, and an OS error (a full disk) is
-    raised as :class:`FileWriteError` saying so."""
+    write removes the temporary file, leaves ``path`` as it was, and an OS error (a full disk, also
+    when the writer reports it as another error) is raised as :class:`FileWriteError` saying so."""
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        # torch.save reports a full disk as a RuntimeError about stream positions; closing the file then
-        # raises the OSError (the unwritten data is still in its buffer)
+        # torch.save reports a full disk as a RuntimeError about stream positions (write_error reads the
+        # OSError it was raised from); or closing the file raises the OSError (data still in its buffer)
         with open(tmp, 'wb') as f:
             write(f)
             f.flush()
@@ -66,11 +98,9 @@ def write_atomic(path: Union[str, os.PathLike], write) -> Path:
             tmp.unlink()
         except OSError:
             pass
-        if isinstance(e, OSError):
-            reason = ('the disk is full (free some space and run again)' if e.errno == errno.ENOSPC
-                      else (e.strerror or str(e)))
-            kept = f'the previous {path.name} is intact' if path.exists() else f'no {path.name} was written'
-            raise FileWriteError(e.errno, f'could not write {path}: {reason}; {kept}') from e
+        error = write_error(path, e)
+        if error is not None:
+            raise error from e
         raise
     _fsync_dir(path.parent)
     return path

@@ -120,11 +120,28 @@ def test_int8_se_network_finetuned_on_digits_keeps_accuracy(tmp_path):
     int8_acc = (logits.argmax(-1) == y_val).float().mean().item()
     assert int8_acc >= fp32_acc - 0.005, (fp32_acc, int8_acc)
 
-    # the gate path kept in float32: every SE gate found, and its INT8 error small
+    # the gate path kept in float32: every SE gate found, its excitation weights read as float initializers (not
+    # through DequantizeLinear) and its output never requantized, and its error below that of the same file with
+    # the gates quantized (keep_gate_fp32=False): measured 0 / 0.0014 / 0.0024 against 0.0004 / 0.0029 / 0.0031
     import onnx
-    assert len(gate_paths(onnx.load(str(fp32)))) == 3
+    gates = gate_paths(onnx.load(str(fp32)))
+    assert len(gates) == 3
+    quantized_gates = tmp_path / 'digits_int8_gates.onnx'
+    quantize_onnx(str(fp32), str(quantized_gates), train_imgs[:128], keep_gate_fp32=False)
+    for path, kept in ((int8, True), (quantized_gates, False)):
+        graph = onnx.load(str(path)).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        readers = {i: n.op_type for n in graph.node for i in n.input}
+        nodes = {n.name: n for n in graph.node}
+        for g in gates:
+            dense = [nodes[name] for name in g['nodes'] if name in nodes and nodes[name].op_type in ('Gemm', 'Conv')]
+            float_weights = [producer.get(n.input[1]) is None for n in dense]  # an initializer, not a DQ output
+            assert all(float_weights) if kept else not any(float_weights), (path.name, g['pool'])
+            assert (readers.get(g['gate_output']) != 'QuantizeLinear') == kept, (path.name, g['gate_output'])
     errors = gate_error(str(fp32), str(int8), val_imgs[:32])
-    assert len(errors) == 3 and max(e['mean_abs'] for e in errors) < 0.05
+    quantized = gate_error(str(fp32), str(quantized_gates), val_imgs[:32])
+    assert len(errors) == len(quantized) == 3
+    assert all(e['mean_abs'] < q['mean_abs'] for e, q in zip(errors, quantized)), (errors, quantized)
 
 
 def test_int8_from_calibration_directory(tmp_path, full_disk):
@@ -144,7 +161,8 @@ def test_int8_from_calibration_directory(tmp_path, full_disk):
     assert meta['int8']['calibration_images'] == len(skimage_photos(CALIBRATION_PHOTOS))
     before = (tmp_path / 'q.onnx').read_bytes()
     full_disk.add('q.onnx')
-    with pytest.raises(FileWriteError, match=r'q\.onnx: the disk is full .*the previous q\.onnx is intact'):
+    full = r'the disk is full, could not write .*q\.onnx; the previous .*q\.onnx is intact'
+    with pytest.raises(FileWriteError, match=full):
         quantize_onnx(str(tmp_path / 'm.onnx'), str(tmp_path / 'q.onnx'), str(tmp_path))
     assert (tmp_path / 'q.onnx').read_bytes() == before and not list(tmp_path.glob('.*'))
 

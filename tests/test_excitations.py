@@ -157,7 +157,7 @@ def test_full_disk_while_saving_keeps_the_files_there(trained, digits_dir, tmp_p
     paths = stats.save(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     full_disk.add('excitations.csv')
-    kept = r'excitations\.csv: the disk is full .*previous excitations\.csv is intact'
+    kept = r'the disk is full, could not write .*excitations\.csv; the previous .*excitations\.csv is intact'
     with pytest.raises(FileWriteError, match=kept) as e:
         stats.save(tmp_path)
     assert e.value.errno == errno.ENOSPC

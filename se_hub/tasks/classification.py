@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import factory
+from ..files import write_error
 from .data import DataError, find_splits, worker_errors_named
 from .distributed import autocast, plan_device
 from .engine import Engine, Progress, Task, TrainConfig
@@ -337,6 +338,9 @@ class ClassificationTask(Task):
                             '(add a folder of images for each other class)')
         self.train_set = self.splits.train
         self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+        # the weights the run started from (hub.weights_origin: 'model.tag', 'local-dir:...', None for random);
+        # kept in every checkpoint, as a resumed run builds the network without them
+        self.start_weights: Optional[str] = None
 
     def build(self, engine: Engine, resuming: bool) -> nn.Module:
         from timm.data import create_transform
@@ -348,6 +352,9 @@ class ClassificationTask(Task):
         if opts.retrofit:  # before the optimizer exists; on resume the same architecture, then last.pth loads
             from ..retrofit import retrofit
             net = retrofit(net, **opts.retrofit_args)
+        if resuming:  # built without weights (last.pth loads): its provenance is the first run's
+            net.loaded_weights = self.start_weights
+        self.start_weights = getattr(net, 'loaded_weights', None)
         _record_input_size(net, opts.img_size)
         data_cfg = factory.data_config(net, opts.img_size)
         self.splits.train.transform = train_transform(data_cfg, opts.augment, opts.cutout)
@@ -384,9 +391,11 @@ class ClassificationTask(Task):
         return row
 
     def meta(self) -> Dict[str, Any]:
-        return {'model_spec': self.spec, 'classes': list(self.classes), 'options': asdict(self.opts)}
+        return {'model_spec': self.spec, 'classes': list(self.classes), 'options': asdict(self.opts),
+                'loaded_weights': self.start_weights}
 
     def check_resume(self, ckpt: Dict[str, Any], path: Path) -> None:
+        self.start_weights = ckpt.get('loaded_weights')
         if ckpt['classes'] != list(self.classes):
             old, new = ckpt['classes'], list(self.classes)
             diff = sorted(set(old) ^ set(new))
@@ -433,7 +442,13 @@ class ClassificationTask(Task):
         retrofitted = ' with SE units retrofitted (se_hub.retrofit)' if self.opts.retrofit else ''
         notes = (f"Fine-tuned with `se-hub finetune` from `{self.spec}`{retrofitted} on {len(self.classes)} classes "
                  f"({', '.join(self.classes[:10])}{', ...' if len(self.classes) > 10 else ''}).")
-        save_pretrained(net, engine.out, label_names=self.classes, metrics=metrics, notes=notes)
+        try:
+            save_pretrained(net, engine.out, label_names=self.classes, metrics=metrics, notes=notes)
+        except Exception as e:  # a full disk: safetensors names no file; the export's files are replaced last
+            error = write_error(engine.out / _failed_file(e), e)
+            if error is None:
+                raise
+            raise error from e
         pushed = None
         if self.opts.push:
             pushed = push_to_hub(net, self.opts.push, label_names=self.classes, metrics=metrics, notes=notes)
@@ -441,6 +456,16 @@ class ClassificationTask(Task):
         engine.log(f"exported the {which} weights (epoch {ckpt['epoch']}: top-1 {top1:.2f}%) to {engine.out}")
         return FinetuneResult(engine.out, net, list(self.classes), list(engine.history), engine.best_epoch,
                               engine.best_score, which, pushed)
+
+
+def _failed_file(error: BaseException) -> str:
+    """The export file a failed ``save_pretrained`` was writing: the one an OSError names, else the
+    weights (safetensors' errors name no file; the weights are most of an export's bytes)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.filename:
+            return Path(error.filename).name
+        error = error.__cause__ or error.__context__
+    return 'model.safetensors'
 
 
 def finetune(model: str, data, epochs: int, output, **options) -> FinetuneResult:

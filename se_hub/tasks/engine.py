@@ -7,7 +7,8 @@ and an evaluation (a :class:`Task`); the engine does everything else.
   function of seed and epoch only), AMP (bf16, or fp16 with a ``GradScaler``), EMA
   (``timm.utils.ModelEmaV3``), gradient clipping, the optimizer
   (``timm.optim.create_optimizer_v2``) and a per-step LR schedule (``timm.scheduler``);
-- outputs: atomic ``last.pth`` / ``best.pth`` (:mod:`se_hub.files`), exact resume (model,
+- outputs: one run per output directory (a lock on it, :mod:`.output_lock`), atomic
+  ``last.pth`` / ``best.pth`` (:mod:`se_hub.files`), exact resume (model,
   optimizer, schedule, EMA, scaler, the RNG of every process, the step), ``metrics.jsonl`` (one
   row per epoch), ``curves.png``, progress (a bar on a terminal, plain lines otherwise), and the
   task's export by rank 0.
@@ -20,6 +21,7 @@ import math
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -30,6 +32,7 @@ from torch import nn
 from .. import files
 from . import checkpoints
 from .distributed import EpochSampler, ProcessGroup, autocast, plan_device
+from .output_lock import hold_output
 
 LAST, BEST, METRICS, CURVES = 'last.pth', 'best.pth', 'metrics.jsonl', 'curves.png'
 CHECKPOINT_VERSION = 2
@@ -209,8 +212,11 @@ class Engine:
             torch.backends.cudnn.benchmark = False
         self.pg = ProcessGroup(self.plan)
         try:
-            self._prepare(task)
-            return self._fit(task)
+            # one run per output directory (rank 0 writes, so rank 0 holds it); a --resume of a missing one fails
+            # in _prepare without making it
+            with hold_output(self.out, create=not self.config.resume) if self.pg.main else nullcontext():
+                self._prepare(task)
+                return self._fit(task)
         finally:
             self.pg.close()
             torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
