@@ -73,7 +73,7 @@ def gate_nodes(ov_model) -> List[str]:
     return found
 
 
-def _calibration_batch(meta: Dict[str, Any], calibration) -> 'list':
+def _calibration_batch(meta: Dict[str, Any], calibration) -> list:
     from .quantize import calibration_images, load_images
     images = load_images(calibration_images(calibration)) if isinstance(calibration, (str, Path)) else calibration
     batch = photo_batch(meta, images).numpy()
@@ -123,7 +123,9 @@ def export_openvino(model: nn.Module, output: str, precision: str = 'f32',
                     keep_ends_float: bool = True, int8_method: str = 'qdq') -> Dict[str, Any]:
     """Write ``model`` as an OpenVINO IR: ``output`` (``.xml``) and the ``.bin`` beside it; returns the stored
     metadata (``export.metadata`` plus ``precision`` and, for INT8, ``int8``). ``calibration``: a folder of
-    images or a list of PIL images, needed for ``precision='int8'``. Both files appear only when complete."""
+    images or a list of PIL images, needed for ``precision='int8'``; ``int8_method``: 'qdq' or 'nncf' (module
+    docstring); ``keep_gate_float`` / ``keep_ends_float``: INT8 leaves the SE gate path / the stem-resolution
+    layers and classifier in float (as ``quantize_onnx`` does). Both files appear only when complete."""
     ov = require_openvino()
     output = Path(output)
     if output.suffix.lower() != '.xml':
@@ -158,7 +160,7 @@ def export_openvino(model: nn.Module, output: str, precision: str = 'f32',
             ov.save_model(ov_model, str(staged), compress_to_fp16=precision == 'bf16')
         except RuntimeError as e:
             raise OSError(f'could not write {output}: {str(e).splitlines()[0]}') from None
-        # weights first: an .xml is never there without the weights it was written with
+        # weights first: a new .xml appears only once its weights are in place
         os.replace(staged.with_suffix('.bin'), output.with_suffix('.bin'))
         os.replace(staged, output)
     return meta
