@@ -80,7 +80,7 @@ def torch_runner(module):
 def ort_runner(paths, threads):
     """``paths``: {1: batch-1 file, None: dynamic-batch file}; a batch runs in the file made for it (a
     batch-1 file is what ``se-hub export`` writes by default, and the only one whose INT8 SE gates scale
-    the convolutions' weight scales, ``quantize.fold_gate_scales``)."""
+    the convolutions' weight scales, ``quantize_onnx(ort_only_gate_folding=True)``)."""
     sessions = {batch: ort_session(path, threads) for batch, path in paths.items()}
     name = next(iter(sessions.values())).get_inputs()[0].name
 
@@ -122,7 +122,7 @@ def build(args, work, formats, wanted):
                     export_model_plain(model, path, dynamic_batch=batch is None)
                 fp32[batch], int8[batch] = path, path.replace('.onnx', '_int8.onnx')
                 if wanted(row, 'onnxruntime int8'):
-                    quantize_onnx(path, int8[batch], photos)
+                    quantize_onnx(path, int8[batch], photos, ort_only_gate_folding=True)  # onnxruntime only here
             if wanted(row, 'onnxruntime fp32'):
                 runners[(row, 'onnxruntime fp32')] = ort_runner(fp32, args.threads)
             if wanted(row, 'onnxruntime int8'):

@@ -11,7 +11,7 @@ Two measurements, each against the same-layout SE-free twin:
   memory at batch 1). What the scale costs, and what pooling and FCs cost in the model.
 * onnxruntime fp32 and INT8 (``--ort``): kernel time per operator type from onnxruntime's profiler,
   so the ops the SE graph adds (and the layout reorders they cause) show by name; INT8 also with the
-  gates left as ``QLinearMul`` (``quantize_onnx(fold_gates=False)``), and the INT8 latencies of SE-free,
+  gates left as ``QLinearMul`` (``quantize_onnx``'s default), and the INT8 latencies of SE-free,
   SE and SE with ``QLinearMul`` timed round-robin (batch-1 files).
 
     python bench/bench_se_cost.py [--model se_resnet50b] [--rounds 20] [--ort] [--no-eager]
@@ -163,12 +163,12 @@ def ort_table(threads, rounds, block):
             fp32 = os.path.join(work, f'{label}.onnx')
             export_model(randomize_bn(timm.create_model('se_resnet50b', **kwargs)), 'onnx', fp32)
             files[(label, 'int8')] = int8 = fp32.replace('.onnx', '_int8.onnx')
-            quantize_onnx(fp32, int8, photos)
+            quantize_onnx(fp32, int8, photos, ort_only_gate_folding=True)
             profiles[(label, 'fp32')] = ort_profile(fp32, threads)
             profiles[(label, 'int8')] = ort_profile(int8, threads)
         # the same SE calibration with its gates left as QLinearMul (quantize.fold_gate_scales off)
         files[('SE, gates as QLinearMul', 'int8')] = multiply = os.path.join(work, 'SE_int8_mul.onnx')
-        quantize_onnx(os.path.join(work, 'SE.onnx'), multiply, photos, fold_gates=False)
+        quantize_onnx(os.path.join(work, 'SE.onnx'), multiply, photos)
         profiles[('SE, gates as QLinearMul', 'int8')] = ort_profile(multiply, threads)
         medians, times = measure({label: ort_runner({1: path}, threads) for (label, _), path in files.items()}, 1,
                                  rounds, block=block, with_times=True)

@@ -158,6 +158,11 @@ class ExportedModel:
             self.meta = json.loads(props[METADATA_KEY])
             self.session = ort_session(str(self.path))
             self.kind = 'onnx'
+        elif suffix == '.xml':  # an OpenVINO IR (openvino_backend.export_openvino)
+            from .openvino_runner import OpenVINORunner
+            self.session = OpenVINORunner(str(self.path), metadata_key=METADATA_KEY)
+            self.meta = self._parse(self.session.metadata)
+            self.kind = 'openvino'
         elif suffix == '.pt2':
             from .pt2 import load_pt2
             self.program, extra = load_pt2(self.path, extra_files=(METADATA_KEY,))
@@ -170,7 +175,8 @@ class ExportedModel:
             self.meta = self._parse(extra[METADATA_KEY])
             self.kind = 'torchscript'
         else:
-            raise ValueError(f'{path}: unknown exported file type (expected .onnx, .pt2 or .pt/.ts for TorchScript)')
+            raise ValueError(f'{path}: unknown exported file type (expected .onnx, .xml for OpenVINO, .pt2 or '
+                             '.pt/.ts for TorchScript)')
 
     def _parse(self, text) -> Dict[str, Any]:
         if not text:
@@ -182,9 +188,11 @@ class ExportedModel:
         return self.meta['label_names']
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.kind == 'onnx':
+        if self.kind in ('onnx', 'openvino'):
             if not self.meta.get('dynamic_batch') and batch.shape[0] != 1:
                 return torch.cat([self(b[None]) for b in batch])
+            if self.kind == 'openvino':
+                return torch.from_numpy(self.session(batch.numpy()))
             (out,) = self.session.run(None, {self.session.get_inputs()[0].name: batch.numpy()})
             return torch.from_numpy(out)
         with torch.inference_mode():
