@@ -411,7 +411,7 @@ def test_wrong_number_of_classes(tmp_path):
 
 
 def test_cli_finetune_detect(tmp_path, capsys, one_thread):
-    from se_hub.cli import main
+    from se_hub_cli import main
     train_json, train_images = make_coco_set(tmp_path / 'train', 4, seed=6, size=64)
     args = ['finetune-detect', '--backbone', 'se_resnet18', '--kind', 'retinanet', '--no-pretrained',
             '--train-json', str(train_json), '--train-images', str(train_images), '--val-json', str(train_json),

@@ -23,11 +23,11 @@ from hub_server import point_client_at
 from PIL import Image, ImageDraw
 
 from se_hub import _compat  # timm < 1.0.16 has no local-dir: source
-from se_hub.cli import main
 from se_hub.tasks import checkpoints
 from se_hub.tasks.classification import EvalResult, FinetuneOptions, evaluate, finetune
 from se_hub.tasks.curves import COLOURS, draw_curves, nice_ticks
 from se_hub.tasks.data import DataError, find_splits
+from se_hub_cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS_OF = {'red': (220, 40, 40), 'green': (40, 200, 60), 'blue': (40, 60, 220)}
@@ -344,7 +344,7 @@ def test_curves_png_single_epoch(tmp_path):
 # ------------------------------------------------------------------------ processes: kill / resume, DDP
 
 def _cli(*args):
-    return [sys.executable, '-m', 'se_hub.cli', 'finetune', *CLI_FAST, *args]
+    return [sys.executable, '-m', 'se_hub_cli', 'finetune', *CLI_FAST, *args]
 
 
 def test_sigkilled_run_resumes_to_the_same_weights(data_dir, tmp_path):
@@ -419,9 +419,9 @@ def test_readme_places365_recipe_parses_into_the_papers_setting():
     """The README's Places-365 recipe is a command that runs: its flags parse and give the paper's values."""
     import shlex
 
-    from se_hub.cli import build_parser
     from se_hub.models.catalog import MODELS
     from se_hub.tasks.classification import _options
+    from se_hub_cli import build_parser
     readme = (REPO / 'README.md').read_text()
     block = readme.split('<!-- places365-recipe:start -->')[1].split('<!-- places365-recipe:end -->')[0]
     lines = block.split('```bash\n')[1].split('```')[0].replace('\\\n', ' ').splitlines()
@@ -455,7 +455,7 @@ def test_model_arguments_from_the_command_line_build_and_reload(digits_dir, tmp_
     import timm
     from timm.layers import EcaModule
 
-    from se_hub.cli import main
+    from se_hub_cli import main
     out = tmp_path / 'eca'
     assert main(['finetune', '--model', 'se_resnet20_cifar', '--data', str(digits_dir), '--epochs', '1',
                  '--output', str(out), '--no-pretrained', '--batch-size', '64', '--workers', '0', '--no-progress',
@@ -473,7 +473,7 @@ def test_model_arguments_from_the_command_line_build_and_reload(digits_dir, tmp_
 
 
 def test_model_argument_that_is_not_key_value_is_refused(capsys):
-    from se_hub.cli import main
+    from se_hub_cli import main
     with pytest.raises(SystemExit):
         main(['finetune', '--model', 'se_resnet20_cifar', '--data', '.', '--epochs', '1', '--output', 'x',
               '--model-arg', 'eca'])

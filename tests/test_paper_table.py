@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import timm
 
-from se_hub.cli import format_table
 from se_hub.models.catalog import MODELS
 from se_hub.models.paper_table import PAPER_NETWORKS, measured, paper_table_rows
+from se_hub_cli.listing import format_table
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / 'README.md').read_text()

@@ -2,8 +2,8 @@
 import re
 from pathlib import Path
 
-from se_hub.cli import format_table, model_rows
 from se_hub.models.paper_table import paper_table_rows
+from se_hub_cli.listing import format_table, model_rows
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
 # block name -> (pattern, exclude globs, pretrained only); the test reads the same spec from here

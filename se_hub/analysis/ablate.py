@@ -49,7 +49,7 @@ the start, data-loader workers not counted (the first run of a process also coun
 allocations: caches, the data set's file list). Runs made by printed commands have no memory
 figure.
 """
-import argparse
+import ast
 import csv
 import difflib
 import inspect
@@ -57,7 +57,6 @@ import io
 import json
 import os
 import re
-import shlex
 import statistics
 import sys
 import time
@@ -173,9 +172,15 @@ def _merge(change: Dict[str, Any], key: str, value: Any, what: str) -> None:
     change[key] = value
 
 
-def _term(term: str, what: str) -> Dict[str, Any]:
-    from se_hub_cli.parsers import model_argument
+def _literal(text: str) -> Any:
+    """A term's VALUE: a Python literal, or else the plain string (as ``--model-arg`` reads it)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
+
+def _term(term: str, what: str) -> Dict[str, Any]:
     from ..layers.factory import SE_ARGS
     key, sep, value = term.partition(':')
     if not sep:
@@ -194,7 +199,7 @@ def _term(term: str, what: str) -> Dict[str, Any]:
             f'{what}: {key!r} is not an SE design option; a term sets one of {", ".join(SE_DESIGN_KEYS)} or an option '
             f'of the SE unit ({", ".join(sorted(SE_ARGS))}); architecture arguments every variant shares go in '
             '--model-arg / model_kwargs')
-    _, parsed = model_argument(f'{key}={value.strip()}')
+    parsed = _literal(value.strip())
     return {'se_args': {key: parsed}} if key in SE_ARGS else {key: parsed}
 
 
@@ -497,59 +502,6 @@ def _check_same_design(run: Path, model_kwargs: Mapping[str, Any]) -> None:
                             'or sweep into another --output')
 
 
-def _finetune_parser():
-    from se_hub_cli.parsers import _finetune_arguments
-    parser = argparse.ArgumentParser(prog='se-hub finetune', add_help=False)
-    _finetune_arguments(parser)
-    return parser
-
-
-def finetune_argv(base: str, data, epochs: int, run: Path, seed: int, model_kwargs: Mapping[str, Any],
-                  options: Mapping[str, Any], resume: bool = False) -> List[str]:
-    """The ``se-hub finetune`` arguments of one run: the flags of every option that differs from
-    the command's default (read from the finetune parser itself), ``--model-arg KEY=VALUE`` per
-    architecture argument (VALUE as a Python literal)."""
-    argv = ['finetune', '--model', base, '--data', str(data), '--epochs', str(int(epochs)), '--output', str(run),
-            '--seed', str(seed)]
-    for key, value in model_kwargs.items():
-        argv += ['--model-arg', f'{key}={value!r}']
-    from ..tasks.classification import FinetuneOptions
-    actions = {a.dest: a for a in _finetune_parser()._actions if a.option_strings}
-    defaults = FinetuneOptions()
-    for key, value in options.items():
-        if key in ('model_kwargs', 'seed', 'resume'):
-            continue
-        action = actions.get(key)
-        if action is None and getattr(defaults, key, object()) == value:
-            continue  # an option the command line does not take, left at its default
-        if action is None:
-            raise AblationError(f'finetune option {key}={value!r} has no `se-hub finetune` flag: it cannot be printed '
-                                'as a command (run the sweep here instead)')
-        if value == action.default:
-            continue
-        flags = action.option_strings
-        if isinstance(action, argparse.BooleanOptionalAction):
-            argv.append(flags[0] if value else flags[1])
-        elif action.nargs == 0:  # store_true / store_false: the flag sets the non-default value
-            argv.append(flags[0])
-        elif value is None:
-            raise AblationError(f'finetune option {key}=None cannot be written as {flags[0]}')
-        else:
-            argv += [flags[0], str(value)]
-    if resume:
-        argv.append('--resume')
-    return argv
-
-
-def shell_quote(arg: str) -> str:
-    """``arg`` for a POSIX shell: as it is when safe, in double quotes when it holds single quotes
-    only (Python literals read better so), else shlex's single quotes."""
-    quoted = shlex.quote(arg)
-    if quoted != arg and "'" in arg and not set(arg) & set('"$`\\!'):
-        return f'"{arg}"'
-    return quoted
-
-
 @dataclass
 class Run:
     variant: Variant
@@ -565,20 +517,27 @@ class AblationResult:
     rows: List[Dict[str, Any]]  # one per variant (the CSV's rows)
     runs: List[Dict[str, Any]]  # one per (variant, seed) of the plan: state, final / best top-1, time, memory
     files: List[Path] = field(default_factory=list)
-    commands: List[str] = field(default_factory=list)  # print_commands: one per unfinished run
 
 
-def ablate(base: str, data, variants, epochs: int, output, seeds: Union[int, str, Sequence[int]] = 3,
-           model_kwargs: Optional[Mapping[str, Any]] = None, print_commands: bool = False, log=print,
-           **options) -> AblationResult:
-    """Fine-tune every variant of ``base`` on ``data`` for ``epochs`` epochs with each seed into
-    ``output/<label>/seed<k>`` (see the module docstring), then :func:`collect`. ``model_kwargs``:
-    architecture arguments every variant shares (e.g. ``layers=(1, 1, 1)``); ``options``: the
-    other fields of :class:`se_hub.tasks.FinetuneOptions`, the same for every run.
-    ``print_commands``: write the plan and return the ``se-hub finetune`` commands of the runs
-    left to do instead of running them."""
+@dataclass
+class Sweep:
+    """What :func:`plan_sweep` decided: every (variant, seed) run with its state, and the finetune
+    options each run gets (the same for all)."""
+    output: Path
+    base: str
+    data: str
+    epochs: int
+    runs: List[Run]
+    options: Dict[str, Any]
+
+
+def plan_sweep(base: str, data, variants, epochs: int, output, seeds: Union[int, str, Sequence[int]] = 3,
+               model_kwargs: Optional[Mapping[str, Any]] = None, **options) -> Sweep:
+    """Check a sweep (every variant is built on the meta device first) and write its plan,
+    ``output/sweep.json``; returns the runs with their states (done, resume, new) without running
+    any. Arguments as for :func:`ablate`."""
     from ..models.catalog import split_model_name
-    from ..tasks.classification import _options, finetune
+    from ..tasks.classification import _options
     from ..tasks.data import find_splits
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:
         raise AblationError('a sweep runs its runs one after another in one process; for several processes per run, '
@@ -606,7 +565,7 @@ def ablate(base: str, data, variants, epochs: int, output, seeds: Union[int, str
     check_variants(base, items, base_kwargs, len(splits.classes))
     options = dict(options, fresh_se=bool(opts.pretrained))
     out = Path(output)
-    plan = []
+    runs = []
     for v in items:
         kwargs = variant_model_kwargs(base_kwargs, v.change)
         for seed in seed_list:
@@ -614,17 +573,22 @@ def ablate(base: str, data, variants, epochs: int, output, seeds: Union[int, str
             state = run_state(path, int(epochs))
             if state == 'done':
                 _check_same_design(path, kwargs)
-            plan.append(Run(v, seed, path, state, kwargs))
+            runs.append(Run(v, seed, path, state, kwargs))
     _write_plan(out, base, data, int(epochs), seed_list, items, base_kwargs, options)
-    if print_commands:
-        commands = ['se-hub ' + ' '.join(map(shell_quote, finetune_argv(
-            base, data, epochs, r.path, r.seed, r.model_kwargs, options, resume=r.state == 'resume')))
-            for r in plan if r.state != 'done']
-        done = sum(r.state == 'done' for r in plan)
-        log(f'{len(commands)} of {len(plan)} runs to do ({done} finished); when they have run: '
-            f'se-hub ablate --collect {shlex.quote(str(out))}', file=sys.stderr)
-        return AblationResult(out, [], [], [], commands)
-    cuda = torch.device(_device_type(opts.device)).type == 'cuda'
+    return Sweep(out, base, data, int(epochs), runs, options)
+
+
+def ablate(base: str, data, variants, epochs: int, output, seeds: Union[int, str, Sequence[int]] = 3,
+           model_kwargs: Optional[Mapping[str, Any]] = None, log=print, **options) -> AblationResult:
+    """Fine-tune every variant of ``base`` on ``data`` for ``epochs`` epochs with each seed into
+    ``output/<label>/seed<k>`` (see the module docstring), then :func:`collect`. ``model_kwargs``:
+    architecture arguments every variant shares (e.g. ``layers=(1, 1, 1)``); ``options``: the
+    other fields of :class:`se_hub.tasks.FinetuneOptions`, the same for every run. Runs that
+    finished are skipped, interrupted ones resume (:func:`plan_sweep`)."""
+    from ..tasks.classification import finetune
+    sweep = plan_sweep(base, data, variants, epochs, output, seeds, model_kwargs, **options)
+    plan, options = sweep.runs, sweep.options
+    cuda = torch.device(_device_type(options.get('device'))).type == 'cuda'
     for i, r in enumerate(plan, 1):
         head = f'[{i}/{len(plan)}] {r.variant.label} seed {r.seed}'
         if r.state == 'done':
@@ -636,7 +600,7 @@ def ablate(base: str, data, variants, epochs: int, output, seeds: Union[int, str
             finetune(base, data, epochs, r.path, model_kwargs=r.model_kwargs, seed=r.seed,
                      resume=r.state == 'resume', **options)
         _write_run_info(r, memory, time.perf_counter() - start)
-    return collect(out, log=log)
+    return collect(sweep.output, log=log)
 
 
 def _device_type(device: Optional[str]) -> str:
@@ -823,7 +787,7 @@ def _markdown(out: Path, rows, runs, plan, metric: str, memory_what: Optional[st
     return '\n'.join(head + table + notes) + '\n'
 
 
-# ------------------------------------------------------------------------------------------- CLI
+# ------------------------------------------------------------------------------------- listing
 
 def list_variants() -> str:
     lines = [f'{name:<10} {describe_change(v.change):<40} {v.description}' for name, v in named_variants().items()]
@@ -831,32 +795,5 @@ def list_variants() -> str:
     return '\n'.join(lines)
 
 
-def ablate_command(args) -> int:
-    """``se-hub ablate`` (arguments: se_hub_cli/parsers.py)."""
-    from dataclasses import fields
-
-    from ..tasks.classification import FinetuneOptions
-    if args.list_variants:
-        print(list_variants())
-        return 0
-    if args.collect:
-        collect(args.collect)
-        print(f'wrote {Path(args.collect) / MARKDOWN}, {CSV}, {COST_PLOT}, {CURVES_PLOT}')
-        return 0
-    missing = [flag for flag, value in (('--base', args.base), ('--data', args.data), ('--variants', args.variants),
-                                        ('--epochs', args.epochs), ('--output', args.output)) if value is None]
-    if missing:
-        raise AblationError(f"se-hub ablate needs {', '.join(missing)} (or --collect OUT, or --list-variants)")
-    options = {f.name: getattr(args, f.name) for f in fields(FinetuneOptions)
-               if hasattr(args, f.name) and f.name not in _SWEEP_OWNED}
-    result = ablate(args.base, args.data, args.variants, args.epochs, args.output, seeds=args.seeds,
-                    model_kwargs=dict(args.model_kwargs or ()), print_commands=args.print_commands, **options)
-    if args.print_commands:
-        print('\n'.join(result.commands))
-    else:
-        print(f'wrote {Path(args.output) / MARKDOWN}, {CSV}, {COST_PLOT}, {CURVES_PLOT}')
-    return 0
-
-
-__all__ = ['ablate', 'collect', 'create_with_fresh_se', 'parse_variant', 'parse_variants', 'named_variants',
-           'check_variants', 'AblationError', 'AblationResult']
+__all__ = ['ablate', 'plan_sweep', 'Sweep', 'collect', 'list_variants', 'create_with_fresh_se', 'parse_variant',
+           'parse_variants', 'named_variants', 'check_variants', 'AblationError', 'AblationResult']

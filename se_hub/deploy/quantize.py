@@ -48,7 +48,8 @@ def calibration_images(directory: str, count: Optional[int] = None) -> List[Path
     return files
 
 
-def _load_images(paths: Iterable[Path]) -> list:
+def load_images(paths: Iterable[Path]) -> list:
+    """The images at ``paths`` as RGB PIL images (a clear error naming an unreadable one)."""
     from PIL import Image
     images = []
     for p in paths:
@@ -368,7 +369,7 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
     if METADATA_KEY not in props:
         raise ValueError(f'{fp32_path} has no se_hub metadata (export it with `se-hub export`)')
     meta = json.loads(props[METADATA_KEY])
-    images = _load_images(calibration_images(calibration)) if isinstance(calibration, (str, Path)) else calibration
+    images = load_images(calibration_images(calibration)) if isinstance(calibration, (str, Path)) else calibration
     batch = photo_batch(meta, images).numpy()
     input_name = proto.graph.input[0].name
     with tempfile.TemporaryDirectory() as work:

@@ -489,37 +489,3 @@ def finetune(model: str, data, epochs: int, output, **options) -> FinetuneResult
     engine = Engine(_train_config(epochs, opts), output, export=opts.export)  # checks the options first
     task = ClassificationTask(model, data, opts, int(epochs))
     return engine.run(task)
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-def finetune_command(args) -> int:
-    """``se-hub finetune`` (arguments: se_hub_cli/parsers.py)."""
-    from ..weights.sources import WeightsUnavailableError
-    options = {f.name: getattr(args, f.name) for f in fields(FinetuneOptions) if hasattr(args, f.name)}
-    options['model_kwargs'] = dict(options.get('model_kwargs') or ())  # --model-arg KEY=VALUE pairs
-    options['retrofit_args'] = dict(options.get('retrofit_args') or ())  # --retrofit-arg KEY=VALUE pairs
-    try:
-        result = finetune(args.model, args.data, args.epochs, args.output, **options)
-    except WeightsUnavailableError as e:
-        raise WeightsUnavailableError(f'{e}; or fine-tune from random weights with --no-pretrained') from None
-    if result is not None:
-        print(f'{result.output}: best val top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}; '
-              f'evaluate it with: se-hub evaluate --model local-dir:{result.output} --data {args.data}')
-    return 0
-
-
-def evaluate_command(args) -> int:
-    """``se-hub evaluate`` (arguments: se_hub_cli/parsers.py)."""
-    from .curves import format_confusion
-    r = evaluate(args.model, args.data, batch_size=args.batch_size, img_size=args.img_size, split=args.split,
-                 output=args.output, num_workers=args.num_workers, device=args.device, progress=args.progress)
-    if args.json:
-        print(json.dumps(asdict(r), indent=1))
-        return 0
-    print(f'{args.model} on {args.data} ({args.split}, {r.count} images): top-1 {r.top1:.2f}%  '
-          f'top-{r.k} {r.top_k:.2f}%  loss {r.loss:.4f}')
-    print(format_confusion(r.confusion, r.classes, r.predicted_classes))
-    if args.output:
-        print(f'wrote {Path(args.output) / "confusion.png"}, confusion.txt, evaluation.json')
-    return 0

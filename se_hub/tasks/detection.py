@@ -22,7 +22,6 @@ Training runs on :mod:`se_hub.tasks.engine` (AMP, EMA, several processes with to
 evaluated epoch, ``curves.png``). The run's output folder also holds the exported detector
 (``detector.safetensors`` + ``detector.json``), rebuilt by ``load_detector(OUTPUT)``.
 """
-import argparse
 import contextlib
 import io
 import json
@@ -550,32 +549,26 @@ def load_detector(path: PathLike, map_location: str = 'cpu') -> nn.Module:
     return detector.eval()
 
 
-# --------------------------------------------------------------------------------------------
-# command line (arguments: se_hub_cli/parsers.py)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``se-hub finetune-detect``."""
+def finetune_detector(backbone: str, train_json: PathLike, train_images: PathLike, val_json: Optional[PathLike] = None,
+                      val_images: Optional[PathLike] = None, epochs: int = 12, output: PathLike = 'output',
+                      kind: str = 'fasterrcnn', pretrained: bool = True, trainable_layers: Optional[int] = None,
+                      fpn_channels: int = 256, min_size: int = 800, max_size: int = 1333,
+                      anchor_sizes: Optional[Sequence[int]] = None, **options: Any) -> Optional[Dict[str, Any]]:
+    """:func:`train_detector` of a new :func:`create_detector` (``kind`` on ``backbone``, one class per
+    category of ``train_json`` plus the background); a resumed run rebuilds the detector from its
+    ``last.pth`` instead (no download)."""
     import importlib.util
     if importlib.util.find_spec('pycocotools') is None:
         raise ModuleNotFoundError("finetune-detect needs pycocotools: pip install 'se-hub[detection]'")
-    last = Path(args.output) / LAST
+    last = Path(output) / LAST
 
     def make(resuming: bool) -> nn.Module:
         if resuming:
             return _rebuild(checkpoints.load(last)['detector_config'])
-        num_classes = len(CocoDetection(args.train_json, args.train_images).categories) + 1
-        return create_detector(args.kind, args.backbone, num_classes, pretrained_backbone=args.pretrained,
-                               trainable_layers=args.trainable_layers, fpn_channels=args.fpn_channels,
-                               min_size=args.min_size, max_size=args.max_size, anchor_sizes=args.anchor_sizes)
+        num_classes = len(CocoDetection(train_json, train_images).categories) + 1
+        return create_detector(kind, backbone, num_classes, pretrained_backbone=pretrained,
+                               trainable_layers=trainable_layers, fpn_channels=fpn_channels, min_size=min_size,
+                               max_size=max_size, anchor_sizes=anchor_sizes)
 
-    options = {f.name: getattr(args, f.name) for f in fields(DetectOptions) if hasattr(args, f.name)}
-    from ..weights.sources import WeightsUnavailableError
-    try:
-        result = train_detector(make, args.train_json, args.train_images, args.val_json, args.val_images,
-                                epochs=args.epochs, output=args.output, **options)
-    except WeightsUnavailableError as e:
-        raise WeightsUnavailableError(f'{e}; or train the backbone from random weights with --no-pretrained') from None
-    if result is not None and result['final']:
-        print(json.dumps({k: round(v, 4) for k, v in result['final'].items()}))
-    return 0
+    return train_detector(make, train_json, train_images, val_json, val_images, epochs=epochs, output=output,
+                          **options)

