@@ -46,7 +46,7 @@ def _params(model_name: str, retrofit_args) -> tuple:
 
 def draw(rows_by_kind, path: Path, title: str) -> None:
     """Val loss (left) and val top-1 (right) per epoch, mean over seeds, both runs on one chart."""
-    from se_hub.tasks.curves import draw_curves
+    from se_hub.plots import draw_curves
     epochs = len(next(iter(rows_by_kind.values()))[0]['history'])
     history = []
     for e in range(epochs):

@@ -37,7 +37,8 @@ _NON_ARCH_ARGS = ('num_classes', 'in_chans', 'global_pool', 'drop_rate', 'drop_p
 _WEIGHT_FIELDS = ('tag', 'origin_url', 'license', 'notes')
 
 
-def _architecture(model: nn.Module) -> str:
+def architecture(model: nn.Module) -> str:
+    """The se_hub architecture ``model`` was built as (its ``pretrained_cfg``'s); an error for any other model."""
     name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
     if name not in MODELS:
         raise ValueError(f'{type(model).__name__} is not an se_hub model (pretrained_cfg architecture: {name!r})')
@@ -109,7 +110,7 @@ def _top_k(metric: Dict[str, Any]) -> str:
 def model_card(model: nn.Module, metrics: Optional[Sequence[Dict[str, Any]]] = None, notes: str = '',
                as_timm: str = '') -> str:
     """A README.md with what the model is, where its weights came from, and its metrics."""
-    name = _architecture(model)
+    name = architecture(model)
     info = MODELS[name]
     cfg = _export_cfg(model)
     loaded = weights_origin(model)
@@ -163,7 +164,7 @@ def as_timm_model(model: nn.Module) -> nn.Module:
     from timm import create_model
 
     from .weights.checkpoint import checkpoint_filter_fn
-    name = _architecture(model)
+    name = architecture(model)
     upstream = MODELS[name].upstream
     if not upstream:
         raise ValueError(f"{name} has no timm counterpart of the same function; publish it without as_timm "
@@ -250,14 +251,14 @@ def save_pretrained(
     from ._compat import save_for_hf
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _architecture(model)
+    architecture(model)
     if label_names is None:  # keep the names of a model loaded from an export
         names = (model.pretrained_cfg or {}).get('label_names')
         label_names = list(names) if names and len(names) == model.num_classes else None
     if label_names is not None and len(label_names) != model.num_classes:
         raise ValueError(f'{len(label_names)} label names for a model with {model.num_classes} classes')
     model_config = {'label_names': list(label_names)} if label_names else None
-    card = model_card(model, metrics, notes, as_timm=MODELS[_architecture(model)].upstream if as_timm else '')
+    card = model_card(model, metrics, notes, as_timm=MODELS[architecture(model)].upstream if as_timm else '')
     with tempfile.TemporaryDirectory(dir=directory, prefix='.se_hub-export-') as tmp:
         if as_timm:
             target = as_timm_model(model)

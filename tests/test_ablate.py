@@ -21,12 +21,12 @@ from se_hub.analysis.ablate import (
     ablate,
     check_variants,
     collect,
-    create_with_fresh_se,
     parse_variant,
     parse_variants,
     plan_sweep,
     variant_model_kwargs,
 )
+from se_hub.factory import create_with_fresh_se
 from se_hub.layers import SqueezeExcite
 from se_hub.models.se_residual import ARCHS
 from se_hub_cli import build_parser, main

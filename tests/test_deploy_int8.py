@@ -18,7 +18,7 @@ from se_hub.deploy.export import (
     verify_export,
 )
 from se_hub.deploy.quantize import gate_error, gate_paths, quantize_onnx
-from se_hub.tasks.checkpoints import FileWriteError
+from se_hub.files import FileWriteError
 
 # calibration photos: scikit-image's other bundled colour pictures (stereo_motorcycle: both views), none of
 # the four verify_export classifies (chelsea = cat, coffee, astronaut, rocket)

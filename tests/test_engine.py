@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from se_hub import files
 from se_hub.tasks import checkpoints
 from se_hub.tasks.engine import DeviceError, EpochSampler, Progress, plan_device
 
@@ -155,10 +156,10 @@ def test_cli_progress_when_stderr_is_not_a_terminal(tmp_path):
 
 
 def test_curves_name_top_k(tmp_path):
-    from se_hub.tasks.curves import draw_curves
+    from se_hub.plots import draw_curves
     history = [{'epoch': 1, 'train_loss': 1.0, 'val_loss': 0.5, 'top1': 50.0, 'top3': 100.0}]
     seen = []
-    import se_hub.tasks.curves as curves
+    import se_hub.plots as curves
     original = curves._panel
     curves._panel = lambda draw, box, title, series, font, y_range=None: seen.append([s[0] for s in series])
     try:
@@ -222,7 +223,7 @@ def test_one_file_written_by_many_threads_at_once_is_always_whole(tmp_path):
     def writer(data):
         try:
             for _ in range(10):
-                checkpoints.write_bytes_atomic(target, data)
+                files.write_bytes_atomic(target, data)
         except Exception as e:  # noqa: BLE001 - collected for the assertion
             errors.append(e)
 

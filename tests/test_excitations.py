@@ -150,7 +150,7 @@ def test_full_disk_while_saving_keeps_the_files_there(trained, digits_dir, tmp_p
     save stay as they were and no temporary file is left."""
     import errno
 
-    from se_hub.tasks.checkpoints import FileWriteError
+    from se_hub.files import FileWriteError
     model, _, _ = trained
     stats = collect_excitations(model, digits_dir, classes=['0', '1'], max_images=2, batch_size=4,
                                 img_size=SIZE, num_workers=0, progress=False)

@@ -159,7 +159,7 @@ def test_export_to_a_full_disk_says_so_and_keeps_the_file_there(fmt, tmp_path, f
     """torch.jit.save and torch.export.save abort the whole process when a write to a path fails (a C++
     exception in a destructor): an export to a full disk must be one clear error, the earlier file kept."""
     from se_hub.deploy.export import export_model
-    from se_hub.tasks.checkpoints import FileWriteError
+    from se_hub.files import FileWriteError
     model = timm.create_model('se_resnet20_cifar', layers=(1, 1, 1), num_classes=10).eval()
     path = tmp_path / f'm.{fmt}'
     export_model(model, fmt, str(path), img_size=32)

@@ -23,9 +23,10 @@ from hub_server import point_client_at
 from PIL import Image, ImageDraw
 
 from se_hub import _compat  # timm < 1.0.16 has no local-dir: source
+from se_hub.files import FileWriteError
+from se_hub.plots import COLOURS, draw_curves, nice_ticks
 from se_hub.tasks import checkpoints
 from se_hub.tasks.classification import EvalResult, FinetuneOptions, evaluate, finetune
-from se_hub.tasks.curves import COLOURS, draw_curves, nice_ticks
 from se_hub.tasks.data import DataError, find_splits
 from se_hub_cli import main
 
@@ -299,7 +300,7 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_last_good_one(trained, d
     good = sha(out / 'last.pth')
     full_disk.add('last.pth')
     kept = r'last\.pth: the disk is full.*previous last\.pth is intact'
-    with pytest.raises(checkpoints.FileWriteError, match=kept) as e:
+    with pytest.raises(FileWriteError, match=kept) as e:
         finetune(MODEL, data_dir, epochs=5, output=out, resume=True, **FAST)
     assert e.value.errno == errno.ENOSPC
     assert sha(out / 'last.pth') == good and checkpoints.load(out / 'last.pth')['epoch'] == 4
@@ -420,7 +421,7 @@ def test_readme_places365_recipe_parses_into_the_papers_setting():
     import shlex
 
     from se_hub.models.catalog import MODELS
-    from se_hub.tasks.classification import _options
+    from se_hub.tasks.classification import finetune_options
     from se_hub_cli import build_parser
     readme = (REPO / 'README.md').read_text()
     block = readme.split('<!-- places365-recipe:start -->')[1].split('<!-- places365-recipe:end -->')[0]
@@ -428,7 +429,7 @@ def test_readme_places365_recipe_parses_into_the_papers_setting():
     launcher, evaluation = shlex.split(lines[0].replace('$(which se-hub)', 'SE_HUB')), shlex.split(lines[1])
     assert launcher[:4] == ['torchrun', '--nproc_per_node', '8', 'SE_HUB']
     args = build_parser().parse_args(launcher[4:])
-    opts = _options({f: getattr(args, f) for f in vars(args) if f in FinetuneOptions.__dataclass_fields__})
+    opts = finetune_options({f: getattr(args, f) for f in vars(args) if f in FinetuneOptions.__dataclass_fields__})
     assert args.model in MODELS and not opts.pretrained
     assert opts.batch_size * int(launcher[2]) == 1024 and args.epochs == 100 and opts.img_size == 224
     assert (opts.optimizer, opts.lr, opts.momentum, opts.weight_decay) == ('momentum', 0.6, 0.9, 1e-4)

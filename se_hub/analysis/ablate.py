@@ -65,9 +65,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
 
-SE_DESIGN_KEYS = ('se_layer', 'se_args', 'se_ratio', 'se_placement', 'se_stages')
+from ..factory import SE_DESIGN_KEYS, describe_change
+
 SWEEP, RUN_INFO = 'sweep.json', 'ablate_run.json'
 CSV, MARKDOWN, COST_PLOT, CURVES_PLOT = 'ablation.csv', 'ablation.md', 'accuracy_vs_cost.png', 'curves.png'
 # what the sweep sets itself in each run: not finetune options a user passes
@@ -213,25 +213,6 @@ class Variant:
         return describe_change(self.change)
 
 
-def describe_change(change: Mapping[str, Any]) -> str:
-    """``se_args.rd_ratio=0.25, se_layer=eca``: what a variant sets ('(none)' for the base)."""
-    parts = []
-    for key, value in change.items():
-        if isinstance(value, dict):
-            parts += [f'{key}.{k}={_short(v)}' for k, v in value.items()]
-        else:
-            parts.append(f'{key}={_short(value)}')
-    return ', '.join(parts) or '(unchanged)'
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f'{value:.6g}'
-    if isinstance(value, (list, tuple)):
-        return '(' + ','.join(_short(v) for v in value) + (',)' if len(value) == 1 else ')')
-    return str(value)
-
-
 def parse_variant(text: str) -> Variant:
     """One variant from its text: ``r8``, ``r8+tanh``, ``late=se_stages:(2,3)+gate:tanh``."""
     text = text.strip()
@@ -347,57 +328,6 @@ def check_variants(base: str, variants: Sequence[Variant], base_kwargs: Mapping[
             raise AblationError(f'variant {v.label!r} ({v.describe()}) on {name}: {e}') from None
 
 
-# -------------------------------------------------------------------- pretrained, SE units fresh
-
-def se_tensor_names(model: nn.Module) -> List[str]:
-    """State-dict keys of the model's SE units: the attention module each block holds as ``se``
-    (se_hub's SqueezeExcite, timm's ECA / CBAM, or a callable's module)."""
-    from ..layers.factory import ATTENTION_LAYERS
-    kinds = tuple(ATTENTION_LAYERS.values())
-    prefixes = tuple(f'{name}.' for name, m in model.named_modules()
-                     if name and (name.rsplit('.', 1)[-1] == 'se' or isinstance(m, kinds)))
-    return [k for k in model.state_dict() if k.startswith(prefixes)]
-
-
-def create_with_fresh_se(spec: str, model_kwargs: Optional[Mapping[str, Any]] = None, log=print,
-                         **kwargs) -> nn.Module:
-    """``spec`` built with ``model_kwargs``, its weights from ``spec``'s pretrained weights for every
-    tensor but the SE units', which keep their fresh initialisation (``se_layer`` / ``se_args`` /
-    ``se_placement`` / ... may change the SE shapes, or add or remove SE, without the pretrained load
-    failing). Every other tensor must exist in the weights with the same shape: a clear error
-    otherwise. The classifier is the pretrained one when ``num_classes`` equals the weights', else
-    fresh (timm's rule). Logs what started fresh; ``model.fresh_tensors`` lists it."""
-    from ..tasks.classification import _create_model
-    model_kwargs = dict(model_kwargs or {})
-    shared_kwargs = {k: v for k, v in model_kwargs.items() if k not in SE_DESIGN_KEYS}
-    donor = _create_model(spec, pretrained=True, model_kwargs=shared_kwargs, **kwargs)
-    model = _create_model(spec, pretrained=False, model_kwargs=model_kwargs, **kwargs)
-    theirs, ours = donor.state_dict(), model.state_dict()
-    fresh, unused = set(se_tensor_names(model)), set(se_tensor_names(donor))
-    shared = [k for k in ours if k not in fresh]
-    missing = [k for k in shared if k not in theirs]
-    mismatched = [f'{k} {tuple(ours[k].shape)} vs {tuple(theirs[k].shape)}' for k in shared
-                  if k in theirs and ours[k].shape != theirs[k].shape]
-    extra = [k for k in theirs if k not in unused and k not in ours]
-    if missing or mismatched or extra:
-        what = '; '.join(f'{label}: {", ".join(keys[:4])}{", ..." if len(keys) > 4 else ""}' for label, keys in
-                         (('not in the weights', missing), ('other shapes', mismatched),
-                          ('only in the weights', extra)) if keys)
-        raise ValueError(f'{spec} with {describe_change(model_kwargs)} changes more than the SE units ({what}): '
-                         'only SE options (se_layer, se_args, se_ratio, se_placement, se_stages) may differ from the '
-                         'pretrained network')
-    model.load_state_dict({**{k: theirs[k] for k in shared}, **{k: ours[k] for k in fresh}})
-    cfg_classes = (donor.pretrained_cfg or {}).get('num_classes')
-    head = [k for k, _ in model.get_classifier().named_parameters()] if cfg_classes != model.num_classes else []
-    classifier = model.pretrained_cfg.get('classifier', 'fc')
-    model.fresh_tensors = sorted(fresh) + [f'{classifier}.{k}' for k in head]
-    model.loaded_weights = f'{donor.loaded_weights} (SE units fresh)'
-    log(f'{spec}: {len(shared) - len(head)} tensors from {donor.loaded_weights}; '
-        f'fresh: {len(fresh)} SE tensors' + (', the classifier' if head else '')
-        + (f'; {len(unused)} SE tensors of the weights unused' if unused else ''))
-    return model
-
-
 # ----------------------------------------------------------------------------------------- runs
 
 class PeakMemory:
@@ -492,9 +422,9 @@ def _json_value(value: Any) -> Any:
 
 def _check_same_design(run: Path, model_kwargs: Mapping[str, Any]) -> None:
     """A finished run must have been built with this variant's architecture arguments."""
-    from ..models.catalog import _NOT_MODEL_ARGS
+    from ..models.catalog import NOT_MODEL_ARGS
     recorded = json.loads((run / 'config.json').read_text(encoding='utf-8')).get('model_args', {})
-    wanted = {k: v for k, v in model_kwargs.items() if k not in _NOT_MODEL_ARGS}
+    wanted = {k: v for k, v in model_kwargs.items() if k not in NOT_MODEL_ARGS}
     differ = [k for k, v in wanted.items() if _json_value(v) != recorded.get(k)]
     if differ:
         raise AblationError(f"{run} holds a finished run with other {', '.join(differ)} "
@@ -537,7 +467,7 @@ def plan_sweep(base: str, data, variants, epochs: int, output, seeds: Union[int,
     ``output/sweep.json``; returns the runs with their states (done, resume, new) without running
     any. Arguments as for :func:`ablate`."""
     from ..models.catalog import split_model_name
-    from ..tasks.classification import _options
+    from ..tasks.classification import finetune_options
     from ..tasks.data import find_splits
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:
         raise AblationError('a sweep runs its runs one after another in one process; for several processes per run, '
@@ -554,7 +484,7 @@ def plan_sweep(base: str, data, variants, epochs: int, output, seeds: Union[int,
     seed_list = parse_seeds(seeds)
     items = parse_variants(variants)
     base_kwargs = dict(model_kwargs or {})
-    opts = _options(dict(options, model_kwargs=base_kwargs))  # unknown option names fail here
+    opts = finetune_options(dict(options, model_kwargs=base_kwargs))  # unknown option names fail here
     if opts.pretrained and not base_kwargs.get('pretrained_cfg_overlay'):
         from ..weights.manifest import UnknownWeightsError, find_weights
         try:
@@ -611,7 +541,7 @@ def _device_type(device: Optional[str]) -> str:
 
 def _write_plan(out: Path, base: str, data, epochs: int, seeds: List[int], items: List[Variant],
                 base_kwargs: Dict[str, Any], options: Dict[str, Any]) -> None:
-    from ..tasks.checkpoints import write_text_atomic
+    from ..files import write_text_atomic
     out.mkdir(parents=True, exist_ok=True)
     plan = {'base': base, 'data': str(data), 'epochs': epochs, 'seeds': seeds, 'model_kwargs': base_kwargs,
             'options': options,
@@ -621,7 +551,7 @@ def _write_plan(out: Path, base: str, data, epochs: int, seeds: List[int], items
 
 
 def _write_run_info(r: Run, memory: PeakMemory, wall_s: float) -> None:
-    from ..tasks.checkpoints import write_text_atomic
+    from ..files import write_text_atomic
     old = _read_json(r.path / RUN_INFO)
     peak = memory.mb
     if peak is not None and old.get('peak_memory_mb') is not None:
@@ -672,8 +602,8 @@ def collect(output, log=print) -> AblationResult:
     """Tables and plots of the finished runs in ``output`` (written by :func:`ablate` or by the
     commands it printed): ablation.csv, ablation.md, accuracy_vs_cost.png, curves.png."""
     from ..complexity import model_complexity
-    from ..tasks.checkpoints import write_atomic, write_text_atomic
-    from ..tasks.curves import draw_scatter, draw_sweep_curves
+    from ..files import write_atomic, write_text_atomic
+    from ..plots import draw_scatter, draw_sweep_curves
     out = Path(output)
     if not out.is_dir():
         raise AblationError(f'{out}: no such directory (the --output of a sweep)')
@@ -795,5 +725,5 @@ def list_variants() -> str:
     return '\n'.join(lines)
 
 
-__all__ = ['ablate', 'plan_sweep', 'Sweep', 'collect', 'list_variants', 'create_with_fresh_se', 'parse_variant',
+__all__ = ['ablate', 'plan_sweep', 'Sweep', 'collect', 'list_variants', 'parse_variant',
            'parse_variants', 'named_variants', 'check_variants', 'AblationError', 'AblationResult']

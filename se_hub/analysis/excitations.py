@@ -71,7 +71,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..tasks.checkpoints import write_bytes_atomic
+from ..files import write_bytes_atomic
 
 FORMAT = 'se_hub.excitations/1'
 
@@ -375,7 +375,7 @@ class ExcitationStats:
         return f'{self.architecture or self.model} on {Path(self.data).name or self.data} ({self.split})'
 
     def _draw_by_depth(self, f, chosen: List[int]) -> None:
-        from ..tasks.curves import draw_channel_panels
+        from ..plots import draw_channel_panels
         blocks = self._depth_blocks()
         labels = [self.classes[k] for k in chosen] + ['all']
         panels = []
@@ -389,7 +389,7 @@ class ExcitationStats:
                             y_range=self._y_range())
 
     def _draw_last_blocks(self, f, chosen: List[int]) -> None:
-        from ..tasks.curves import draw_channel_panels
+        from ..plots import draw_channel_panels
         blocks = list(range(len(self.blocks)))[-3:]
         y_range = self._y_range()
         panels = []
@@ -494,7 +494,7 @@ def collect_excitations(model: Union[str, nn.Module], data, classes: Optional[Se
     from timm.data import create_transform
     from torch.utils.data import DataLoader, Subset
 
-    from ..tasks.classification import _create_model, _data_config, _model_spec
+    from .. import factory
     from ..tasks.data import find_splits, worker_errors_named
     from ..tasks.engine import Progress, plan_device
     if split not in ('train', 'val'):
@@ -512,11 +512,11 @@ def collect_excitations(model: Union[str, nn.Module], data, classes: Optional[Se
                                     f'the {split} split of {splits.root}')
     spec = model if isinstance(model, str) else None
     if spec is not None:
-        model = _create_model(_model_spec(spec), pretrained=pretrained)
+        model = factory.create_model(factory.model_spec(spec), pretrained=pretrained)
     gates = find_gates(model)
     if not gates:
         raise NoGatesError(_no_gates_message(model))
-    dataset.transform = create_transform(**_data_config(model, img_size), is_training=False)
+    dataset.transform = create_transform(**factory.data_config(model, img_size), is_training=False)
     loader = DataLoader(_Labelled(Subset(dataset, indices), labels), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=dev.type == 'cuda')
     was_training = model.training

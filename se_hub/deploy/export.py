@@ -9,7 +9,7 @@ would stay fp32 on dequantized tensors), and static weights (no gate folded into
 import io
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -77,7 +77,7 @@ def write_file(output: Path, data: bytes) -> None:
     """Write a finished file: it appears only when complete, and a full disk is a clear error that leaves
     what was at ``output`` intact. Files are serialised in memory first: torch.jit.save and
     torch.export.save abort the whole process when a write to a path fails."""
-    from ..tasks.checkpoints import write_bytes_atomic
+    from ..files import write_bytes_atomic
     output.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(output, data)
 
@@ -216,48 +216,6 @@ def verify_export(model: nn.Module, path: str) -> Dict[str, Any]:
                 cosine=[float(c) for c in torch.nn.functional.cosine_similarity(out, ref, dim=-1)],
                 top5_eager=top5(ref, names), top5_exported=top5(out, names),
                 same_top1=bool((out.argmax(-1) == ref.argmax(-1)).all()))
-
-
-def export_verified(model: Union[nn.Module, Callable[[], nn.Module]], fmt: str, output, img_size: Optional[int] = None,
-                    dynamic_batch: bool = False,
-                    calibration: Optional[str] = None, calibration_count: Optional[int] = 64, int8: bool = False,
-                    int8_gate: bool = False, int8_full_range: bool = False,
-                    int8_bias_correction: bool = True) -> Dict[str, Any]:
-    """Export ``model`` to ``output`` in ``fmt`` (``int8``: ONNX, then static INT8 quantization
-    calibrated on the images of the folder ``calibration``), then :func:`verify_export` it against
-    eager PyTorch on real photos; returns the verification with ``file`` added. ``model`` may be a
-    function that builds it: it is called once the options and the calibration folder are checked."""
-    if int8 and fmt != 'onnx':
-        raise ValueError('--int8 works with --format onnx only')
-    if int8 and not calibration:
-        raise ValueError('--int8 needs --calibration DIR (a folder of representative images)')
-    if calibration_count is not None and calibration_count < 1:
-        raise ValueError('--calibration-count must be at least 1')
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    output = Path(output)
-    if output.suffix.lower() != SUFFIX[fmt] and not (fmt == 'torchscript'
-                                                     and output.suffix.lower() in ('.ts', '.torchscript')):
-        raise ValueError(f'--output {output}: a {fmt} file should end in {SUFFIX[fmt]}')
-    if int8:
-        from .quantize import calibration_images
-        paths = calibration_images(calibration, calibration_count)  # fails before the export if it is empty
-    if not isinstance(model, nn.Module):
-        model = model()
-    if int8:
-        import tempfile
-
-        from .quantize import load_images, quantize_onnx
-        with tempfile.TemporaryDirectory() as work:
-            fp32 = Path(work) / 'fp32.onnx'
-            export_model(model, 'onnx', str(fp32), img_size, dynamic_batch)
-            quantize_onnx(str(fp32), str(output), load_images(paths), keep_gate_fp32=not int8_gate,
-                          reduce_range=not int8_full_range, bias_correction=int8_bias_correction)
-    else:
-        export_model(model, fmt, str(output), img_size, dynamic_batch)
-    report = verify_export(model, str(output))
-    report['file'] = str(output)
-    return report
 
 
 def is_exported_file(spec: str) -> bool:

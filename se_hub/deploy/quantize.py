@@ -49,7 +49,7 @@ def calibration_images(directory: str, count: Optional[int] = None) -> List[Path
 
 
 def load_images(paths: Iterable[Path]) -> list:
-    """The images at ``paths`` as RGB PIL images (a clear error naming an unreadable one)."""
+    """Calibration photos as RGB PIL images; a file that is not an image is an error naming it."""
     from PIL import Image
     images = []
     for p in paths:

@@ -41,7 +41,7 @@ def arch(description: str, paper: Dict[str, Any] = None, upstream: str = '', **a
 
 # create_model/entrypoint kwargs that say how to build or load, not what the model computes (timm's
 # create_model leaves the same ones out of model._model_args)
-_NOT_MODEL_ARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'device', 'dtype', 'pretrained_model_args')
+NOT_MODEL_ARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'device', 'dtype', 'pretrained_model_args')
 
 # The keyword arguments an entrypoint docstring may list, with what they do. Each model lists
 # those its class takes and its configuration can honour (``documented_kwargs``).
@@ -76,7 +76,7 @@ def documented_kwargs(model_cls: type, config: Dict[str, Any]) -> Tuple[str, ...
 
 def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
     def entrypoint(pretrained: bool = False, **kwargs):
-        model_args = {k: v for k, v in kwargs.items() if k not in _NOT_MODEL_ARGS and v is not None}
+        model_args = {k: v for k, v in kwargs.items() if k not in NOT_MODEL_ARGS and v is not None}
         loaded = None
         if pretrained:
             kwargs, loaded = with_pretrained_source(name, kwargs)

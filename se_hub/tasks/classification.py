@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import factory
 from .data import DataError, find_splits, worker_errors_named
 from .engine import Engine, Progress, Task, TrainConfig, autocast, plan_device
 
@@ -45,7 +46,7 @@ class FinetuneOptions:
     # (se_hub.retrofit); retrofit_args are its options: se_args, placement, stages
     retrofit: bool = False
     retrofit_args: Dict[str, Any] = field(default_factory=dict)
-    # with pretrained weights: SE units start fresh, every other tensor loads (se_hub.analysis.ablate)
+    # with pretrained weights: SE units start fresh, every other tensor loads (se_hub.factory)
     fresh_se: bool = False
     batch_size: int = 32  # per process
     img_size: Optional[int] = None  # default: the model's pretrained input size
@@ -155,45 +156,6 @@ def train_transform(data_config: Dict[str, Any], augment: bool, cutout: int = 0)
 
 # ------------------------------------------------------------------------------------ the model
 
-def _model_spec(spec: str) -> str:
-    return f'local-dir:{spec}' if Path(spec).is_dir() else spec
-
-
-def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, Any]] = None, fresh_se: bool = False,
-                  log=print, **kwargs) -> nn.Module:
-    """``kwargs`` left at 0 / None are timm's defaults and not passed; ``model_kwargs`` always are
-    (``se_layer=None`` means the SE-free network). ``fresh_se``: pretrained weights for all but the
-    SE units, which start fresh (their shapes may differ from the weights')."""
-    from .._compat import create_model
-    from ..hub import _architecture
-    from ..models.catalog import split_model_name
-    if pretrained and fresh_se:
-        from ..analysis.ablate import create_with_fresh_se
-        return create_with_fresh_se(spec, model_kwargs, log=log, **kwargs)
-    if isinstance(spec, str) and not spec.startswith(('local-dir:', 'hf-hub:')):
-        split_model_name(spec)
-    model_kwargs = dict(model_kwargs or {})  # se_layer=None reaches the model as 'none' (_compat.create_model)
-    try:
-        model = create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v}, **model_kwargs)
-    except RuntimeError as e:
-        se_design = sorted({'se_layer', 'se_args', 'se_ratio', 'se_placement', 'se_stages'} & set(model_kwargs))
-        if pretrained and se_design and 'state_dict' in str(e):
-            raise ValueError(f"the pretrained weights do not fit the SE design asked for ({', '.join(se_design)}): "
-                             'add --fresh-se (fresh_se=True) to load every other tensor and start the SE units '
-                             'fresh') from None
-        raise
-    _architecture(model)  # a local-dir: / hf-hub: model must be an se_hub one too
-    return model
-
-
-def _data_config(model: nn.Module, img_size: Optional[int]) -> Dict[str, Any]:
-    from timm.data import resolve_data_config
-    cfg = resolve_data_config({}, model=model)
-    if img_size:
-        cfg['input_size'] = (cfg['input_size'][0], img_size, img_size)
-    return cfg
-
-
 def _record_input_size(model: nn.Module, img_size: Optional[int]) -> None:
     """The exported config describes the resolution the model was fine-tuned at."""
     cfg = dict(model.pretrained_cfg)
@@ -293,19 +255,19 @@ def evaluate(model: Union[str, nn.Module], data, batch_size: int = 64, img_size:
     from timm.data import create_transform
     from torch.utils.data import DataLoader
 
-    from .curves import draw_confusion, format_confusion
+    from ..plots import draw_confusion, format_confusion
     if split not in ('train', 'val'):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     plan = plan_device(device, amp, environ={})
     dev = torch.device(plan.device)
     splits = find_splits(data)
     if isinstance(model, str):
-        model = _create_model(_model_spec(model), pretrained=True)
+        model = factory.create_model(factory.model_spec(model), pretrained=True)
     label_map = _label_map(model, splits.classes)
     names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
     pred_names = list(names) if names else list(splits.classes)
     dataset = getattr(splits, split)
-    dataset.transform = create_transform(**_data_config(model, img_size), is_training=False)
+    dataset.transform = create_transform(**factory.data_config(model, img_size), is_training=False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=dev.type == 'cuda')
     model.to(dev)
@@ -329,7 +291,9 @@ def evaluate(model: Union[str, nn.Module], data, batch_size: int = 64, img_size:
 
 # --------------------------------------------------------------------------------------- training
 
-def _options(options: Dict[str, Any]) -> FinetuneOptions:
+def finetune_options(options: Dict[str, Any]) -> FinetuneOptions:
+    """:class:`FinetuneOptions` from a dict, the optimizer-dependent defaults filled in; an unknown name or a
+    bad value is an error."""
     known = {f.name for f in fields(FinetuneOptions)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -364,7 +328,7 @@ class ClassificationTask(Task):
     score = 'top1'
 
     def __init__(self, model_spec: str, data, opts: FinetuneOptions, epochs: int):
-        self.spec, self.opts, self.epochs = _model_spec(model_spec), opts, epochs
+        self.spec, self.opts, self.epochs = factory.model_spec(model_spec), opts, epochs
         self.splits = find_splits(data, check_images=opts.check_images)
         self.classes = self.splits.classes
         if len(self.classes) < 2:
@@ -376,14 +340,15 @@ class ClassificationTask(Task):
     def build(self, engine: Engine, resuming: bool) -> nn.Module:
         from timm.data import create_transform
         opts = self.opts
-        net = _create_model(self.spec, pretrained=opts.pretrained and not resuming, num_classes=len(self.classes),
-                            drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path_rate,
-                            model_kwargs=opts.model_kwargs, fresh_se=opts.fresh_se, log=engine.log)
+        net = factory.create_model(self.spec, pretrained=opts.pretrained and not resuming,
+                                   num_classes=len(self.classes), drop_rate=opts.drop_rate,
+                                   drop_path_rate=opts.drop_path_rate, model_kwargs=opts.model_kwargs,
+                                   fresh_se=opts.fresh_se, log=engine.log)
         if opts.retrofit:  # before the optimizer exists; on resume the same architecture, then last.pth loads
-            from ..analysis.retrofit import retrofit
+            from ..retrofit import retrofit
             net = retrofit(net, **opts.retrofit_args)
         _record_input_size(net, opts.img_size)
-        data_cfg = _data_config(net, opts.img_size)
+        data_cfg = factory.data_config(net, opts.img_size)
         self.splits.train.transform = train_transform(data_cfg, opts.augment, opts.cutout)
         self.splits.val.transform = create_transform(**data_cfg, is_training=False)
         _freeze(net, opts.freeze_backbone, opts.freeze_bn)
@@ -485,7 +450,7 @@ def finetune(model: str, data, epochs: int, output, **options) -> FinetuneResult
     ``output`` unless ``resume=True``. Returns a :class:`FinetuneResult` (None on the ranks other
     than 0 of a multi-process run).
     """
-    opts = _options(options)
+    opts = finetune_options(options)
     engine = Engine(_train_config(epochs, opts), output, export=opts.export)  # checks the options first
     task = ClassificationTask(model, data, opts, int(epochs))
     return engine.run(task)

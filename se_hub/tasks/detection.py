@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
+from .. import files
 from . import checkpoints
 from .engine import LAST, Engine, Task, TrainConfig, autocast
 
@@ -481,8 +482,8 @@ class DetectionTask(Task):
                        'epoch': ckpt['epoch'], 'epochs': self.epochs, 'weights': which,
                        'metrics': {k: row[k] for k in COCO_STATS if k in row}}
         data = save({k: v.contiguous() for k, v in net.state_dict().items()})
-        checkpoints.write_bytes_atomic(engine.out / EXPORT_WEIGHTS, data)
-        checkpoints.write_text_atomic(engine.out / EXPORT_CONFIG, json.dumps(description, indent=1) + '\n')
+        files.write_bytes_atomic(engine.out / EXPORT_WEIGHTS, data)
+        files.write_text_atomic(engine.out / EXPORT_CONFIG, json.dumps(description, indent=1) + '\n')
         engine.log(f"exported the {which} weights (epoch {ckpt['epoch']}) to {engine.out}: "
                    f"load_detector('{engine.out}') rebuilds it")
         final = next((h for h in reversed(engine.history) if 'mAP' in h), None)

@@ -9,7 +9,7 @@ and an evaluation (a :class:`Task`); the engine does everything else.
   function of seed and epoch only), AMP (bf16, or fp16 with a ``GradScaler``), EMA
   (``timm.utils.ModelEmaV3``), gradient clipping, the optimizer
   (``timm.optim.create_optimizer_v2``) and a per-step LR schedule (``timm.scheduler``);
-- outputs: atomic ``last.pth`` / ``best.pth`` (see :mod:`.checkpoints`), exact resume (model,
+- outputs: atomic ``last.pth`` / ``best.pth`` (:mod:`se_hub.files`), exact resume (model,
   optimizer, schedule, EMA, scaler, the RNG of every process, the step), ``metrics.jsonl`` (one
   row per epoch), ``curves.png``, progress (a bar on a terminal, plain lines otherwise), and the
   task's export by rank 0.
@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
+from .. import files
 from . import checkpoints
 
 LAST, BEST, METRICS, CURVES = 'last.pth', 'best.pth', 'metrics.jsonl', 'curves.png'
@@ -440,11 +441,11 @@ class Engine:
             self._restore(self.ckpt, task)
         if pg.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            checkpoints.remove_stale_temporaries(self.out)
+            files.remove_stale_temporaries(self.out)
             if self.ckpt is not None:
                 # a kill between last.pth and best.pth of the best epoch: best equals last then
                 if self.best_epoch == self.start_epoch and self.best_epoch > 0:
-                    checkpoints.copy_atomic(last, self.out / BEST)
+                    files.copy_atomic(last, self.out / BEST)
                 self._write_metrics(task, rewrite=True)
         pg.barrier()
 
@@ -553,9 +554,9 @@ class Engine:
             self.history.append(row)
             rng = pg.gather(checkpoints.rng_state())
             if pg.main:
-                checkpoints.save_atomic(self._checkpoint(task, rng), self.out / LAST)
+                files.save_atomic(self._checkpoint(task, rng), self.out / LAST)
                 if is_best:
-                    checkpoints.copy_atomic(self.out / LAST, self.out / BEST)
+                    files.copy_atomic(self.out / LAST, self.out / BEST)
                 self._write_metrics(task)
                 self.log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f}"
                          f"{task.epoch_text(row)}  lr {row['lr']:.2e}  {row['train_images_per_s']:.1f} img/s  "
@@ -580,16 +581,16 @@ class Engine:
         }
 
     def _write_metrics(self, task: Task, rewrite: bool = False) -> None:
-        from .curves import draw_curves
+        from ..plots import draw_curves
         path = self.out / METRICS
         if rewrite:
-            checkpoints.write_text_atomic(path, ''.join(json.dumps(h) + '\n' for h in self.history))
+            files.write_text_atomic(path, ''.join(json.dumps(h) + '\n' for h in self.history))
         else:
             with open(path, 'a', encoding='utf-8') as f:
                 f.write(json.dumps(self.history[-1]) + '\n')
         if self.history:
             losses, metrics, metric_title, y_range, title = task.curves(self.history)
-            checkpoints.write_atomic(self.out / CURVES, lambda f: draw_curves(
+            files.write_atomic(self.out / CURVES, lambda f: draw_curves(
                 self.history, f, title=title, loss_keys=losses, metric_keys=metrics, metric_title=metric_title,
                 metric_range=y_range))
 

@@ -70,7 +70,7 @@ def scene_name(category: str) -> str:
 
 
 def file_md5(path: PathLike) -> str:
-    from ..weights.sources import file_digest
+    from ..files import file_digest
     return file_digest(path, 'md5')
 
 

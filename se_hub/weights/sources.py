@@ -8,7 +8,6 @@ file's size and modification time are unchanged (``se-hub verify`` always re-has
 Hugging Face settings are read when a file is requested (not when se_hub is imported):
 ``HF_ENDPOINT``, ``HF_HUB_CACHE`` / ``HF_HOME``, ``HF_HUB_OFFLINE``; tokens are huggingface_hub's.
 """
-import hashlib
 import json
 import os
 import re
@@ -17,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..tasks.checkpoints import write_text_atomic
+from ..files import file_digest, write_text_atomic
 
 _TRUE = ('1', 'true', 'yes', 'on')
 
@@ -46,15 +45,6 @@ def url_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / 'checkpoints'
 
 
-def file_digest(path, algorithm: str = 'sha256') -> str:
-    """Hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.new(algorithm)
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def describe(source: Dict[str, Any]) -> str:
     if source['kind'] == 'hf_hub':
         rev = f"@{source['revision']}" if source.get('revision') else ''
@@ -78,7 +68,7 @@ def _url_path(source: Dict[str, Any], cache_dir=None) -> Path:
 
 
 def local_file(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
-    """The source's file where it is already on this machine (a cache or an installed wheel), or None."""
+    """The file of ``source`` if this machine has it (a cache, an installed wheel), else None; downloads nothing."""
     if source['kind'] == 'hf_hub':
         from .._compat import LocalEntryNotFoundError
         try:

@@ -20,8 +20,8 @@ def run(args) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
+    from se_hub.plots import format_confusion
     from se_hub.tasks.classification import evaluate
-    from se_hub.tasks.curves import format_confusion
     r = evaluate(args.model, args.data, batch_size=args.batch_size, img_size=args.img_size, split=args.split,
                  output=args.output, num_workers=args.num_workers, device=args.device, progress=args.progress)
     if args.json:

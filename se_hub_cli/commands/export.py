@@ -35,7 +35,7 @@ def run(args) -> int:
     import json
 
     import se_hub  # noqa: F401  (registers the models)
-    from se_hub.deploy.export import export_verified
+    from se_hub.deploy.convert import export_verified
 
     from ..specs import create
     report = export_verified(lambda: create(args.model, args.pretrained).eval(), args.format, args.output,
