@@ -213,7 +213,7 @@ def test_printed_commands_run_and_collect_picks_them_up(digits_dir, tmp_path):
         for seed in (0, 1):
             model, epochs, model_kwargs, options = parsed[(str(out / variant / f'seed{seed}'), seed)]
             assert (model, epochs, model_kwargs) == (BASE, 1, dict(SHARED, **kwargs))
-            expected = dict(FinetuneOptions().__dict__, **FAST, seed=seed)
+            expected = dict(FinetuneOptions.defaults(), **FAST, seed=seed, epochs=1)
             expected.pop('model_kwargs')
             assert {k: options[k] for k in expected if k in options} == \
                 {k: v for k, v in expected.items() if k in options}
@@ -242,7 +242,7 @@ def test_cli_prints_commands(digits_dir, tmp_path, capsys):
     assert lines[0] == ('se-hub finetune --model se_resnet20_cifar --data ' + shlex.quote(str(digits_dir))
                         + ' --epochs 3 --output ' + shlex.quote(str(out / 'r8+tanh' / 'seed0')) + ' --seed 0 '
                         "--model-arg 'layers=(1, 1, 1)' --model-arg \"se_args={'rd_ratio': 0.125, 'gate': 'tanh'}\" "
-                        '--no-pretrained --batch-size 16')
+                        '--batch-size 16 --no-pretrained')
     assert '--seed 5' in lines[3] and "se_args={'gate': 'relu'}" in lines[3] and '/late/seed5' in lines[3]
 
 

@@ -421,7 +421,6 @@ def test_readme_places365_recipe_parses_into_the_papers_setting():
     import shlex
 
     from se_hub.models.catalog import MODELS
-    from se_hub.tasks.classification import finetune_options
     from se_hub_cli import build_parser
     readme = (REPO / 'README.md').read_text()
     block = readme.split('<!-- places365-recipe:start -->')[1].split('<!-- places365-recipe:end -->')[0]
@@ -429,7 +428,7 @@ def test_readme_places365_recipe_parses_into_the_papers_setting():
     launcher, evaluation = shlex.split(lines[0].replace('$(which se-hub)', 'SE_HUB')), shlex.split(lines[1])
     assert launcher[:4] == ['torchrun', '--nproc_per_node', '8', 'SE_HUB']
     args = build_parser().parse_args(launcher[4:])
-    opts = finetune_options({f: getattr(args, f) for f in vars(args) if f in FinetuneOptions.__dataclass_fields__})
+    opts = FinetuneOptions(**{f: getattr(args, f) for f in vars(args) if f in FinetuneOptions.__dataclass_fields__})
     assert args.model in MODELS and not opts.pretrained
     assert opts.batch_size * int(launcher[2]) == 1024 and args.epochs == 100 and opts.img_size == 224
     assert (opts.optimizer, opts.lr, opts.momentum, opts.weight_decay) == ('momentum', 0.6, 0.9, 1e-4)

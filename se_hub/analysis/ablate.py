@@ -467,7 +467,7 @@ def plan_sweep(base: str, data, variants, epochs: int, output, seeds: Union[int,
     ``output/sweep.json``; returns the runs with their states (done, resume, new) without running
     any. Arguments as for :func:`ablate`."""
     from ..models.catalog import split_model_name
-    from ..tasks.classification import finetune_options
+    from ..tasks.classification import FinetuneOptions
     from ..tasks.data import find_splits
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:
         raise AblationError('a sweep runs its runs one after another in one process; for several processes per run, '
@@ -484,7 +484,7 @@ def plan_sweep(base: str, data, variants, epochs: int, output, seeds: Union[int,
     seed_list = parse_seeds(seeds)
     items = parse_variants(variants)
     base_kwargs = dict(model_kwargs or {})
-    opts = finetune_options(dict(options, model_kwargs=base_kwargs))  # unknown option names fail here
+    opts = FinetuneOptions.from_options(epochs, dict(options, model_kwargs=base_kwargs))  # unknown names fail here
     if opts.pretrained and not base_kwargs.get('pretrained_cfg_overlay'):
         from ..weights.manifest import UnknownWeightsError, find_weights
         try:
@@ -690,9 +690,9 @@ def _markdown(out: Path, rows, runs, plan, metric: str, memory_what: Optional[st
     if plan:
         from ..tasks.classification import FinetuneOptions
         shared = plan.get('model_kwargs') or {}
-        defaults = FinetuneOptions()
+        defaults = FinetuneOptions.defaults()
         options = {k: v for k, v in plan.get('options', {}).items()
-                   if k != 'fresh_se' and (not hasattr(defaults, k) or getattr(defaults, k) != v)}
+                   if k != 'fresh_se' and (k not in defaults or defaults[k] != v)}
         head += [f"data `{plan['data']}`, {plan['epochs']} epochs, seeds {', '.join(map(str, seeds))}; shared "
                  f"architecture arguments: {describe_change(shared) if shared else 'none'}; "
                  'options: '

@@ -28,9 +28,9 @@ import json
 import os
 import warnings
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -366,29 +366,21 @@ def evaluate_detector(detector: nn.Module, annotation_file: PathLike, image_dir:
 
 
 @dataclass
-class DetectOptions:
-    """Options of :func:`train_detector` (``se-hub finetune-detect --help`` describes each)."""
+class DetectOptions(TrainConfig):
+    """Options of :func:`train_detector` (``se-hub finetune-detect --help`` describes each): the
+    engine's :class:`~se_hub.tasks.engine.TrainConfig` with the defaults of torchvision's detection
+    recipe (SGD at 0.01, a linear warm-up over 100 steps from lr / 1000, gradient clipping at 10),
+    and what detection adds."""
+    what: ClassVar[str] = 'detection'
     batch_size: int = 4  # per process
-    optimizer: str = 'sgd'  # any timm optimizer name: sgd (Nesterov), momentum (plain), adamw, ...
+    optimizer: str = 'sgd'
     lr: float = 0.01
-    momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_iters: int = 100  # linear warm-up from lr / 1000, then cosine decay to min_lr
-    min_lr: float = 0.0
+    warmup_steps: Optional[int] = 100
+    warmup_lr_factor: float = 0.001
     grad_clip: Optional[float] = 10.0
     hflip: bool = True
-    ema: bool = False
-    ema_decay: float = 0.998
-    amp: str = 'auto'
-    seed: int = 0
-    device: Optional[str] = None
-    num_workers: int = 0
-    eval_every: int = 1
-    resume: bool = False
-    deterministic: bool = False
-    progress: bool = True
-    log_every: int = 50
-    export: str = 'best'  # the weights OUTPUT/detector.safetensors holds: 'best' (by val mAP) or 'last'
+    eval_every: int = 1  # COCO evaluation every this many epochs (and after the last)
 
 
 class DetectionTask(Task):
@@ -399,8 +391,8 @@ class DetectionTask(Task):
     find_unused_parameters = True  # a batch without positives leaves some heads out of the loss
 
     def __init__(self, make_detector: Callable[[bool], nn.Module], train_json: PathLike, train_images: PathLike,
-                 val_json: Optional[PathLike], val_images: Optional[PathLike], opts: DetectOptions, epochs: int):
-        self.make_detector, self.opts, self.epochs = make_detector, opts, epochs
+                 val_json: Optional[PathLike], val_images: Optional[PathLike], opts: DetectOptions):
+        self.make_detector, self.opts = make_detector, opts
         self.train_json = train_json
         self.train_set = CocoDetection(train_json, train_images, train=True)
         self.val_set = None
@@ -435,7 +427,7 @@ class DetectionTask(Task):
 
     def evaluate(self, net: nn.Module, engine: Engine, prefix: str = '') -> Dict[str, Any]:
         epoch = len(engine.history) + 1
-        if self.val_set is None or not (epoch % max(1, self.opts.eval_every) == 0 or epoch == self.epochs):
+        if self.val_set is None or not (epoch % max(1, self.opts.eval_every) == 0 or epoch == self.opts.epochs):
             return {}
         mine = engine.share(self.val_set)
         with autocast(engine.plan):
@@ -457,7 +449,7 @@ class DetectionTask(Task):
         c = self.config
         return (f"training a {c.get('kind', 'detector')} on {c.get('backbone', '?')} with {len(self.train_set)} "
                 f"train{f' / {len(self.val_set)} val' if self.val_set is not None else ''} images, "
-                f'{len(self.categories)} categories, for {self.epochs} epochs, {engine.pg.world} process(es) on '
+                f'{len(self.categories)} categories, for {self.opts.epochs} epochs, {engine.pg.world} process(es) on '
                 f'{engine.device.type}')
 
     def epoch_text(self, row: Dict[str, Any]) -> str:
@@ -479,7 +471,7 @@ class DetectionTask(Task):
         net.eval()
         row = engine.history[ckpt['epoch'] - 1]
         description = {'format': 'se_hub detector', 'config': self.config, 'categories': self.categories,
-                       'epoch': ckpt['epoch'], 'epochs': self.epochs, 'weights': which,
+                       'epoch': ckpt['epoch'], 'epochs': self.opts.epochs, 'weights': which,
                        'metrics': {k: row[k] for k in COCO_STATS if k in row}}
         data = save({k: v.contiguous() for k, v in net.state_dict().items()})
         files.write_bytes_atomic(engine.out / EXPORT_WEIGHTS, data)
@@ -500,20 +492,10 @@ def train_detector(detector: Union[nn.Module, Callable[[bool], nn.Module]], trai
     ``best.pth`` (atomic), ``metrics.jsonl``, ``curves.png`` and the exported detector.
     Returns ``{'history', 'final' (last COCO metrics or None), 'detector', 'exported'}`` (None on
     the ranks other than 0 of a multi-process run)."""
-    known = {f.name for f in fields(DetectOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    opts = DetectOptions(**options)
-    config = TrainConfig(epochs=int(epochs), batch_size=opts.batch_size, optimizer=opts.optimizer, lr=opts.lr,
-                         weight_decay=opts.weight_decay, momentum=opts.momentum, sched='cosine',
-                         warmup_steps=opts.warmup_iters, warmup_lr_factor=0.001, min_lr=opts.min_lr, ema=opts.ema,
-                         ema_decay=opts.ema_decay, amp=opts.amp, grad_clip=opts.grad_clip, seed=opts.seed,
-                         num_workers=opts.num_workers, device=opts.device, deterministic=opts.deterministic,
-                         resume=opts.resume, progress=opts.progress, log_every=opts.log_every)
-    engine = Engine(config, output, export=opts.export)
+    opts = DetectOptions.from_options(epochs, options)
+    engine = Engine(opts, output)
     make = detector if not isinstance(detector, nn.Module) else (lambda resuming: detector)
-    return engine.run(DetectionTask(make, train_json, train_images, val_json, val_images, opts, int(epochs)))
+    return engine.run(DetectionTask(make, train_json, train_images, val_json, val_images, opts))
 
 
 def _rebuild(config: Dict[str, Any]) -> nn.Module:
@@ -550,14 +532,12 @@ def load_detector(path: PathLike, map_location: str = 'cpu') -> nn.Module:
     return detector.eval()
 
 
-def finetune_detector(backbone: str, train_json: PathLike, train_images: PathLike, val_json: Optional[PathLike] = None,
-                      val_images: Optional[PathLike] = None, epochs: int = 12, output: PathLike = 'output',
-                      kind: str = 'fasterrcnn', pretrained: bool = True, trainable_layers: Optional[int] = None,
-                      fpn_channels: int = 256, min_size: int = 800, max_size: int = 1333,
-                      anchor_sizes: Optional[Sequence[int]] = None, **options: Any) -> Optional[Dict[str, Any]]:
-    """:func:`train_detector` of a new :func:`create_detector` (``kind`` on ``backbone``, one class per
-    category of ``train_json`` plus the background); a resumed run rebuilds the detector from its
-    ``last.pth`` instead (no download)."""
+def finetune_detector(kind: str, backbone: str, train_json: PathLike, train_images: PathLike,
+                      val_json: Optional[PathLike], val_images: Optional[PathLike], epochs: int, output: PathLike,
+                      detector_args: Optional[Dict[str, Any]] = None, **options: Any) -> Optional[Dict[str, Any]]:
+    """:func:`train_detector` of a new ``create_detector(kind, backbone, num_classes, **detector_args)``
+    with one class per category of ``train_json`` plus the background; a resumed run rebuilds the
+    detector from its ``last.pth`` instead (no download). ``options``: the fields of :class:`DetectOptions`."""
     import importlib.util
     if importlib.util.find_spec('pycocotools') is None:
         raise ModuleNotFoundError("finetune-detect needs pycocotools: pip install 'se-hub[detection]'")
@@ -567,9 +547,7 @@ def finetune_detector(backbone: str, train_json: PathLike, train_images: PathLik
         if resuming:
             return _rebuild(checkpoints.load(last)['detector_config'])
         num_classes = len(CocoDetection(train_json, train_images).categories) + 1
-        return create_detector(kind, backbone, num_classes, pretrained_backbone=pretrained,
-                               trainable_layers=trainable_layers, fpn_channels=fpn_channels, min_size=min_size,
-                               max_size=max_size, anchor_sizes=anchor_sizes)
+        return create_detector(kind, backbone, num_classes, **(detector_args or {}))
 
     return train_detector(make, train_json, train_images, val_json, val_images, epochs=epochs, output=output,
                           **options)

@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 def finetune_argv(base: str, data, epochs: int, run: Path, seed: int, model_kwargs: Mapping[str, Any],
                   options: Mapping[str, Any], defaults: Mapping[str, Any], resume: bool = False) -> List[str]:
     """The ``se-hub finetune`` arguments of one run: the flags of every option that differs from
-    the command's default (read from the finetune parser itself), ``--model-arg KEY=VALUE`` per
+    the command's default (read from the finetune parser itself, in its order), ``--model-arg KEY=VALUE`` per
     architecture argument (VALUE as a Python literal). ``defaults``: the library's, for the options
     the command line does not take."""
     from se_hub.analysis.ablate import AblationError
@@ -43,18 +43,15 @@ def finetune_argv(base: str, data, epochs: int, run: Path, seed: int, model_kwar
     for key, value in model_kwargs.items():
         argv += ['--model-arg', f'{key}={value!r}']
     actions = {a.dest: a for a in finetune_parser()._actions if a.option_strings}
+    own = ('model_kwargs', 'seed', 'resume')  # written above, or by the caller
     for key, value in options.items():
-        if key in ('model_kwargs', 'seed', 'resume'):
-            continue
-        action = actions.get(key)
-        if action is None and defaults.get(key, object()) == value:
-            continue  # an option the command line does not take, left at its default
-        if action is None:
+        if key not in actions and key not in own and defaults.get(key, object()) != value:
             raise AblationError(f'finetune option {key}={value!r} has no `se-hub finetune` flag: it cannot be printed '
                                 'as a command (run the sweep here instead)')
-        if value == action.default:
+    for key, action in actions.items():  # in the order of `se-hub finetune --help`
+        if key not in options or key in own or options[key] == action.default:
             continue
-        flags = action.option_strings
+        value, flags = options[key], action.option_strings
         if isinstance(action, argparse.BooleanOptionalAction):
             argv.append(flags[0] if value else flags[1])
         elif action.nargs == 0:  # store_true / store_false: the flag sets the non-default value
@@ -79,10 +76,8 @@ def shell_quote(arg: str) -> str:
 
 def finetune_commands(sweep, log=print) -> List[str]:
     """One ``se-hub finetune`` command line per unfinished run of ``sweep`` (se_hub.analysis.ablate.plan_sweep)."""
-    from dataclasses import MISSING, fields
-
     from se_hub.tasks.classification import FinetuneOptions
-    defaults = {f.name: f.default for f in fields(FinetuneOptions) if f.default is not MISSING}
+    defaults = FinetuneOptions.defaults()
     commands = ['se-hub ' + ' '.join(map(shell_quote, finetune_argv(
         sweep.base, sweep.data, sweep.epochs, r.path, r.seed, r.model_kwargs, sweep.options, defaults,
         resume=r.state == 'resume'))) for r in sweep.runs if r.state != 'done']

@@ -3,8 +3,8 @@ import argparse
 
 from ..parsers import DETECTOR_KINDS, engine_arguments, options_of
 
-# the arguments that describe the detector (create_detector's); the rest are DetectOptions
-DETECTOR = ('kind', 'pretrained', 'trainable_layers', 'fpn_channels', 'min_size', 'max_size', 'anchor_sizes')
+# the options that describe the detector: create_detector's arguments (--pretrained: pretrained_backbone)
+DETECTOR = ('trainable_layers', 'fpn_channels', 'min_size', 'max_size', 'anchor_sizes')
 
 
 def add_parser(sub) -> None:
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument('--lr', type=float, default=0.01)
     p.add_argument('--optimizer', default='sgd', choices=['sgd', 'momentum', 'adamw'])
     p.add_argument('--weight-decay', type=float, default=1e-4)
-    p.add_argument('--warmup-iters', type=int, default=100)
+    p.add_argument('--warmup-iters', dest='warmup_steps', metavar='WARMUP_ITERS', type=int, default=100)
     p.add_argument('--grad-clip', type=float, default=10.0, help='clip the gradient norm (default 10)')
     p.add_argument('--no-hflip', dest='hflip', action='store_false', help='no random horizontal flips')
     p.add_argument('--eval-every', type=int, default=1, metavar='N', help='COCO evaluation every N epochs')
@@ -39,10 +39,10 @@ def run(args) -> int:
     from se_hub.tasks.detection import DetectOptions, finetune_detector
     from se_hub.weights.sources import WeightsUnavailableError
     options = options_of(args, [f.name for f in fields(DetectOptions)], skip=('epochs',))
-    detector = {k: getattr(args, k) for k in DETECTOR}
+    detector = dict({k: getattr(args, k) for k in DETECTOR}, pretrained_backbone=args.pretrained)
     try:
-        result = finetune_detector(args.backbone, args.train_json, args.train_images, args.val_json, args.val_images,
-                                   epochs=args.epochs, output=args.output, **detector, **options)
+        result = finetune_detector(args.kind, args.backbone, args.train_json, args.train_images, args.val_json,
+                                   args.val_images, args.epochs, args.output, detector, **options)
     except WeightsUnavailableError as e:
         raise WeightsUnavailableError(f'{e}; or train the backbone from random weights with --no-pretrained') from None
     if result is not None and result['final']:
