@@ -1,4 +1,4 @@
-"""``se-hub ablate``: design-space sweeps (se_hub/analysis/ablate); ``--print-commands`` writes
+"""``se-hub ablate``: design-space sweeps (se_hub/analysis/ablate/); ``--print-commands`` writes
 one ``se-hub finetune`` command per unfinished run instead of running it, for a scheduler."""
 import argparse
 import shlex
@@ -15,7 +15,7 @@ SWEEP_OWNED = ('--data', '--epochs', '--output', '--seed', '--resume', '--push',
 
 def add_parser(sub) -> None:
     p = sub.add_parser('ablate', help='design-space sweep: fine-tune SE variants of one network with the same budget '
-                       'and seeds, then tables and plots (se_hub/analysis/ablate.py)')
+                       'and seeds, then tables and plots (se_hub/analysis/ablate/)')
     p.add_argument('--base', help='the network every variant changes: a registered MODEL[.TAG] (residual or MBConv)')
     p.add_argument('--data', metavar='DIR', help='a data directory, as for finetune')
     p.add_argument('--variants', metavar='LIST', help='comma-separated variants: paper rows (r4, gmp, nosqueeze, pre, '
