@@ -6,7 +6,7 @@ would import torch."""
 import argparse
 import ast
 
-AMP = ['auto', 'off', 'bf16', 'fp16']  # se_hub.tasks.engine.AMP_CHOICES
+AMP = ['auto', 'off', 'bf16', 'fp16']  # se_hub.tasks.distributed.AMP_CHOICES
 DETECTOR_KINDS = ['fasterrcnn', 'retinanet', 'maskrcnn']  # se_hub.tasks.detection.KINDS
 EXPORT_FORMATS = ['onnx', 'torchscript', 'pt2']  # se_hub.deploy.export.FORMATS
 

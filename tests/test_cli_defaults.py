@@ -14,7 +14,8 @@ from se_hub.deploy.convert import export_verified
 from se_hub.deploy.export import FORMATS
 from se_hub.tasks.classification import FinetuneOptions, evaluate
 from se_hub.tasks.detection import KINDS, DetectOptions, create_detector
-from se_hub.tasks.engine import AMP_CHOICES, EXPORTS, SCHEDULES, TrainConfig
+from se_hub.tasks.distributed import AMP_CHOICES
+from se_hub.tasks.engine import EXPORTS, SCHEDULES, TrainConfig
 from se_hub_cli import build_parser
 
 

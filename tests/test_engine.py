@@ -1,4 +1,4 @@
-"""The fine-tuning engine (se_hub/tasks/engine.py): device / AMP / backend selection for every
+"""The fine-tuning engine (se_hub/tasks/engine.py, distributed.py): device / AMP / backend selection for every
 documented case (no GPU needed: the machine's facts are arguments), the data order, progress
 output off a terminal, honest metrics, bad input, Cutout, and several processes (torchrun with 2
 gloo processes) for both tasks, including an exact 2-process resume."""
@@ -18,7 +18,8 @@ from PIL import Image
 
 from se_hub import files
 from se_hub.tasks import checkpoints
-from se_hub.tasks.engine import DeviceError, EpochSampler, Progress, plan_device
+from se_hub.tasks.distributed import DeviceError, EpochSampler, plan_device
+from se_hub.tasks.engine import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))

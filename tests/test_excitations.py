@@ -387,7 +387,7 @@ def test_bad_input_gets_a_clear_error(tiny_dir, tmp_path, capsys):
         for a, b in zip(cpu.means, gpu.means):
             np.testing.assert_allclose(a, b, atol=1e-4)
     else:
-        from se_hub.tasks.engine import DeviceError
+        from se_hub.tasks.distributed import DeviceError
         with pytest.raises(DeviceError, match='no CUDA device'):
             collect_excitations(model, tiny_dir, device='cuda', num_workers=0, progress=False)
     # the CLI: one line saying what is wrong, before any model runs

@@ -496,7 +496,8 @@ def collect_excitations(model: Union[str, nn.Module], data, classes: Optional[Se
 
     from .. import factory
     from ..tasks.data import find_splits, worker_errors_named
-    from ..tasks.engine import Progress, plan_device
+    from ..tasks.distributed import plan_device
+    from ..tasks.engine import Progress
     if split not in ('train', 'val'):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     if max_images is not None and max_images < 1:

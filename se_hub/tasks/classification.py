@@ -32,7 +32,8 @@ from torch import nn
 
 from .. import factory
 from .data import DataError, find_splits, worker_errors_named
-from .engine import Engine, Progress, Task, TrainConfig, autocast, plan_device
+from .distributed import autocast, plan_device
+from .engine import Engine, Progress, Task, TrainConfig
 
 
 @dataclass

@@ -10,7 +10,8 @@ from torch import nn
 
 from ... import files
 from .. import checkpoints
-from ..engine import LAST, Engine, Task, TrainConfig, autocast
+from ..distributed import autocast
+from ..engine import LAST, Engine, Task, TrainConfig
 from .coco import COCO_STATS, CocoDetection, PathLike, coco_metrics, collate, predict_coco, same_categories
 from .model import create_detector, rebuild_detector
 
