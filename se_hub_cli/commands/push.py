@@ -16,18 +16,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from se_hub.hub import push_to_hub
-    from se_hub.models.catalog import split_model_name
     from se_hub.weights.checkpoint import load_checkpoint
 
-    from ..specs import create
-    spec = args.model
-    if Path(spec).is_dir():
-        spec = f'local-dir:{spec}'
-    elif not spec.startswith(('hf-hub:', 'local-dir:')):
-        split_model_name(spec)
+    from ..specs import checked, create
+    spec = checked(args.model)
     pretrained = args.checkpoint is None and ('.' in spec or ':' in spec)
     if not (pretrained or args.checkpoint or args.allow_random_weights):
         raise ValueError(f'{spec} would be published with random weights: name its weights (MODEL.TAG, see '
