@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import record  # noqa: E402  # bench/record.py: --results writes the output to bench/results/
 
 import se_hub  # noqa: E402,F401
-from se_hub.cli import main as se_hub_main  # noqa: E402
+from se_hub_cli import main as se_hub_main  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -67,12 +67,14 @@ def detection(steps: int) -> float:
         det = create_detector('fasterrcnn', 'se_resnet50b', 3, pretrained_backbone=False, min_size=DET_SIZE,
                               max_size=DET_SIZE, **SMALL_RCNN)
         t0 = time.perf_counter()
-        kwargs = dict(epochs=1, output=Path(tmp) / 'out', batch_size=BATCH, lr=1e-3, optimizer='adamw',
-                      warmup_iters=1)
+        kwargs = dict(epochs=1, output=Path(tmp) / 'out', batch_size=BATCH, lr=1e-3, optimizer='adamw')
         try:
-            train_detector(det, ann, images, progress=False, **kwargs)
-        except TypeError:  # the code before the engine: no progress option, a log callback
-            train_detector(det, ann, images, log=None, **kwargs)
+            train_detector(det, ann, images, warmup_steps=1, num_workers=0, progress=False, **kwargs)
+        except TypeError:  # the code before issue #29 (warmup_iters), or before the engine (a log callback)
+            try:
+                train_detector(det, ann, images, warmup_iters=1, progress=False, **kwargs)
+            except TypeError:
+                train_detector(det, ann, images, warmup_iters=1, log=None, **kwargs)
         return BATCH * steps / (time.perf_counter() - t0)
 
 

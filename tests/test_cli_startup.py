@@ -69,7 +69,7 @@ def test_list_order_and_filters_are_timms():
 
 
 def test_info_prints_the_catalog_figures(capsys):
-    from se_hub.cli import main
+    from se_hub_cli import main
     from se_hub_cli.listing import catalog
     assert main(['info', 'se_resnet50']) == 0
     row = catalog()['models']['se_resnet50']

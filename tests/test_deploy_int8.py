@@ -244,7 +244,7 @@ def cli_int8_export(tmp_path, *flags):
     import io
     import json
 
-    from se_hub.cli import main
+    from se_hub_cli import main
     calibration = calibration_folder(tmp_path)
     out = tmp_path / f'lite0_int8{"".join(flags)}.onnx'
     printed = io.StringIO()

@@ -81,7 +81,7 @@ def test_device_plan_errors(device, amp, environ, machine, message):
 def test_cuda_on_this_machine_is_one_clear_cli_error(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA: the error case is covered by test_device_plan_errors')
-    from se_hub.cli import main
+    from se_hub_cli import main
     data = make_folders(tmp_path / 'd', n_train=1, n_val=1)
     assert main(['finetune', *CLI_FAST, '--data', str(data), '--epochs', '1', '--output', str(tmp_path / 'o'),
                  '--device', 'cuda']) == 1
@@ -191,7 +191,7 @@ def test_missing_split_is_named(tmp_path, missing):
 
 
 def test_offline_without_weights_names_no_pretrained_and_download(tmp_path, monkeypatch, capsys):
-    from se_hub.cli import main
+    from se_hub_cli import main
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf'))
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
@@ -203,7 +203,7 @@ def test_offline_without_weights_names_no_pretrained_and_download(tmp_path, monk
 
 
 def test_cli_errors_give_cli_advice(tmp_path, capsys):
-    from se_hub.cli import main
+    from se_hub_cli import main
     data = make_folders(tmp_path / 'd', n_train=1, n_val=1)
     assert main(['finetune', *CLI_FAST, '--data', str(data), '--epochs', '1', '--output', str(tmp_path / 'o'),
                  '--resume']) == 1

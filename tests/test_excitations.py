@@ -20,9 +20,9 @@ from timm.data import create_transform, resolve_data_config
 import se_hub  # noqa: F401  (registers the models)
 from _helpers import randomize_batchnorm
 from se_hub.analysis.excitations import ExcitationStats, NoGatesError, collect_excitations
-from se_hub.cli import main
 from se_hub.layers import SqueezeExcite
 from se_hub.tasks.data import DataError, find_splits, read_image
+from se_hub_cli import main
 
 EPOCHS = 6
 SIZE = 16  # the digits are 8x8 scans: 16x16 keeps every detail at a quarter of the 32x32 cost

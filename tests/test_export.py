@@ -173,7 +173,7 @@ def test_export_to_a_full_disk_says_so_and_keeps_the_file_there(fmt, tmp_path, f
 
 
 def _cli(argv, capsys):
-    from se_hub.cli import main
+    from se_hub_cli import main
     code = main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err

@@ -23,7 +23,6 @@ from hub_server import point_client_at
 from PIL import Image, ImageDraw
 
 from se_hub import _compat  # timm < 1.0.16 has no local-dir: source
-from se_hub.cli import main
 from se_hub.files import FileWriteError
 from se_hub.plots import COLOURS, draw_curves, nice_ticks
 from se_hub.tasks import checkpoints
@@ -31,6 +30,7 @@ from se_hub.tasks.classification import EvalResult, FinetuneOptions, evaluate, f
 from se_hub.tasks.data import DataError, find_splits
 from se_hub.tasks.engine import read_metrics
 from se_hub.tasks.output_lock import HOLDER_NAME, LOCK_NAME, OutputInUseError, hold_output
+from se_hub_cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS_OF = {'red': (220, 40, 40), 'green': (40, 200, 60), 'blue': (40, 60, 220)}
@@ -394,7 +394,7 @@ def test_curves_png_single_epoch(tmp_path):
 # ------------------------------------------------------------------------ processes: kill / resume, DDP
 
 def _cli(*args):
-    return [sys.executable, '-m', 'se_hub.cli', 'finetune', *CLI_FAST, *args]
+    return [sys.executable, '-m', 'se_hub_cli', 'finetune', *CLI_FAST, *args]
 
 
 def test_sigkilled_run_resumes_to_the_same_weights(data_dir, tmp_path):
@@ -537,16 +537,15 @@ def test_docs_places365_recipe_parses_into_the_papers_setting():
     """docs/finetuning.md's Places-365 recipe is a command that runs: its flags parse into the paper's values."""
     import shlex
 
-    from se_hub.cli import build_parser
     from se_hub.models.catalog import MODELS
-    from se_hub.tasks.classification import finetune_options
+    from se_hub_cli import build_parser
     page = (REPO / 'docs' / 'finetuning.md').read_text()
     block = page.split('<!-- places365-recipe:start -->')[1].split('<!-- places365-recipe:end -->')[0]
     lines = block.split('```bash\n')[1].split('```')[0].replace('\\\n', ' ').splitlines()
     launcher, evaluation = shlex.split(lines[0].replace('$(which se-hub)', 'SE_HUB')), shlex.split(lines[1])
     assert launcher[:4] == ['torchrun', '--nproc_per_node', '8', 'SE_HUB']
     args = build_parser().parse_args(launcher[4:])
-    opts = finetune_options({f: getattr(args, f) for f in vars(args) if f in FinetuneOptions.__dataclass_fields__})
+    opts = FinetuneOptions(**{f: getattr(args, f) for f in vars(args) if f in FinetuneOptions.__dataclass_fields__})
     assert args.model in MODELS and not opts.pretrained
     assert opts.batch_size * int(launcher[2]) == 1024 and args.epochs == 100 and opts.img_size == 224
     assert (opts.optimizer, opts.lr, opts.momentum, opts.weight_decay) == ('momentum', 0.6, 0.9, 1e-4)
@@ -573,7 +572,7 @@ def test_model_arguments_from_the_command_line_build_and_reload(digits_dir, tmp_
     import timm
     from timm.layers import EcaModule
 
-    from se_hub.cli import main
+    from se_hub_cli import main
     out = tmp_path / 'eca'
     assert main(['finetune', '--model', 'se_resnet20_cifar', '--data', str(digits_dir), '--epochs', '1',
                  '--output', str(out), '--no-pretrained', '--batch-size', '64', '--workers', '0', '--no-progress',
@@ -591,7 +590,7 @@ def test_model_arguments_from_the_command_line_build_and_reload(digits_dir, tmp_
 
 
 def test_model_argument_that_is_not_key_value_is_refused(capsys):
-    from se_hub.cli import main
+    from se_hub_cli import main
     with pytest.raises(SystemExit):
         main(['finetune', '--model', 'se_resnet20_cifar', '--data', '.', '--epochs', '1', '--output', 'x',
               '--model-arg', 'eca'])

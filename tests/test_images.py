@@ -9,7 +9,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-import se_hub.cli
+import se_hub_cli
+from se_hub_cli.commands.predict import load_image
 
 CAMERA = skimage.data.camera()  # 512x512 uint8, 0..255
 
@@ -39,7 +40,7 @@ def test_every_image_path_reads_16_bit_and_float_greyscale_by_its_range(photos, 
     from se_hub.deploy.quantize import load_images
     from se_hub.tasks.data import read_image
     from se_hub.tasks.places365 import _load_rgb
-    readers = {'predict': se_hub.cli.load_image, 'fine-tuning data': read_image, 'Places-365': _load_rgb,
+    readers = {'predict': load_image, 'fine-tuning data': read_image, 'Places-365': _load_rgb,
                'INT8 calibration': lambda p: load_images([p])[0]}
     reference = np.repeat(CAMERA[..., None], 3, axis=-1).astype(int)
     for where, read in readers.items():
@@ -64,7 +65,7 @@ def test_predict_on_a_16_bit_photo_gives_the_8_bit_answer(photos, capsys):
     """The issue's case: the camera photo as a 16-bit PNG was '0.81% nematode' (clipped to white) where the 8-bit
     photo is a tripod; with real Lite0 weights both now give the same top-5."""
     argv = ['predict', '--model', 'se_tf_efficientnet_lite0.tf_in1k', '--json']
-    assert se_hub.cli.main([*argv, str(photos['eight']), str(photos['sixteen']), str(photos['twelve'])]) == 0
+    assert se_hub_cli.main([*argv, str(photos['eight']), str(photos['sixteen']), str(photos['twelve'])]) == 0
     eight, sixteen, twelve = json.loads(capsys.readouterr().out)
     assert eight['predictions'][0]['label'] == sixteen['predictions'][0]['label'] == twelve['predictions'][0]['label']
     assert sixteen['predictions'] == eight['predictions']

@@ -19,7 +19,7 @@ from hub_server import point_client_at
 from safetensors.torch import save
 
 import se_hub
-import se_hub.cli
+import se_hub_cli
 from _helpers import randomize_batchnorm
 from se_hub import _compat  # timm < 1.0.16 has no local-dir: source
 from se_hub.hub import save_pretrained
@@ -144,12 +144,12 @@ def test_loaded_weights_keep_their_tag_and_a_checkpoint_is_named(hub, tmp_path, 
 
 
 def test_cli_push_refuses_random_weights_unless_asked(hub, capsys):
-    assert se_hub.cli.main(['push', 'se_resnet18b', 'me/random']) == 1
+    assert se_hub_cli.main(['push', 'se_resnet18b', 'me/random']) == 1
     err = capsys.readouterr().err
     assert 'random weights' in err and '--allow-random-weights' in err and len(err.strip().splitlines()) == 1
     with pytest.raises(KeyError):
         hub.files('me/random')
-    assert se_hub.cli.main(['push', 'se_resnet18b', 'me/random', '--allow-random-weights']) == 0
+    assert se_hub_cli.main(['push', 'se_resnet18b', 'me/random', '--allow-random-weights']) == 0
     assert 'random initialisation' in hub.files('me/random')['README.md'].decode()
 
 
@@ -167,7 +167,7 @@ def test_as_timm_exports_load_without_se_hub(hub, tmp_path):
     # the CLI, from an se_hub export directory
     model = build('create_model', 'se_resnet18b', num_classes=2)
     save_pretrained(model, tmp_path / 'export')
-    assert se_hub.cli.main(['push', str(tmp_path / 'export'), 'me/cli-timm', '--as-timm']) == 0
+    assert se_hub_cli.main(['push', str(tmp_path / 'export'), 'me/cli-timm', '--as-timm']) == 0
     expected['me/cli-timm'] = logits(model)
     code = (
         'import sys, torch, timm\n'

@@ -17,8 +17,8 @@ from hub_server import point_client_at
 from safetensors.torch import save
 
 import se_hub
-import se_hub.cli
 import se_hub.hub
+import se_hub_cli
 from _helpers import randomize_batchnorm
 from se_hub.weights.manifest import find_weights
 from se_hub.weights.sources import CorruptWeightsError, WeightsUnavailableError, resolve_weight_file
@@ -93,7 +93,7 @@ def test_new_head_and_in_chans_are_adapted(hub, upstream):
 def test_offline_with_filled_cache_works_and_without_says_what_to_do(hub, upstream, monkeypatch):
     ref, blob = upstream
     hub.add_file(HUB_REPO, 'model.safetensors', blob)
-    se_hub.cli.main(['download', f'{MODEL}.{TAG}', '--quiet'])
+    se_hub_cli.main(['download', f'{MODEL}.{TAG}', '--quiet'])
     go_offline(monkeypatch)
     requests_before = len(hub.requests)
     model = timm.create_model(f'{MODEL}.{TAG}', pretrained=True)
@@ -180,7 +180,7 @@ def test_two_processes_fetch_the_same_file(hub, upstream):
 def test_cli_download_verify_and_damage_on_disk(hub, upstream):
     _, blob = upstream
     hub.add_file(HUB_REPO, 'model.safetensors', blob)
-    run = lambda *a: subprocess.run([sys.executable, '-m', 'se_hub.cli', *a], env=_env(hub),  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, '-m', 'se_hub_cli', *a], env=_env(hub),  # noqa: E731
                                     capture_output=True, text=True, timeout=300)
     got = run('download', f'{MODEL}.{TAG}', '--quiet')
     assert got.returncode == 0, got.stderr
@@ -244,7 +244,7 @@ def test_pickle_with_code_is_refused_on_the_pretrained_path(hub, monkeypatch):
 def test_cli_push_publishes_a_saved_directory(hub, tmp_path):
     model = timm.create_model('se_resnet18b', num_classes=2)
     se_hub.hub.save_pretrained(model, tmp_path / 'export', label_names=['no', 'yes'])
-    result = subprocess.run([sys.executable, '-m', 'se_hub.cli', 'push', str(tmp_path / 'export'), 'me/from-cli'],
+    result = subprocess.run([sys.executable, '-m', 'se_hub_cli', 'push', str(tmp_path / 'export'), 'me/from-cli'],
                             env=_env(hub), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     files = hub.files('me/from-cli')

@@ -306,7 +306,7 @@ class ExcitationStats:
         replaced atomically). ``figure_classes``: the classes drawn (default: up to four, spread
         over the class list). Returns the paths by kind."""
         from safetensors.numpy import save as safetensors_bytes
-        out = _writable_dir(output)
+        out = writable_dir(output)
         tensors = {'counts': self.counts.astype(np.int64)}
         for name, mean, std in zip(self.blocks, self.means, self.stds):
             tensors[f'mean/{name}'] = np.ascontiguousarray(mean, dtype=np.float32)
@@ -410,7 +410,8 @@ class ExcitationStats:
 
 # --------------------------------------------------------------------------- files, atomically
 
-def _writable_dir(output) -> Path:
+def writable_dir(output) -> Path:
+    """``output``, created, or one clear error when it cannot be written (checked before a long run)."""
     out = Path(output)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -551,24 +552,3 @@ class _Labelled(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.subset[i][0], self.labels[i]
-
-
-# --------------------------------------------------------------------------- CLI
-
-def excitations_command(args) -> int:
-    """``se-hub excitations`` (arguments: se_hub_cli/parsers.py)."""
-    _writable_dir(args.output)  # before a long run, not after it
-    classes = args.classes.split(',') if args.classes is not None else None
-    stats = collect_excitations(args.model, args.data, classes=classes, max_images=args.max_images,
-                                batch_size=args.batch_size, img_size=args.img_size, device=args.device,
-                                progress=args.progress, split=args.split, num_workers=args.num_workers,
-                                pretrained=args.pretrained)
-    figure_classes = args.figure_classes.split(',') if args.figure_classes else None
-    paths = stats.save(args.output, figure_classes=figure_classes)
-    total = int(stats.counts.sum())
-    print(f'{stats.model} on {args.data} ({args.split}, {total} images, {len(stats.classes)} classes): '
-          f'{len(stats.blocks)} SE blocks')
-    print('class selectivity per block (between-class / within-class gate distance, see README):')
-    print(stats.summary())
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 0

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 FORMATS = ('onnx', 'torchscript', 'pt2')
+SUFFIX = {'onnx': '.onnx', 'torchscript': '.pt', 'pt2': '.pt2'}  # the file name each format is written to
+EXPORTED_SUFFIXES = ('.onnx', '.pt2', '.pt', '.ts', '.torchscript')
 METADATA_KEY = 'se_hub'  # ONNX metadata_props key / TorchScript and pt2 extra file name (JSON)
 SAMPLE_PHOTOS = ('chelsea', 'coffee', 'astronaut', 'rocket')  # scikit-image's bundled photos
 _DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
@@ -222,3 +224,20 @@ def verify_export(model: nn.Module, path: str) -> Dict[str, Any]:
                 cosine=[float(c) for c in torch.nn.functional.cosine_similarity(out, ref, dim=-1)],
                 top5_eager=top5(ref, names), top5_exported=top5(out, names),
                 same_top1=bool((out.argmax(-1) == ref.argmax(-1)).all()))
+
+
+def is_exported_file(spec: str) -> bool:
+    """Whether a model spec names an exported file (``.onnx`` / ``.pt`` / ``.pt2`` ...) rather than a model."""
+    return spec.lower().endswith(EXPORTED_SUFFIXES) and not spec.startswith(('hf-hub:', 'local-dir:'))
+
+
+def predict_exported(path: str, images):
+    """Class probabilities of ``images`` (PIL) from an exported ``.onnx`` / ``.pt`` / ``.pt2`` file, with the
+    preprocessing and labels stored alongside it: ``(probabilities, label names, header line)``."""
+    exported = ExportedModel(path)
+    transform = transform_from(exported.meta)
+    probs = exported(torch.stack([transform(img) for img in images])).float().softmax(-1)
+    meta = exported.meta
+    header = (f"{path} ({exported.kind}{', INT8' if 'int8' in meta else ''}: {meta['model']}"
+              f"{'.' + meta['tag'] if meta.get('tag') else ''})")
+    return probs, exported.labels, header

@@ -22,9 +22,9 @@ model in timm's Hub format (``config.json``, ``model.safetensors``, ``README.md`
 Top-k is top-min(5, classes): the metrics name their k (``top3`` for three classes).
 """
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,14 @@ from .engine import Engine, Progress, Task, TrainConfig
 
 
 @dataclass
-class FinetuneOptions:
-    """Options of :func:`finetune` (``se-hub finetune --help`` describes each)."""
+class FinetuneOptions(TrainConfig):
+    """Options of :func:`finetune` (``se-hub finetune --help`` describes each): the engine's
+    :class:`~se_hub.tasks.engine.TrainConfig` and what classification adds. ``lr`` and
+    ``weight_decay`` left at None take the optimizer's default (1e-3 and 0.05 for adamw; 1e-2 and
+    1e-4 for sgd and momentum, the paper's plain momentum SGD)."""
+    what: ClassVar[str] = 'fine-tuning'
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
     pretrained: bool = True
     # architecture arguments of the model (se_layer, se_args, se_placement, se_stages, ...), recorded in the
     # export so that it reloads; with pretrained weights the model must keep their shapes
@@ -50,39 +56,33 @@ class FinetuneOptions:
     retrofit_args: Dict[str, Any] = field(default_factory=dict)
     # with pretrained weights: SE units start fresh, every other tensor loads (se_hub.factory)
     fresh_se: bool = False
-    batch_size: int = 32  # per process
     img_size: Optional[int] = None  # default: the model's pretrained input size
-    optimizer: str = 'adamw'  # 'adamw', 'sgd' (Nesterov), 'momentum' (plain, the paper's); any timm name
-    lr: Optional[float] = None  # default 1e-3 (adamw) / 1e-2 (sgd)
-    weight_decay: Optional[float] = None  # default 0.05 (adamw) / 1e-4 (sgd)
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    sched: str = 'cosine'  # 'cosine' (to min_lr over the run) or 'step' (x decay_rate every decay_epochs)
-    decay_epochs: float = 30.0  # step schedule only
-    decay_rate: float = 0.1  # step schedule only
-    min_lr: float = 0.0
     label_smoothing: float = 0.1
-    layer_decay: Optional[float] = None  # e.g. 0.75: each earlier layer group gets 0.75x the LR
     freeze_backbone: bool = False  # train the classifier only
     freeze_bn: bool = False  # BatchNorm statistics and affine parameters stay as loaded
-    ema: bool = False
-    ema_decay: float = 0.998
-    amp: str = 'auto'  # 'auto' (CUDA: bf16 if supported else fp16; CPU: off), 'off', 'bf16', 'fp16'
     augment: bool = True
     cutout: int = 0  # side of the square Cutout zeroes in each training image (0: none)
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
-    grad_clip: Optional[float] = None
-    seed: int = 0
-    num_workers: int = 2
-    device: Optional[str] = None
-    deterministic: bool = False
-    resume: bool = False
-    export: str = 'best'  # which weights OUT's Hub export holds: 'best' or 'last'
     push: Optional[str] = None  # Hub repo id to publish the export to
-    progress: bool = True
-    log_every: int = 50  # progress lines when stderr is not a terminal: one every this many steps
     check_images: bool = True  # open every image's header before training
+
+    def __post_init__(self):
+        sgd = self.optimizer.lower() in ('sgd', 'momentum', 'nesterov')
+        if self.lr is None:
+            self.lr = 1e-2 if sgd else 1e-3
+        if self.weight_decay is None:
+            self.weight_decay = 1e-4 if sgd else 0.05
+        if self.cutout < 0:
+            raise ValueError(f'cutout must be 0 (off) or a square side in pixels, got {self.cutout}')
+        self.model_kwargs = dict(self.model_kwargs or ())  # a dict, or the CLI's KEY=VALUE pairs
+        self.retrofit_args = dict(self.retrofit_args or ())
+        unknown = sorted(set(self.retrofit_args) - {'se_args', 'placement', 'stages'})
+        if unknown:
+            raise ValueError(f"unknown retrofit option(s) {', '.join(unknown)}; se_hub.retrofit takes se_args, "
+                             'placement, stages')
+        if self.retrofit_args and not self.retrofit:
+            raise ValueError(f'retrofit options {dict(self.retrofit_args)} given without retrofit (--retrofit)')
 
 
 # options that change the computation: a resumed run with other values cannot continue exactly
@@ -293,44 +293,14 @@ def evaluate(model: Union[str, nn.Module], data, batch_size: int = 64, img_size:
 
 # --------------------------------------------------------------------------------------- training
 
-def finetune_options(options: Dict[str, Any]) -> FinetuneOptions:
-    """:class:`FinetuneOptions` from a dict, the optimizer-dependent defaults filled in; an unknown name or a
-    bad value is an error."""
-    known = {f.name for f in fields(FinetuneOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown fine-tuning option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    opts = FinetuneOptions(**options)
-    sgd = opts.optimizer.lower() in ('sgd', 'momentum', 'nesterov')
-    if opts.lr is None:
-        opts.lr = 1e-2 if sgd else 1e-3
-    if opts.weight_decay is None:
-        opts.weight_decay = 1e-4 if sgd else 0.05
-    if opts.cutout < 0:
-        raise ValueError(f'cutout must be 0 (off) or a square side in pixels, got {opts.cutout}')
-    opts.retrofit_args = dict(opts.retrofit_args or ())  # a dict, or the CLI's KEY=VALUE pairs
-    unknown = sorted(set(opts.retrofit_args) - {'se_args', 'placement', 'stages'})
-    if unknown:
-        raise ValueError(f"unknown retrofit option(s) {', '.join(unknown)}; se_hub.retrofit takes se_args, placement, "
-                         'stages')
-    if opts.retrofit_args and not opts.retrofit:
-        raise ValueError(f'retrofit options {dict(opts.retrofit_args)} given without retrofit (--retrofit)')
-    return opts
-
-
-def _train_config(epochs: int, opts: FinetuneOptions) -> TrainConfig:
-    shared = {f.name for f in fields(TrainConfig)} - {'epochs'}
-    return TrainConfig(epochs=int(epochs), **{k: getattr(opts, k) for k in shared if hasattr(opts, k)})
-
-
 class ClassificationTask(Task):
     """An se_hub classifier on a data directory (folders, CSV or Places-365), cross-entropy with
     label smoothing, top-1 / top-k on the val split, exported in timm's Hub format."""
     name = 'classification'
     score = 'top1'
 
-    def __init__(self, model_spec: str, data, opts: FinetuneOptions, epochs: int):
-        self.spec, self.opts, self.epochs = factory.model_spec(model_spec), opts, epochs
+    def __init__(self, model_spec: str, data, opts: FinetuneOptions):
+        self.spec, self.opts = factory.model_spec(model_spec), opts
         self.splits = find_splits(data, check_images=opts.check_images)
         self.classes = self.splits.classes
         if len(self.classes) < 2:
@@ -414,8 +384,8 @@ class ClassificationTask(Task):
         s = self.splits
         retrofitted = ' with SE retrofitted' if self.opts.retrofit else ''
         return (f'fine-tuning {self.spec}{retrofitted} on {s.root} ({s.layout} layout: {len(s.train)} train / '
-                f'{len(s.val)} val images, {len(self.classes)} classes) for {self.epochs} epochs, {engine.pg.world} '
-                f'process(es) on {engine.device.type}')
+                f'{len(s.val)} val images, {len(self.classes)} classes) for {self.opts.epochs} epochs, '
+                f'{engine.pg.world} process(es) on {engine.device.type}')
 
     def epoch_text(self, row: Dict[str, Any]) -> str:
         k = self.k
@@ -438,7 +408,7 @@ class ClassificationTask(Task):
         top1, topk = row.get('ema_top1', row['top1']), row.get(f'ema_top{k}', row[f'top{k}'])
         metrics = [{'dataset': f"{self.splits.root.name} (val, {row['val_images']} images)",
                     'top1': round(top1, 2), f'top{k}': round(topk, 2), 'provenance': 'se-hub finetune',
-                    'reference': f"epoch {ckpt['epoch']} of {self.epochs} ({which})"}]
+                    'reference': f"epoch {ckpt['epoch']} of {self.opts.epochs} ({which})"}]
         retrofitted = ' with SE units retrofitted (se_hub.retrofit)' if self.opts.retrofit else ''
         notes = (f"Fine-tuned with `se-hub finetune` from `{self.spec}`{retrofitted} on {len(self.classes)} classes "
                  f"({', '.join(self.classes[:10])}{', ...' if len(self.classes) > 10 else ''}).")
@@ -472,45 +442,11 @@ def finetune(model: str, data, epochs: int, output, **options) -> FinetuneResult
     """Fine-tune ``model`` (``MODEL[.TAG]``, ``local-dir:PATH``, ``hf-hub:REPO``) on ``data`` (a
     directory, see :mod:`se_hub.tasks.data`) for ``epochs`` epochs, writing to ``output``.
 
-    ``options`` are the fields of :class:`FinetuneOptions`. Refuses to overwrite a run already in
+    ``options`` are the fields of :class:`FinetuneOptions` (``epochs`` aside). Refuses to overwrite a run already in
     ``output`` unless ``resume=True``. Returns a :class:`FinetuneResult` (None on the ranks other
     than 0 of a multi-process run).
     """
-    opts = finetune_options(options)
-    engine = Engine(_train_config(epochs, opts), output, export=opts.export)  # checks the options first
-    task = ClassificationTask(model, data, opts, int(epochs))
+    opts = FinetuneOptions.from_options(epochs, options)
+    engine = Engine(opts, output)  # checks the options first
+    task = ClassificationTask(model, data, opts)
     return engine.run(task)
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-def finetune_command(args) -> int:
-    """``se-hub finetune`` (arguments: se_hub_cli/parsers.py)."""
-    from ..weights.sources import WeightsUnavailableError
-    options = {f.name: getattr(args, f.name) for f in fields(FinetuneOptions) if hasattr(args, f.name)}
-    options['model_kwargs'] = dict(options.get('model_kwargs') or ())  # --model-arg KEY=VALUE pairs
-    options['retrofit_args'] = dict(options.get('retrofit_args') or ())  # --retrofit-arg KEY=VALUE pairs
-    try:
-        result = finetune(args.model, args.data, args.epochs, args.output, **options)
-    except WeightsUnavailableError as e:
-        raise WeightsUnavailableError(f'{e}; or fine-tune from random weights with --no-pretrained') from None
-    if result is not None:
-        print(f'{result.output}: best val top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}; '
-              f'evaluate it with: se-hub evaluate --model local-dir:{result.output} --data {args.data}')
-    return 0
-
-
-def evaluate_command(args) -> int:
-    """``se-hub evaluate`` (arguments: se_hub_cli/parsers.py)."""
-    from ..plots import format_confusion
-    r = evaluate(args.model, args.data, batch_size=args.batch_size, img_size=args.img_size, split=args.split,
-                 output=args.output, num_workers=args.num_workers, device=args.device, progress=args.progress)
-    if args.json:
-        print(json.dumps(asdict(r), indent=1))
-        return 0
-    print(f'{args.model} on {args.data} ({args.split}, {r.count} images): top-1 {r.top1:.2f}%  '
-          f'top-{r.k} {r.top_k:.2f}%  loss {r.loss:.4f}')
-    print(format_confusion(r.confusion, r.classes, r.predicted_classes))
-    if args.output:
-        print(f'wrote {Path(args.output) / "confusion.png"}, confusion.txt, evaluation.json')
-    return 0

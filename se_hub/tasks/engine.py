@@ -22,9 +22,9 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -36,6 +36,8 @@ from .output_lock import hold_output
 
 LAST, BEST, METRICS, CURVES = 'last.pth', 'best.pth', 'metrics.jsonl', 'curves.png'
 CHECKPOINT_VERSION = 2
+SCHEDULES = ('cosine', 'step')
+EXPORTS = ('best', 'last')  # which weights a run exports: the best epoch's (by the task's score) or the last
 
 
 # ---------------------------------------------------------------------------------- progress
@@ -81,7 +83,9 @@ class Progress:
 
 @dataclass
 class TrainConfig:
-    """What the engine needs to know of a run (each task fills it from its own options)."""
+    """What the engine needs to know of a run. Each task's options extend it (``FinetuneOptions``,
+    ``DetectOptions``), re-declaring only the defaults that differ; the engine takes that object."""
+    what: ClassVar[str] = 'training'  # names the options in errors
     epochs: int
     batch_size: int = 32  # per process
     optimizer: str = 'adamw'  # any timm optimizer name: adamw, sgd (Nesterov), momentum (plain)
@@ -89,7 +93,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9
     layer_decay: Optional[float] = None
-    sched: str = 'cosine'  # per-step cosine to min_lr, or step decay
+    sched: str = 'cosine'  # per-step cosine to min_lr, or step decay (SCHEDULES)
     warmup_epochs: float = 1.0
     warmup_steps: Optional[int] = None  # overrides warmup_epochs
     warmup_lr_factor: float = 0.01  # the warm-up starts at lr x this
@@ -98,15 +102,36 @@ class TrainConfig:
     min_lr: float = 0.0
     ema: bool = False
     ema_decay: float = 0.998
-    amp: str = 'auto'
+    amp: str = 'auto'  # distributed.AMP_CHOICES: auto (CUDA: bf16 if supported, else fp16; CPU: off), off, bf16, fp16
     grad_clip: Optional[float] = None
     seed: int = 0
     num_workers: int = 2
     device: Optional[str] = None
     deterministic: bool = False
     resume: bool = False
+    export: str = 'best'  # EXPORTS: the weights the task exports at the end
     progress: bool = True
     log_every: int = 50  # plain progress lines (not a terminal): one every this many steps
+
+    @classmethod
+    def from_options(cls, epochs: int, options: Mapping[str, Any]):
+        """``cls(epochs, **options)``; an unknown option name is one error that lists the known ones."""
+        known = {f.name for f in fields(cls)} - {'epochs'}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown {cls.what} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(epochs=int(epochs), **options)
+
+    @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        """Every option's default (``epochs`` has none)."""
+        out = {}
+        for f in fields(cls):
+            if f.default is not MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                out[f.name] = f.default_factory()
+        return out
 
 
 class Task:
@@ -158,19 +183,19 @@ class Task:
 class Engine:
     """Runs a :class:`Task` for ``config.epochs`` epochs into ``output``."""
 
-    def __init__(self, config: TrainConfig, output, export: str = 'best'):
+    def __init__(self, config: TrainConfig, output):
         if int(config.epochs) < 1:
             raise ValueError('epochs must be at least 1')
         if config.batch_size < 1:
             raise ValueError('batch size must be at least 1')
-        if config.sched not in ('cosine', 'step'):
+        if config.sched not in SCHEDULES:
             raise ValueError(f"sched must be 'cosine' or 'step', not {config.sched!r}")
         if config.sched == 'step' and not (config.decay_epochs > 0 and 0 < config.decay_rate <= 1):
             raise ValueError(f'the step schedule needs decay_epochs > 0 and 0 < decay_rate <= 1, got '
                              f'{config.decay_epochs} and {config.decay_rate}')
-        if export not in ('best', 'last'):
-            raise ValueError(f"export must be 'best' or 'last', not {export!r}")
-        self.config, self.out, self.export_which = config, Path(output), export
+        if config.export not in EXPORTS:
+            raise ValueError(f"export must be 'best' or 'last', not {config.export!r}")
+        self.config, self.out = config, Path(output)
         self.plan = plan_device(config.device, config.amp)
         self.pg: Optional[ProcessGroup] = None
 
@@ -398,7 +423,7 @@ class Engine:
         pg.barrier()
         result = None
         if pg.main:
-            which = self.export_which if (self.out / BEST).is_file() else 'last'
+            which = self.config.export if (self.out / BEST).is_file() else 'last'
             ckpt = checkpoints.load(self.out / (BEST if which == 'best' else LAST))
             result = task.export(self.net.cpu(), ckpt, which, self)
         pg.barrier()
