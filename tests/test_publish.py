@@ -302,7 +302,7 @@ def test_as_timm_push_of_a_tagged_model(hub, tmp_path):
     that tag, and plain timm's model from the Hub gives se_hub's logits on a real photo."""
     from se_hub.deploy.export import data_config as export_data_config
     from se_hub.deploy.export import photo_batch, sample_images
-    assert se_hub.cli.main(['push', 'se_tf_efficientnet_lite0.tf_in1k', 'me/lite0-timm', '--as-timm']) == 0
+    assert se_hub_cli.main(['push', 'se_tf_efficientnet_lite0.tf_in1k', 'me/lite0-timm', '--as-timm']) == 0
     config = json.loads(hub.files('me/lite0-timm')['config.json'])
     ours = timm.create_model('se_tf_efficientnet_lite0.tf_in1k', pretrained=True).eval()
     assert config['architecture'] == 'tf_efficientnet_lite0'
