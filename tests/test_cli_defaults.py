@@ -10,6 +10,7 @@ import inspect
 import pytest
 
 from se_hub.analysis.excitations import collect_excitations
+from se_hub.deploy.benchmark import PATHS, benchmark
 from se_hub.deploy.convert import EXPORT_FORMATS, INT8_METHODS, OPENVINO_PRECISIONS, export_verified
 from se_hub.tasks.classification import FinetuneOptions, evaluate
 from se_hub.tasks.detection import KINDS, DetectOptions, create_detector
@@ -69,6 +70,11 @@ def test_evaluate_excitations_and_export_defaults_are_the_functions():
     assert _agree('evaluate', _parameter_defaults(evaluate)) == 7
     assert _agree('excitations', _parameter_defaults(collect_excitations)) >= 8
     assert _agree('export', _parameter_defaults(export_verified)) == 11
+
+
+def test_bench_defaults_and_paths_are_the_benchmarks():
+    assert _agree('bench', _parameter_defaults(benchmark)) == 9
+    assert tuple(_options(_verb('bench'))['paths'].choices) == PATHS
 
 
 @pytest.mark.parametrize('verb', ['finetune', 'finetune-detect', 'ablate'])
