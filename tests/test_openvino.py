@@ -116,10 +116,3 @@ def test_openvino_precision_hint_and_bad_input(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install -e '\.\[openvino\]'"):
         require_openvino()
 
-
-def test_the_export_commands_lists_are_the_backends():
-    """se_hub.deploy.convert writes the precisions and INT8 methods out (so that it imports openvino only when used);
-    they are openvino_backend's."""
-    from se_hub.deploy import convert, openvino_backend
-    assert convert.OPENVINO_PRECISIONS == openvino_backend.PRECISIONS
-    assert convert.INT8_METHODS == openvino_backend.INT8_METHODS

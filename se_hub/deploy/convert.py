@@ -7,11 +7,11 @@ from typing import Any, Callable, Dict, Optional, Union
 from torch import nn
 
 from .export import FORMATS, SUFFIX, export_model, verify_export
+from .openvino_backend import INT8_METHODS, export_openvino
+from .openvino_backend import PRECISIONS as OPENVINO_PRECISIONS
 from .quantize import calibration_images, load_images, quantize_onnx
 
-EXPORT_FORMATS = FORMATS + ('openvino',)  # what ``se-hub export --format`` takes
-OPENVINO_PRECISIONS = ('f32', 'bf16', 'int8')  # openvino_backend.PRECISIONS (openvino is imported only when used)
-INT8_METHODS = ('qdq', 'nncf')  # openvino_backend.INT8_METHODS
+EXPORT_FORMATS = FORMATS + ('openvino',)  # what ``se-hub export --format`` takes (openvino is imported when used)
 
 
 def _check_options(fmt: str, output: Path, precision: Optional[str], int8: bool, calibration: Optional[str],
@@ -86,7 +86,6 @@ def export_verified(model: Union[nn.Module, Callable[[], nn.Module]], fmt: str, 
     if not isinstance(model, nn.Module):
         model = model()
     if fmt == 'openvino':
-        from .openvino_backend import export_openvino
         export_openvino(model, str(output), precision, calibration=load_images(paths) if int8 else None,
                         img_size=img_size, dynamic_batch=dynamic_batch, keep_gate_float=not int8_gate,
                         int8_method=int8_method or 'qdq')

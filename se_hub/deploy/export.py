@@ -239,7 +239,8 @@ def predict_exported(path: str, images):
     transform = transform_from(exported.meta)
     probs = exported(torch.stack([transform(img) for img in images])).float().softmax(-1)
     meta = exported.meta
-    kind = f"openvino {meta.get('precision', 'f32')}" if exported.kind == 'openvino' else exported.kind
-    header = (f"{path} ({kind}{', INT8' if 'int8' in meta and exported.kind != 'openvino' else ''}: {meta['model']}"
+    kind = (f"openvino {meta.get('precision', 'f32')}" if exported.kind == 'openvino'
+            else exported.kind + (', INT8' if 'int8' in meta else ''))
+    header = (f"{path} ({kind}: {meta['model']}"
               f"{'.' + meta['tag'] if meta.get('tag') else ''})")
     return probs, exported.labels, header
