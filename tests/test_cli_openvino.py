@@ -88,9 +88,14 @@ def test_cli_export_options_that_mean_nothing(argv, message, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_cli_export_openvino_needs_an_xml_name(tmp_path):
+def test_cli_export_openvino_needs_an_xml_name_and_openvino(tmp_path, monkeypatch):
     code, _, err = _cli(['export', 'se_resnet18', '--format', 'openvino', '--output', str(tmp_path / 'm.onnx')])
     assert code == 1 and 'should end in .xml (with NAME.bin beside it)' in err
+    monkeypatch.setitem(sys.modules, 'openvino', None)  # not installed: one line naming the extra, nothing written
+    code, _, err = _cli(['export', 'se_resnet18', '--format', 'openvino', '--output', str(tmp_path / 'm.xml')])
+    assert code == 1 and err == "se-hub: error: the OpenVINO backend needs the openvino package: pip install -e " \
+        "'.[openvino]'\n"
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_int8_ort_only_gate_folding_is_reachable(tmp_path):
