@@ -8,7 +8,9 @@ import ast
 
 AMP = ['auto', 'off', 'bf16', 'fp16']  # se_hub.tasks.distributed.AMP_CHOICES
 DETECTOR_KINDS = ['fasterrcnn', 'retinanet', 'maskrcnn']  # se_hub.tasks.detection.KINDS
-EXPORT_FORMATS = ['onnx', 'torchscript', 'pt2']  # se_hub.deploy.export.FORMATS
+EXPORT_FORMATS = ['onnx', 'torchscript', 'pt2', 'openvino']  # se_hub.deploy.convert.EXPORT_FORMATS
+OPENVINO_PRECISIONS = ['f32', 'bf16', 'int8']  # se_hub.deploy.convert.OPENVINO_PRECISIONS
+INT8_METHODS = ['qdq', 'nncf']  # se_hub.deploy.convert.INT8_METHODS
 
 
 def engine_arguments(p, batch_size: int, workers: int) -> None:

@@ -10,8 +10,8 @@ import inspect
 import pytest
 
 from se_hub.analysis.excitations import collect_excitations
-from se_hub.deploy.convert import export_verified
-from se_hub.deploy.export import FORMATS
+from se_hub.deploy.benchmark import PATHS, benchmark
+from se_hub.deploy.convert import EXPORT_FORMATS, INT8_METHODS, OPENVINO_PRECISIONS, export_verified
 from se_hub.tasks.classification import FinetuneOptions, evaluate
 from se_hub.tasks.detection import KINDS, DetectOptions, create_detector
 from se_hub.tasks.distributed import AMP_CHOICES
@@ -69,7 +69,12 @@ def test_finetune_detect_defaults_are_detect_options_and_create_detector():
 def test_evaluate_excitations_and_export_defaults_are_the_functions():
     assert _agree('evaluate', _parameter_defaults(evaluate)) == 7
     assert _agree('excitations', _parameter_defaults(collect_excitations)) >= 8
-    assert _agree('export', _parameter_defaults(export_verified)) == 8
+    assert _agree('export', _parameter_defaults(export_verified)) == 11
+
+
+def test_bench_defaults_and_paths_are_the_benchmarks():
+    assert _agree('bench', _parameter_defaults(benchmark)) == 9
+    assert tuple(_options(_verb('bench'))['paths'].choices) == PATHS
 
 
 @pytest.mark.parametrize('verb', ['finetune', 'finetune-detect', 'ablate'])
@@ -84,7 +89,10 @@ def test_choice_lists_are_the_librarys(verb):
 
 
 def test_export_formats_are_the_librarys():
-    assert tuple(_options(_verb('export'))['format'].choices) == FORMATS
+    export = _options(_verb('export'))
+    assert tuple(export['format'].choices) == EXPORT_FORMATS
+    assert tuple(export['precision'].choices) == OPENVINO_PRECISIONS
+    assert tuple(export['int8_method'].choices) == INT8_METHODS
 
 
 def test_the_engine_options_are_declared_once():

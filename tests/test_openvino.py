@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import timm
+import torch
 from test_deploy_int8 import CALIBRATION_PHOTOS, calibration_folder, lite_weights, skimage_photos
 from test_export import DEPLOY_FAMILIES, photo_calibrated
 
@@ -31,6 +32,14 @@ def test_openvino_f32_export_every_family(name, kwargs, size, tmp_path):
     assert meta == metadata(model, size, format='openvino', dynamic_batch=True, precision='f32')
     assert exported.labels == meta['label_names'] and len(exported.labels) == model.num_classes
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, f'{name}.bin'])
+    # what `se-hub predict --model FILE.xml` runs: eager's probabilities, through the preprocessing stored in the IR
+    from se_hub.deploy.export import predict_exported, sample_images
+    images = sample_images()[1][:2]
+    probs, names, header = predict_exported(str(path), images)
+    with torch.inference_mode():
+        eager = model(photo_batch(meta, images)).softmax(-1)
+    torch.testing.assert_close(probs, eager, atol=1e-4, rtol=0)
+    assert names == meta['label_names'] and header.startswith(f'{path} (openvino f32: {meta["model"]}')
 
 
 def test_openvino_bf16_and_int8_real_lite0(tmp_path):
@@ -106,3 +115,4 @@ def test_openvino_precision_hint_and_bad_input(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'openvino', None)
     with pytest.raises(ImportError, match=r"pip install -e '\.\[openvino\]'"):
         require_openvino()
+

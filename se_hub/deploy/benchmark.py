@@ -172,13 +172,14 @@ def _time_round_robin(runners: Dict[str, Callable], inputs: Dict[int, torch.Tens
 def benchmark(model: nn.Module, batch_size: int = 16, rounds: int = 15, img_size: Optional[int] = None,
               compile: bool = False, int8: bool = True, calibration=None, threads: Optional[int] = None,
               paths: Optional[Sequence[str]] = None, features: Optional[Dict[str, Any]] = None,
-              progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+              progress: Optional[Callable[[str], None]] = None, photos: Optional[Sequence] = None) -> Dict[str, Any]:
     """Time every path this machine can run on ``model`` (float32, eval) and measure its accuracy.
 
     ``batch_size``: timed besides batch 1; ``rounds``: timing rounds (medians reported); ``calibration``: INT8
     calibration images (a folder or PIL images; default ``CALIBRATION_PHOTOS``); ``threads``: for onnxruntime
     and OpenVINO (default: theirs); ``paths``: only these of ``PATHS``; ``features``: ``cpu_features()`` if None;
-    ``progress``: called with a line of text as each step starts (``print_progress`` prints them).
+    ``progress``: called with a line of text as each step starts (``print_progress`` prints them); ``photos``: the
+    PIL images accuracy is judged on and timed with (default: ``export.SAMPLE_PHOTOS``).
     Returns features, the plan (with skip reasons), one row per path run and the recommended path."""
     from .export import metadata, photo_batch
     progress = progress or (lambda line: None)
@@ -195,7 +196,7 @@ def benchmark(model: nn.Module, batch_size: int = 16, rounds: int = 15, img_size
                 step['skipped'] = step['skipped'] or 'not asked for'
     model = model.eval()
     meta = metadata(model, img_size)
-    photos = photo_batch(meta)  # the photos accuracy is judged on
+    photos = photo_batch(meta, photos)  # the photos accuracy is judged on
     if int8 and calibration is None:
         calibration = default_calibration()
     with torch.inference_mode():

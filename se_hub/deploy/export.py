@@ -16,7 +16,7 @@ from torch import nn
 
 FORMATS = ('onnx', 'torchscript', 'pt2')
 SUFFIX = {'onnx': '.onnx', 'torchscript': '.pt', 'pt2': '.pt2'}  # the file name each format is written to
-EXPORTED_SUFFIXES = ('.onnx', '.pt2', '.pt', '.ts', '.torchscript')
+EXPORTED_SUFFIXES = ('.onnx', '.xml', '.pt2', '.pt', '.ts', '.torchscript')  # .xml: an OpenVINO IR
 METADATA_KEY = 'se_hub'  # ONNX metadata_props key / TorchScript and pt2 extra file name (JSON)
 SAMPLE_PHOTOS = ('chelsea', 'coffee', 'astronaut', 'rocket')  # scikit-image's bundled photos
 _DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
@@ -227,17 +227,20 @@ def verify_export(model: nn.Module, path: str) -> Dict[str, Any]:
 
 
 def is_exported_file(spec: str) -> bool:
-    """Whether a model spec names an exported file (``.onnx`` / ``.pt`` / ``.pt2`` ...) rather than a model."""
+    """Whether a model spec names an exported file (``.onnx`` / ``.xml`` / ``.pt`` / ``.pt2`` ...) rather than a
+    model."""
     return spec.lower().endswith(EXPORTED_SUFFIXES) and not spec.startswith(('hf-hub:', 'local-dir:'))
 
 
 def predict_exported(path: str, images):
-    """Class probabilities of ``images`` (PIL) from an exported ``.onnx`` / ``.pt`` / ``.pt2`` file, with the
+    """Class probabilities of ``images`` (PIL) from an exported ``.onnx`` / ``.xml`` / ``.pt`` / ``.pt2`` file, with the
     preprocessing and labels stored alongside it: ``(probabilities, label names, header line)``."""
     exported = ExportedModel(path)
     transform = transform_from(exported.meta)
     probs = exported(torch.stack([transform(img) for img in images])).float().softmax(-1)
     meta = exported.meta
-    header = (f"{path} ({exported.kind}{', INT8' if 'int8' in meta else ''}: {meta['model']}"
+    kind = (f"openvino {meta.get('precision', 'f32')}" if exported.kind == 'openvino'
+            else exported.kind + (', INT8' if 'int8' in meta else ''))
+    header = (f"{path} ({kind}: {meta['model']}"
               f"{'.' + meta['tag'] if meta.get('tag') else ''})")
     return probs, exported.labels, header

@@ -6,8 +6,8 @@ import importlib
 # verb -> module
 VERBS = {
     'list': 'list', 'info': 'info', 'download': 'download', 'verify': 'verify', 'predict': 'predict', 'push': 'push',
-    'export': 'export', 'finetune': 'finetune', 'evaluate': 'evaluate', 'finetune-detect': 'finetune_detect',
-    'ablate': 'ablate', 'excitations': 'excitations',
+    'export': 'export', 'bench': 'bench', 'finetune': 'finetune', 'evaluate': 'evaluate',
+    'finetune-detect': 'finetune_detect', 'ablate': 'ablate', 'excitations': 'excitations',
 }
 
 

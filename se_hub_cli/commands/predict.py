@@ -5,7 +5,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser('predict', help='classify images with a pretrained model')
     p.add_argument('images', nargs='+', metavar='IMAGE', help="image files, or skimage:NAME (e.g. skimage:chelsea)")
     p.add_argument('--model', required=True, help="MODEL[.TAG], hf-hub:REPO, local-dir:PATH or an exported "
-                   "FILE.onnx / .pt / .pt2 (se-hub export)")
+                   "FILE.onnx / .xml (OpenVINO) / .pt / .pt2 (se-hub export)")
     p.add_argument('--topk', type=int, default=5)
     p.add_argument('--json', action='store_true', help='print JSON')
 
@@ -41,7 +41,7 @@ def run(args) -> int:
 
     from ..specs import create
     images = [load_image(spec) for spec in args.images]
-    if is_exported_file(args.model):  # an exported .onnx / .pt / .pt2 with its preprocessing and labels
+    if is_exported_file(args.model):  # an exported .onnx / .xml / .pt / .pt2 with its preprocessing and labels
         probs, names, header = predict_exported(args.model, images)
     else:
         from timm.data import create_transform, resolve_data_config
