@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from se_hub_cli import build_parser
+from se_hub_cli.listing import catalog, pretrained_tags
 
 REPO = Path(__file__).resolve().parents[1]
 README_BUDGET = 250  # lines: details belong in docs/
@@ -22,6 +23,20 @@ DOC_FILES = [REPO / 'README.md'] + sorted(p for p in (REPO / 'docs').glob('*.md'
 DOC_FILES += sorted((REPO / 'bench' / 'results').glob('*.md'))
 SEPARATORS = {'|', '||', '&&', ';', '&', '>', '>>', '2>&1'}
 SCRIPT = re.compile(r'(?:^|/)((?:bench|tools)/[\w./-]+\.py)$')
+MODEL_SPEC = re.compile(r'[\[(]*(se_[a-z0-9_]+)(?:\.([a-z0-9_]+))?[\])]*')
+
+
+def model_error(arg: str):
+    """What is wrong with a model name (``se_...``, ``se_....TAG``) a quoted se-hub command names, if anything."""
+    m = MODEL_SPEC.fullmatch(arg)
+    if not m or arg.endswith(('.pt', '.pt2', '.pth', '.onnx', '.xml', '.safetensors')):  # a file the command writes
+        return None
+    name, tag = m.groups()
+    if name not in catalog()['models']:
+        return f'no model {name!r}'
+    if tag and tag not in pretrained_tags().get(name, []):
+        return f'{name} has no weights tagged {tag!r} (se-hub list --pretrained)'
+    return None
 
 
 def _tool(name: str):
@@ -99,6 +114,8 @@ def command_errors(line: str, verbs: dict) -> list:
                 flag = _flag(arg)
                 if flag and flag not in known:
                     errors.append(f'se-hub {verb} has no option {flag}')
+                elif model_error(arg):
+                    errors.append(f'se-hub {verb}: {model_error(arg)}')
             i += len(tokens)
         elif script:
             path = REPO / script.group(1)
@@ -133,6 +150,9 @@ def test_quoted_commands_name_verbs_flags_and_scripts_that_exist(path):
      'se-hub finetune has no option --no-such-flag'),
     ('PYTHONPATH=. python bench/bench_nothing.py --rounds 3', 'bench/bench_nothing.py does not exist'),
     ('python bench/bench_deploy.py --quick --no-such-path', 'bench/bench_deploy.py has no option --no-such-path'),
+    ('se-hub export se_efficientnet_lite0.tf_in1k --format onnx',
+     "se-hub export: se_efficientnet_lite0 has no weights tagged 'tf_in1k' (se-hub list --pretrained)"),
+    ('se-hub predict photo.jpg --model se_resnet51', "se-hub predict: no model 'se_resnet51'"),
 ])
 def test_the_command_check_catches_what_does_not_exist(line, error):
     """The check above would fail on a removed verb, flag or script (and passes the real ones below)."""
