@@ -1,6 +1,6 @@
 """``se-hub export MODEL --format F --output FILE``: export (ONNX, optionally INT8; TorchScript;
 torch.export), verified against eager PyTorch on real photos (se_hub/deploy/)."""
-from ..parsers import EXPORT_FORMATS
+from ..parsers import EXPORT_FORMATS, positive_int
 
 
 def add_parser(sub) -> None:
@@ -10,7 +10,7 @@ def add_parser(sub) -> None:
     p.add_argument('model', help='MODEL[.TAG] (pretrained weights), or local-dir:OUT (a fine-tuned export)')
     p.add_argument('--format', required=True, choices=EXPORT_FORMATS, help='onnx, torchscript or pt2')
     p.add_argument('--output', required=True, metavar='FILE', help='the file to write (.onnx / .pt / .pt2)')
-    p.add_argument('--img-size', type=int, help="input size (default: the model's pretrained input size)")
+    p.add_argument('--img-size', type=positive_int, help="input size (default: the model's pretrained input size)")
     p.add_argument('--dynamic-batch', action='store_true',
                    help="any batch size (default: batch 1; with --int8 only a batch-1 file puts each bottleneck's SE "
                         "gate into its convolution's weight scale)")
