@@ -454,6 +454,8 @@ class Engine:
                 self.log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f}"
                          f"{task.epoch_text(row)}  lr {row['lr']:.2e}  {row['train_images_per_s']:.1f} img/s  "
                          f"{row['train_time_s']:.1f}s{'  *best*' if is_best else ''}", flush=True)
+            else:  # rank 0 writes it; the others say the same on Ctrl-C
+                self.saved_epoch = epoch + 1
         pg.barrier()
         result = None
         if pg.main:
