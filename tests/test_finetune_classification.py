@@ -622,3 +622,17 @@ def test_ctrl_c_names_the_kept_checkpoint_and_the_resume_command(data_dir, tmp_p
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert f'resuming {out} after epoch {kept} of {kept + 1}' in run.stdout
+
+
+def test_ctrl_c_in_the_first_epoch_says_there_is_no_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C before any epoch ends: nothing to resume, and the command offers no --resume."""
+    from se_hub.tasks.engine import Engine
+
+    def interrupted(self, task, epoch):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Engine, '_train_epoch', interrupted)
+    out = tmp_path / 'out'
+    assert main(['finetune', *CLI_FAST, '--data', str(data_dir), '--epochs', '2', '--output', str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == f'se-hub: interrupted: no checkpoint yet ({out / "last.pth"} not written: no epoch finished)'
+    assert not (out / 'last.pth').exists()
