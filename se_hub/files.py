@@ -144,3 +144,29 @@ def file_digest(path, algorithm: str = 'sha256') -> str:
         for chunk in iter(lambda: f.read(1 << 20), b''):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_safetensors(path: Union[str, os.PathLike]) -> None:
+    """Raise ``ValueError`` naming ``path`` unless it is a whole safetensors file: an 8-byte header length,
+    a JSON header, and every tensor's bytes inside the file (safetensors' own error names no file and says
+    only "Error while deserializing header"). Reads the header alone."""
+    import json
+    path = Path(path)
+    size = path.stat().st_size
+    problem = None
+    with open(path, 'rb') as f:
+        head = f.read(8)
+        length = int.from_bytes(head, 'little') if len(head) == 8 else -1
+        if length < 2 or 8 + length > size:
+            problem = f'{size} bytes, shorter than its header says' if length >= 2 else 'no header'
+        else:
+            try:
+                header = json.loads(f.read(length))
+                end = max((int(t['data_offsets'][1]) for k, t in header.items() if k != '__metadata__'), default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                problem = 'its header is not safetensors JSON'
+            else:
+                if 8 + length + end > size:
+                    problem = f'{size} bytes where its tensors need {8 + length + end}'
+    if problem:
+        raise ValueError(f'{path} is truncated or not a safetensors file ({problem})')

@@ -38,6 +38,17 @@ def engine_arguments(p, batch_size: int, workers: int) -> None:
                    help='when stderr is not a terminal: one progress line every N steps (default 50)')
 
 
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (``--topk``, ``--img-size``): 0 or less is refused, never ignored."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a whole number, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
 def model_argument(text: str):
     """``KEY=VALUE`` of ``--model-arg``: VALUE is a Python literal (``None``, ``0.25``, ``(2, 3)``,
     ``{'rd_ratio': 0.25}``) or else a plain string (``eca``)."""
@@ -81,7 +92,7 @@ def finetune_arguments(p, skip=()) -> None:
     engine_arguments(p, batch_size=32, workers=2)
     p.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=True,
                    help='start from pretrained weights (default: yes)')
-    p.add_argument('--img-size', type=int, help="input size (default: the model's pretrained input size)")
+    p.add_argument('--img-size', type=positive_int, help="input size (default: the model's pretrained input size)")
     p.add_argument('--opt', dest='optimizer', default='adamw', choices=['adamw', 'sgd', 'momentum'],
                    help='adamw, sgd (Nesterov momentum) or momentum (plain momentum SGD, as in the paper)')
     p.add_argument('--lr', type=float, help='peak learning rate (default 1e-3 adamw, 1e-2 sgd and momentum)')

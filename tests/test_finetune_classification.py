@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -595,3 +596,43 @@ def test_model_argument_that_is_not_key_value_is_refused(capsys):
         main(['finetune', '--model', 'se_resnet20_cifar', '--data', '.', '--epochs', '1', '--output', 'x',
               '--model-arg', 'eca'])
     assert 'expected KEY=VALUE' in capsys.readouterr().err
+
+
+def test_ctrl_c_names_the_kept_checkpoint_and_the_resume_command(data_dir, tmp_path):
+    """A real SIGINT once the first epoch's last.pth exists: the process says which epoch last.pth holds (the
+    one in the file) and the exact command that continues the run, and that command does."""
+    out = tmp_path / 'out'
+    argv = ['finetune', *CLI_FAST, '--data', str(data_dir), '--epochs', '500', '--output', str(out)]
+    proc = subprocess.Popen([sys.executable, '-m', 'se_hub_cli', *argv], env=_subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / 'last.pth').exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-2000:]
+    kept = checkpoints.load(out / 'last.pth')['epoch']
+    assert err.splitlines()[-2:] == [f'se-hub: interrupted: {out / "last.pth"} holds epoch {kept} of 500',
+                                     f'continue it with: se-hub {shlex.join(argv)} --resume']
+    again = shlex.split(err.splitlines()[-1].removeprefix('continue it with: se-hub '))
+    again[again.index('--epochs') + 1] = str(kept + 1)  # the same command, one epoch more to run
+    run = subprocess.run([sys.executable, '-m', 'se_hub_cli', *again], env=_subprocess_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f'resuming {out} after epoch {kept} of {kept + 1}' in run.stdout
+
+
+def test_ctrl_c_in_the_first_epoch_says_there_is_no_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C before any epoch ends: nothing to resume, and the command offers no --resume."""
+    from se_hub.tasks.engine import Engine
+
+    def interrupted(self, task, epoch):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Engine, '_train_epoch', interrupted)
+    out = tmp_path / 'out'
+    assert main(['finetune', *CLI_FAST, '--data', str(data_dir), '--epochs', '2', '--output', str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == f'se-hub: interrupted: no checkpoint yet ({out / "last.pth"} not written: no epoch finished)'
+    assert not (out / 'last.pth').exists()

@@ -98,7 +98,12 @@ def export_verified(model: Union[nn.Module, Callable[[], nn.Module]], fmt: str, 
                           ort_only_gate_folding=ort_only_gate_folding)
     else:
         export_model(model, fmt, str(output), img_size, dynamic_batch)
-    report = verify_export(model, str(output))
+    try:
+        report = verify_export(model, str(output))
+    except KeyboardInterrupt:
+        # the file is complete (written atomically) and the export took the time: keep it, but say it
+        raise KeyboardInterrupt(f'{output} is written but NOT verified against eager PyTorch; run the same '
+                                'se-hub export again to export and verify it') from None
     report['file'] = str(output)
     if precision:
         report['precision'] = precision

@@ -9,7 +9,7 @@ would stay fp32 on dequantized tensors), and static weights (no gate folded into
 import io
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -189,6 +189,12 @@ class ExportedModel:
     def labels(self) -> List[str]:
         return self.meta['label_names']
 
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        """The (height, width) the file's preprocessing gives the network."""
+        height, width = self.meta['preprocessing']['input_size'][-2:]
+        return height, width
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.kind in ('onnx', 'openvino'):
             if not self.meta.get('dynamic_batch') and batch.shape[0] != 1:
@@ -232,10 +238,12 @@ def is_exported_file(spec: str) -> bool:
     return spec.lower().endswith(EXPORTED_SUFFIXES) and not spec.startswith(('hf-hub:', 'local-dir:'))
 
 
-def predict_exported(path: str, images):
-    """Class probabilities of ``images`` (PIL) from an exported ``.onnx`` / ``.xml`` / ``.pt`` / ``.pt2`` file, with the
-    preprocessing and labels stored alongside it: ``(probabilities, label names, header line)``."""
-    exported = ExportedModel(path)
+def predict_exported(path: Union[str, 'ExportedModel'], images):
+    """Class probabilities of ``images`` (PIL) from an exported ``.onnx`` / ``.xml`` / ``.pt`` / ``.pt2`` file (or
+    its loaded :class:`ExportedModel`), with the preprocessing and labels stored alongside it:
+    ``(probabilities, label names, header line)``."""
+    exported = path if isinstance(path, ExportedModel) else ExportedModel(path)
+    path = str(exported.path)
     transform = transform_from(exported.meta)
     probs = exported(torch.stack([transform(img) for img in images])).float().softmax(-1)
     meta = exported.meta

@@ -19,9 +19,11 @@ Several processes: ``torchrun --nproc_per_node N $(which se-hub) finetune ...`` 
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional
@@ -38,6 +40,32 @@ LAST, BEST, METRICS, CURVES = 'last.pth', 'best.pth', 'metrics.jsonl', 'curves.p
 CHECKPOINT_VERSION = 2
 SCHEDULES = ('cosine', 'step')
 EXPORTS = ('best', 'last')  # which weights a run exports: the best epoch's (by the task's score) or the last
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the message says which checkpoint was kept; ``resumable`` says whether
+    ``--resume`` can continue it (the CLI adds that command, which it alone knows)."""
+
+    def __init__(self, message: str, output: Path, epoch: int):
+        super().__init__(message)
+        self.output, self.epoch, self.resumable = output, epoch, epoch > 0
+
+
+@contextmanager
+def interrupt_after():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done (main thread only)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # ignored, or someone else's
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------------- progress
@@ -236,12 +264,15 @@ class Engine:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         self.pg = ProcessGroup(self.plan)
+        self.saved_epoch = 0  # the epoch OUT/last.pth holds (0: none written)
         try:
             # one run per output directory (rank 0 writes, so rank 0 holds it); a --resume of a missing one fails
             # in _prepare without making it
             with hold_output(self.out, create=not self.config.resume) if self.pg.main else nullcontext():
                 self._prepare(task)
                 return self._fit(task)
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
         finally:
             self.pg.close()
             torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
@@ -262,6 +293,7 @@ class Engine:
             if self.ckpt.get('version') != CHECKPOINT_VERSION or self.ckpt.get('task') != task.name:
                 raise ValueError(f'{last} is not a checkpoint of se-hub {task.name} (version {CHECKPOINT_VERSION})')
             task.check_resume(self.ckpt, last)
+            self.saved_epoch = self.ckpt['epoch']
         elif last.exists():
             raise FileExistsError(f'{self.out} already holds a run ({LAST}); pass --resume to continue it, or '
                                   'choose another --output')
@@ -413,13 +445,17 @@ class Engine:
             self.history.append(row)
             rng = pg.gather(checkpoints.rng_state())
             if pg.main:
-                files.save_atomic(self._checkpoint(task, rng), self.out / LAST)
-                if is_best:
-                    files.copy_atomic(self.out / LAST, self.out / BEST)
+                with interrupt_after():  # Ctrl-C lands before or after this epoch's files, so it can name them
+                    files.save_atomic(self._checkpoint(task, rng), self.out / LAST)
+                    self.saved_epoch = epoch + 1
+                    if is_best:
+                        files.copy_atomic(self.out / LAST, self.out / BEST)
                 self._write_metrics(task)
                 self.log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f}"
                          f"{task.epoch_text(row)}  lr {row['lr']:.2e}  {row['train_images_per_s']:.1f} img/s  "
                          f"{row['train_time_s']:.1f}s{'  *best*' if is_best else ''}", flush=True)
+            else:  # rank 0 writes it; the others say the same on Ctrl-C
+                self.saved_epoch = epoch + 1
         pg.barrier()
         result = None
         if pg.main:
@@ -428,6 +464,14 @@ class Engine:
             result = task.export(self.net.cpu(), ckpt, which, self)
         pg.barrier()
         return result
+
+    def _interrupted(self) -> TrainingInterrupted:
+        last, epochs = self.out / LAST, self.config.epochs
+        if self.saved_epoch:
+            text = f'{last} holds epoch {self.saved_epoch} of {epochs}'
+        else:
+            text = f'no checkpoint yet ({last} not written: no epoch finished)'
+        return TrainingInterrupted(text, self.out, self.saved_epoch)
 
     def _checkpoint(self, task: Task, rng: List[Dict[str, Any]]) -> Dict[str, Any]:
         return {

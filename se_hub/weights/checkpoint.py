@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .._compat import load_tensors_only, not_a_tensor_file
+from ..files import check_safetensors
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -181,6 +182,10 @@ def read_checkpoint_file(path: Union[str, os.PathLike]) -> Mapping[str, Any]:
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
+        try:
+            check_safetensors(path)
+        except ValueError as e:
+            raise CheckpointLayoutError(str(e)) from None
         return load_file(path)
     try:
         return load_tensors_only(path)

@@ -8,8 +8,10 @@ filter function (which converts the layout), re-initialises a head of another si
 ``in_chans``. A weight source named by the caller is loaded by timm exactly as timm does.
 """
 import dataclasses
+import os
 from typing import Any, Dict, Tuple
 
+from ..files import check_safetensors
 from .checkpoint import verified_file_ref
 from .manifest import UnknownWeightsError, find_weights, weights_by_model
 from .sources import resolve_weight_file
@@ -105,6 +107,8 @@ def with_pretrained_source(model: str, kwargs: Dict[str, Any]) -> Tuple[Dict[str
         if not named:
             return kwargs, describe_caller_source(cfg)
     if named:
+        if str(overlay.get('file') or '').endswith('.safetensors') and os.path.isfile(overlay['file']):
+            check_safetensors(overlay['file'])  # timm's read would fail naming no file
         for key in SOURCE_KEYS[1:]:
             if key not in overlay and not (key == 'hf_hub_id' and named == ['hf_hub_filename']):
                 overlay[key] = None  # the caller's source, not the tag's, is the one timm must use

@@ -1,4 +1,5 @@
 """``se-hub evaluate``: top-1 / top-k and the confusion matrix of a model on a data directory."""
+from ..parsers import positive_int
 
 
 def add_parser(sub) -> None:
@@ -7,7 +8,7 @@ def add_parser(sub) -> None:
     p.add_argument('--data', required=True, metavar='DIR', help='a data directory, as for finetune')
     p.add_argument('--split', default='val', choices=['val', 'train'])
     p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--img-size', type=int)
+    p.add_argument('--img-size', type=positive_int)
     p.add_argument('--workers', dest='num_workers', type=int, default=2)
     p.add_argument('--device')
     p.add_argument('--output', metavar='DIR', help='write confusion.png, confusion.txt and evaluation.json here')

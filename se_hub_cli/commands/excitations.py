@@ -1,5 +1,6 @@
 """``se-hub excitations``: per-class statistics of every SE gate on a data directory
 (se_hub/analysis/excitations.py)."""
+from ..parsers import positive_int
 
 
 def add_parser(sub) -> None:
@@ -11,7 +12,7 @@ def add_parser(sub) -> None:
     p.add_argument('--classes', metavar='A,B,C', help='only these classes (default: all)')
     p.add_argument('--max-images', type=int, metavar='N', help='at most N images per class (default: all)')
     p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--img-size', type=int, help="input size (default: the model's pretrained input size)")
+    p.add_argument('--img-size', type=positive_int, help="input size (default: the model's pretrained input size)")
     p.add_argument('--workers', dest='num_workers', type=int, default=2, help='data loading processes')
     p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda if available)')
     p.add_argument('--no-pretrained', dest='pretrained', action='store_false',
@@ -23,6 +24,20 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+    made = [d for d in (Path(args.output), *Path(args.output).parents) if not d.exists()]  # deepest first
+    try:
+        return _run(args)
+    except BaseException:
+        for d in made:  # a refused or failed run leaves no empty folder it made behind
+            try:
+                d.rmdir()
+            except OSError:  # not empty (or gone): keep it
+                break
+        raise
+
+
+def _run(args) -> int:
     from se_hub.analysis.excitations import collect_excitations, writable_dir
     writable_dir(args.output)  # before a long run, not after it
     classes = args.classes.split(',') if args.classes is not None else None

@@ -1,6 +1,6 @@
 """``se-hub export MODEL --format F --output FILE``: export (ONNX, optionally INT8; TorchScript; torch.export;
 an OpenVINO IR in f32, bf16 or INT8), verified against eager PyTorch on real photos (se_hub/deploy/)."""
-from ..parsers import EXPORT_FORMATS, INT8_METHODS, OPENVINO_PRECISIONS
+from ..parsers import EXPORT_FORMATS, INT8_METHODS, OPENVINO_PRECISIONS, positive_int
 
 
 def add_parser(sub) -> None:
@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument('--format', required=True, choices=EXPORT_FORMATS, help='onnx, torchscript, pt2 or openvino')
     p.add_argument('--output', required=True, metavar='FILE',
                    help='the file to write (.onnx / .pt / .pt2 / .xml, whose weights go to the .bin beside it)')
-    p.add_argument('--img-size', type=int, help="input size (default: the model's pretrained input size)")
+    p.add_argument('--img-size', type=positive_int, help="input size (default: the model's pretrained input size)")
     p.add_argument('--dynamic-batch', action='store_true',
                    help="any batch size (default: batch 1; with --int8 --int8-ort-only-gate-folding only a batch-1 "
                         "file puts each bottleneck's SE gate into its convolution's weight scale)")

@@ -1,4 +1,7 @@
 """``se-hub predict IMAGE ... --model M``: classify images with a pretrained model or an exported file."""
+import sys
+
+from ..parsers import positive_int
 
 
 def add_parser(sub) -> None:
@@ -6,7 +9,8 @@ def add_parser(sub) -> None:
     p.add_argument('images', nargs='+', metavar='IMAGE', help="image files, or skimage:NAME (e.g. skimage:chelsea)")
     p.add_argument('--model', required=True, help="MODEL[.TAG], hf-hub:REPO, local-dir:PATH or an exported "
                    "FILE.onnx / .xml (OpenVINO) / .pt / .pt2 (se-hub export)")
-    p.add_argument('--topk', type=int, default=5)
+    p.add_argument('--topk', type=positive_int, default=5,
+                   help='the K most probable classes (default 5; all of them when the model has fewer)')
     p.add_argument('--json', action='store_true', help='print JSON')
 
 
@@ -32,21 +36,35 @@ def load_image(spec: str):
         raise ValueError(f'cannot read image {spec}: {e}') from None
 
 
+def warn_small(specs, images, input_size) -> None:
+    """One line on stderr for each image that is far smaller than the model's input (a side under a
+    quarter of it): it is upscaled from so few pixels that its prediction means little."""
+    height, width = input_size
+    for spec, img in zip(specs, images):
+        if img.width * 4 < width or img.height * 4 < height:
+            print(f"se-hub: warning: {spec} is {img.width}x{img.height} pixels, far smaller than the model's "
+                  f'{width}x{height} input: its prediction means little', file=sys.stderr)
+
+
 def run(args) -> int:
     import json
 
     import torch
 
-    from se_hub.deploy.export import is_exported_file, label_names, predict_exported
+    from se_hub.deploy.export import ExportedModel, is_exported_file, label_names, predict_exported
 
     from ..specs import create
     images = [load_image(spec) for spec in args.images]
     if is_exported_file(args.model):  # an exported .onnx / .xml / .pt / .pt2 with its preprocessing and labels
-        probs, names, header = predict_exported(args.model, images)
+        exported = ExportedModel(args.model)
+        warn_small(args.images, images, exported.input_size)
+        probs, names, header = predict_exported(exported, images)
     else:
         from timm.data import create_transform, resolve_data_config
         model = create(args.model, pretrained=True, directories=False).eval()
-        transform = create_transform(**resolve_data_config({}, model=model))
+        config = resolve_data_config({}, model=model)
+        warn_small(args.images, images, config['input_size'][-2:])
+        transform = create_transform(**config)
         names = label_names(model)
         with torch.inference_mode():
             probs = model(torch.stack([transform(img) for img in images])).softmax(-1)
