@@ -36,7 +36,7 @@ All counts with 10 classes, no SE (``se_layer='none'``).
 Weights are initialised as in He et al.: Kaiming-normal (fan-out) convolutions, unit BN scale.
 """
 from contextlib import nullcontext
-from typing import Any, Dict, Final, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ from timm.models import checkpoint_seq
 from torch import nn
 
 from .._compat import feature_take_indices
-from ..layers import SeLayer, SqueezeExcite, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import arch, register_family
 from .classifier_head import ClassifierHeadMixin
@@ -79,17 +79,12 @@ class PadShortcut(nn.Module):
         return f'stride={self.stride}, pad={self.pad}'
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(AttentionSlot):
     """A pre-activation residual unit: ``x + SE(branch(relu(bn(x))))``. A 1x1 projection
     shortcut takes the pre-activated input; an option-A or identity shortcut takes ``x``."""
-    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
 
     def _init_tail(self, outplanes: int, downsample: Optional[nn.Module], attn_layer, drop_path_rate: float):
-        self.se = attn_layer(outplanes) if attn_layer is not None else None
-        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
-        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
-        # specialised copies of one module class
-        self.se_gates = isinstance(self.se, SqueezeExcite)
+        self._init_attention(attn_layer(outplanes) if attn_layer is not None else None)
         self.downsample = downsample
         self.shortcut_preact = isinstance(downsample, nn.Conv2d)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else None
@@ -106,11 +101,7 @@ class PreActBlock(nn.Module):
             shortcut = self.downsample(x_pre)
         else:
             shortcut = self.downsample(x)
-        out = self.residual(x_pre)
-        if self.se_gates:
-            out = out * self.se(out)
-        elif self.se is not None:
-            out = self.se(out)
+        out = self._attend(self.residual(x_pre))
         if self.drop_path is not None:
             out = self.drop_path(out)
         return out + shortcut

@@ -18,7 +18,7 @@ BN-Inception follows the layer list of the Caffe release (hujie-frank/SENet): co
 bias, BatchNorm eps 1e-5, ceil-mode max-pools, average pools counting the padding.
 """
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, Final, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from timm.models import checkpoint
 from torch import nn
 
 from .._compat import feature_take_indices
-from ..layers import SeLayer, SqueezeExcite, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
 from .classifier_head import ClassifierHeadMixin
@@ -83,11 +83,10 @@ def _build_branch(ops: Sequence[Op], in_chs: int, eps: float) -> Tuple[nn.Module
     return (modules[0] if len(modules) == 1 else nn.Sequential(*modules)), in_chs
 
 
-class InceptionBlock(nn.Module):
+class InceptionBlock(AttentionSlot):
     """Up to four parallel branches, concatenated; either SE on the concatenation (plain block), or a
     residual block: 1x1 projection (with bias) back to the input width, SE, ``x + scale * branch``.
     ``se=False``: a block that never gets SE (Inception-ResNet-v2's stem block and reductions)."""
-    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
 
     def __init__(self, in_chs: int, branches: Sequence[Sequence[Op]], eps: float, attn_layer: AttnLayer = None,
                  residual: bool = False, scale: float = 1.0, act: bool = True, se: bool = True,
@@ -110,11 +109,7 @@ class InceptionBlock(nn.Module):
         else:
             self.conv2d = None
             self.out_chs = cat_chs
-        self.se = attn_layer(self.out_chs) if attn_layer is not None and se else None
-        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
-        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
-        # specialised copies of one module class
-        self.se_gates = isinstance(self.se, SqueezeExcite)
+        self._init_attention(attn_layer(self.out_chs) if attn_layer is not None and se else None)
         # stochastic depth drops the (scaled) residual branch; a plain block has none to drop
         self.drop_path = DropPath(drop_path_rate) if residual and drop_path_rate > 0. else None
         self.act = nn.ReLU() if act else None
@@ -128,10 +123,7 @@ class InceptionBlock(nn.Module):
         out = torch.cat(outs, 1)
         if self.conv2d is not None:
             out = self.conv2d(out)
-        if self.se_gates:
-            out = out * self.se(out)
-        elif self.se is not None:
-            out = self.se(out)
+        out = self._attend(out)
         if self.residual:
             out = out * self.scale
             if self.drop_path is not None:
@@ -146,27 +138,17 @@ class InceptionBlock(nn.Module):
 # Inception-v3 blocks (Szegedy et al. 2016, Figures 5-7 and the grid reductions), with timm's
 # flat branch names. Each computes its branches; the base class concatenates and applies SE.
 
-class InceptionV3Block(nn.Module):
-    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
+class InceptionV3Block(AttentionSlot):
     out_chs: int
 
     def _init_se(self, attn_layer: AttnLayer) -> None:
-        self.se = attn_layer(self.out_chs) if attn_layer is not None else None
-        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
-        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
-        # specialised copies of one module class
-        self.se_gates = isinstance(self.se, SqueezeExcite)
+        self._init_attention(attn_layer(self.out_chs) if attn_layer is not None else None)
 
     def branches(self, x: torch.Tensor) -> List[torch.Tensor]:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.cat(self.branches(x), 1)
-        if self.se_gates:
-            out = out * self.se(out)
-        elif self.se is not None:
-            out = self.se(out)
-        return out
+        return self._attend(torch.cat(self.branches(x), 1))
 
 
 def _avg3(x: torch.Tensor) -> torch.Tensor:

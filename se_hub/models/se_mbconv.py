@@ -22,7 +22,7 @@ converted too ('lukemelas').
 import math
 import re
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from timm.models import checkpoint_seq
 from torch import nn
 
 from .._compat import feature_take_indices
-from ..layers import SeLayer, SqueezeExcite, reduced_channels, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, SqueezeExcite, reduced_channels, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
 from .classifier_head import ClassifierHeadMixin
@@ -89,26 +89,15 @@ def _conv(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int =
 SeFactory = Callable[[int, int], nn.Module]
 
 
-class _MBBlock(nn.Module):
+class _MBBlock(AttentionSlot):
     """Shared by both block kinds: SE after the depthwise conv, identity shortcut with
     stochastic depth when the block keeps shape."""
-    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
 
     def _init_common(self, in_chs: int, out_chs: int, mid_chs: int, stride: int,
                      se_factory: Optional[SeFactory], drop_path_rate: float) -> None:
         self.has_skip = stride == 1 and in_chs == out_chs
-        self.se = se_factory(mid_chs, in_chs) if se_factory is not None else nn.Identity()
-        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
-        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
-        # specialised copies of one module class
-        self.se_gates = isinstance(self.se, SqueezeExcite)
+        self._init_attention(se_factory(mid_chs, in_chs) if se_factory is not None else None)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. and self.has_skip else nn.Identity()
-
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        """se_hub's SE returns its gate (scaled here); other attention modules return the scaled input."""
-        if self.se_gates:
-            return x * self.se(x)
-        return self.se(x)
 
     def _shortcut(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         if self.has_skip:

@@ -15,7 +15,7 @@ layout are options of one class, not copies:
 import math
 import re
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, Final, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from timm.models import checkpoint_seq
 from torch import nn
 
 from .._compat import feature_take_indices
-from ..layers import SeLayer, SqueezeExcite, resolve_se_layer, scale_add
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer, scale_add
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
 from .classifier_head import ClassifierHeadMixin
@@ -35,9 +35,8 @@ __all__ = ['SEResNet']
 SE_PLACEMENTS = ('standard', 'pre', 'post', 'identity', '3x3')
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(AttentionSlot):
     """A residual block with an optional SE unit; subclasses build the branch's convolutions."""
-    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
     expansion = 1
 
     def _init_se(
@@ -55,11 +54,7 @@ class ResidualBlock(nn.Module):
             raise ValueError(f"se_placement={se_placement!r} is not one of {SE_PLACEMENTS}")
         self.se_placement = se_placement
         se_channels = {'pre': inplanes, '3x3': width}.get(se_placement, outplanes)
-        self.se = attn_layer(se_channels) if attn_layer is not None else None
-        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
-        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
-        # specialised copies of one module class
-        self.se_gates = isinstance(self.se, SqueezeExcite)
+        self._init_attention(attn_layer(se_channels) if attn_layer is not None else None)
         self.pre_se_act = nn.ReLU(inplace=True) if pre_se_act else nn.Identity()
         self.act_out = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -81,15 +76,6 @@ class ResidualBlock(nn.Module):
 
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.downsample is None else self.downsample(x)
-
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        """The attention unit applied to ``x``: se_hub's SE returns its gate (scaled here); other
-        attention modules (timm's ECA / CBAM, callables) return the scaled input themselves."""
-        if self.se_gates:
-            return x * self.se(x)
-        if self.se is not None:
-            return self.se(x)
-        return x
 
     @torch.jit.unused
     def _scale_add(self, y: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
