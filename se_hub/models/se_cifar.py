@@ -35,21 +35,18 @@ All counts with 10 classes, no SE (``se_layer='none'``).
 
 Weights are initialised as in He et al.: Kaiming-normal (fan-out) convolutions, unit BN scale.
 """
-from contextlib import nullcontext
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, DropPath
-from timm.models import checkpoint_seq
 from torch import nn
 
-from .._compat import feature_take_indices
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import arch, register_family
-from .classifier_head import ClassifierHeadMixin
 from .se_residual import BasicBlock
+from .staged import StagedNet, build_on, init_conv_weights
 
 __all__ = ['SECifarResNet']
 
@@ -161,7 +158,7 @@ def make_shortcut(kind: str, inplanes: int, outplanes: int, stride: int, preact:
     return conv if preact else nn.Sequential(conv, nn.BatchNorm2d(outplanes))
 
 
-class SECifarResNet(ClassifierHeadMixin, nn.Module):
+class SECifarResNet(StagedNet):
     """SE-ResNet / SE-WRN for 32x32 inputs: stem (conv1, bn1, act1), layer1-3, norm, head (fc).
 
     Feature taps: 0 the stem output (``act1``; in pre-activation networks ``bn1`` / ``act1`` are
@@ -170,6 +167,7 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
     ``forward_intermediates(norm=True)`` applies it to the last tap; post-activation networks
     have no final norm (``norm`` is an identity).
     """
+    final_is_norm = True
 
     def __init__(
             self,
@@ -190,17 +188,14 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
-        with torch.device(device) if device is not None else nullcontext():
+        with build_on(self, device, dtype):
             if block not in BLOCK_TYPES:
                 raise ValueError(f'block={block!r} is not one of {BLOCK_TYPES}')
             if shortcut not in SHORTCUT_TYPES:
                 raise ValueError(f'shortcut={shortcut!r} is not one of {SHORTCUT_TYPES}')
             if len(layers) != 3 or len(widths) != 3:
                 raise ValueError(f'layers={tuple(layers)} and widths={tuple(widths)} must name 3 stages')
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+            self._init_net(num_classes, in_chans, drop_rate)
             self.preact = block != 'basic'
             attn_layer = resolve_se_layer(se_layer, se_args)
 
@@ -236,16 +231,15 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
                 self.feature_info[-1]['module'] = 'norm'
             else:
                 self.norm = nn.Identity()
+            # the last level's tap is layer3's output (the final norm's module for features_only)
+            stages = [f'layer{i + 1}' for i in range(len(layers))]
+            self._init_trunk(stem=('conv1', 'bn1', 'act1'), stages=stages, final=('norm',), taps=['act1'] + stages)
             self._init_head(inplanes, num_classes, global_pool)
             self.init_weights()
-        if dtype is not None:
-            self.to(dtype=dtype)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        init_conv_weights(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -253,81 +247,6 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
             stem=r'^conv1|bn1',
             blocks=[(r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)', None), (r'^norm', (99999,))],
         )
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv1(x)))
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Index 0 is the stem output, 1-3 the outputs of layer1-3 (the last one through the
-        final BN-ReLU of a pre-activation network when ``norm=True``)."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' is supported")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(4, indices)
-        x = self._stem(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        stages = [self.layer1, self.layer2, self.layer3]
-        if stop_early:
-            stages = stages[:max_index]
-        last_idx = len(stages)
-        for feat_idx, stage in enumerate(stages, start=1):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(self.norm(x) if norm and feat_idx == 3 else x)
-        if intermediates_only:
-            return intermediates
-        if last_idx == 3:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(4, indices)
-        for name in ('layer1', 'layer2', 'layer3')[max_index:]:
-            setattr(self, name, nn.Sequential())
-        prune_end = max_index < 3
-        if prune_norm or prune_end:  # the final norm belongs to the last stage
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
-        else:
-            x = self.layer1(x)
-            x = self.layer2(x)
-            x = self.layer3(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------

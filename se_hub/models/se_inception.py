@@ -17,21 +17,18 @@ build no auxiliary head). With SE they seed the SE models with ``strict=False``.
 BN-Inception follows the layer list of the Caffe release (hujie-frank/SENet): convolutions without
 bias, BatchNorm eps 1e-5, ceil-mode max-pools, average pools counting the padding.
 """
-from contextlib import nullcontext
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath
-from timm.models import checkpoint
 from torch import nn
 
-from .._compat import feature_take_indices
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
-from .classifier_head import ClassifierHeadMixin
+from .staged import StagedNet, build_on, init_conv_weights
 
 __all__ = ['SEInception']
 
@@ -321,7 +318,7 @@ def _build_layer(kind: str, args: Any, in_chs: int, eps: float, attn_layer: Attn
     raise ValueError(f'unknown layer kind {kind!r}')
 
 
-class SEInception(ClassifierHeadMixin, nn.Module):
+class SEInception(StagedNet):
     """An Inception network given as a layer plan (see ``LAYOUTS``), with SE in every Inception block.
 
     ``feature_taps``: (layer name, reduction) of the feature maps offered to ``features_only`` and
@@ -352,12 +349,8 @@ class SEInception(ClassifierHeadMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
-        # Built on `device` (timm passes device= / dtype=; a meta build costs nothing), then cast.
-        with torch.device(device) if device is not None else nullcontext():
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+        with build_on(self, device, dtype):
+            self._init_net(num_classes, in_chans, drop_rate)
             attn_layer = resolve_se_layer(se_layer, se_args)
             names = [name for name, _, _ in layers]
             missing = [name for name, _ in feature_taps if name not in names]
@@ -378,19 +371,14 @@ class SEInception(ClassifierHeadMixin, nn.Module):
             self.layer_names = names
             self.feature_info = [dict(num_chs=widths[name], reduction=reduction, module=name)
                                  for name, reduction in feature_taps]
+            self._init_trunk(stem=(), stages=names)  # every layer is a step; the taps name theirs
 
             self._init_head(chs, num_classes, global_pool)
             self.init_weights()
-        if dtype is not None:
-            self.to(dtype=dtype)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_conv_weights(self, zero_bias=True)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Callable[[str], Union[int, float]]:
@@ -410,74 +398,6 @@ class SEInception(ClassifierHeadMixin, nn.Module):
                 return sum(i > t for t in taps)
             return i - stem_end - 1
         return matcher
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        # The layers are this module's first children, in forward order (as timm's feature
-        # extractors expect); the head follows them.
-        for name, layer in self.named_children():
-            if name in self.layer_names:
-                if self.grad_checkpointing and not torch.jit.is_scripting():
-                    x = checkpoint(layer, x)
-                else:
-                    x = layer(x)
-        return x
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Intermediates are the outputs of the ``feature_info`` layers (stem taps, then the last
-        block of each stride); ``norm`` is unused (no final norm)."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' is supported")
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        take = {self.feature_info[i]['module'] for i in take_indices}
-        names = self.layer_names
-        if stop_early:
-            names = names[:names.index(self.feature_info[max_index]['module']) + 1]
-        intermediates = []
-        for name in names:
-            layer = getattr(self, name)
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(layer, x)
-            else:
-                x = layer(x)
-            if name in take:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        last = self.layer_names.index(self.feature_info[max_index]['module'])
-        for name in self.layer_names[last + 1:]:
-            setattr(self, name, nn.Identity())
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------

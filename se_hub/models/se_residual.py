@@ -14,21 +14,17 @@ layout are options of one class, not copies:
 """
 import math
 import re
-from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
-from timm.models import checkpoint_seq
 from torch import nn
 
-from .._compat import feature_take_indices
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer, scale_add
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import arch, register_family
-from .classifier_head import ClassifierHeadMixin
+from .staged import StagedNet, build_on, init_conv_weights
 
 __all__ = ['SEResNet']
 
@@ -190,9 +186,10 @@ def make_downsample(inplanes: int, outplanes: int, stride: int, kernel_size: int
     )
 
 
-class SEResNet(ClassifierHeadMixin, nn.Module):
+class SEResNet(StagedNet):
     """SE-ResNet / SE-ResNeXt / SENet family (module names follow timm's ResNet: conv1, bn1,
-    act1, maxpool, layer1-4, fc), so timm-layout checkpoints load as they are."""
+    act1, maxpool, layer1-4, fc), so timm-layout checkpoints load as they are. Feature level 0 is
+    the stem output (before the max-pool), 1-4 the outputs of layer1-4."""
 
     def __init__(
             self,
@@ -222,8 +219,7 @@ class SEResNet(ClassifierHeadMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
-        # Built on `device` (timm passes device= / dtype=; a meta build costs nothing), then cast.
-        with torch.device(device) if device is not None else nullcontext():
+        with build_on(self, device, dtype):
             if stem_type not in ('', 'deep'):
                 raise ValueError(f"stem_type={stem_type!r} is not '' (7x7) or 'deep' (3x3 x3)")
             if stem_pool not in ('ceil', 'pad'):
@@ -232,10 +228,7 @@ class SEResNet(ClassifierHeadMixin, nn.Module):
                 raise ValueError(f'layers={tuple(layers)} must give the block count of each of the 4 stages')
             if not set(se_stages) <= {0, 1, 2, 3}:
                 raise ValueError(f"se_stages={tuple(se_stages)} must be a subset of stage indices 0-3")
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+            self._init_net(num_classes, in_chans, drop_rate)
             attn_layer = resolve_se_layer(se_layer, se_args)
 
             if stem_type == 'deep':
@@ -291,16 +284,13 @@ class SEResNet(ClassifierHeadMixin, nn.Module):
                 self.add_module(f'layer{stage_idx + 1}', nn.Sequential(*blocks))
                 self.feature_info.append(dict(num_chs=outplanes, reduction=net_stride, module=f'layer{stage_idx + 1}'))
 
+            self._init_trunk(stem=('conv1', 'bn1', 'act1', 'maxpool'), stages=('layer1', 'layer2', 'layer3', 'layer4'))
             self._init_head(inplanes, num_classes, global_pool)
             self.init_weights(zero_init_last)
-        if dtype is not None:
-            self.to(dtype=dtype)
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = True) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        init_conv_weights(self)
         if zero_init_last:
             for m in self.modules():
                 if isinstance(m, ResidualBlock):
@@ -309,79 +299,6 @@ class SEResNet(ClassifierHeadMixin, nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, str]:
         return dict(stem=r'^conv1|bn1|maxpool', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv1(x)))
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Index 0 is the stem output (before the max-pool), 1-4 the outputs of layer1-4."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' is supported")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(5, indices)
-        x = self._stem(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        x = self.maxpool(x)
-        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
-        if stop_early:
-            stages = stages[:max_index]
-        for feat_idx, stage in enumerate(stages, start=1):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(5, indices)
-        for name in ('layer1', 'layer2', 'layer3', 'layer4')[max_index:]:
-            setattr(self, name, nn.Sequential())
-        if max_index == 0:
-            self.maxpool = nn.Identity()
-        prune_end = max_index < 4
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self._stem(x))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
-        else:
-            x = self.layer1(x)
-            x = self.layer2(x)
-            x = self.layer3(x)
-            x = self.layer4(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------
