@@ -79,6 +79,7 @@ class PadShortcut(nn.Module):
 class PreActBlock(AttentionSlot):
     """A pre-activation residual unit: ``x + SE(branch(relu(bn(x))))``. A 1x1 projection
     shortcut takes the pre-activated input; an option-A or identity shortcut takes ``x``."""
+    fusion = 'preact_residual'  # how se_hub.deploy.optimize rebuilds it
 
     def _init_tail(self, outplanes: int, downsample: Optional[nn.Module], attn_layer, drop_path_rate: float):
         self._init_attention(attn_layer(outplanes) if attn_layer is not None else None)
@@ -168,6 +169,7 @@ class SECifarResNet(StagedNet):
     have no final norm (``norm`` is an identity).
     """
     final_is_norm = True
+    fusion_stems = (('conv1', 'bn1'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(
             self,

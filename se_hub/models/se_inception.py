@@ -37,6 +37,7 @@ AttnLayer = Optional[Callable[[int], nn.Module]]
 
 class ConvBn(nn.Module):
     """Convolution (no bias) - BatchNorm - ReLU; keys ``conv.*`` and ``bn.*`` as timm's ConvNormAct."""
+    fusion = 'conv_bn_act'  # how se_hub.deploy.optimize rebuilds it
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: Union[int, Tuple[int, int]] = 1, stride: int = 1,
                  padding: Union[int, Tuple[int, int]] = 0, eps: float = 1e-3):

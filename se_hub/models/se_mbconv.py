@@ -88,6 +88,7 @@ SeFactory = Callable[[int, int], nn.Module]
 class _MBBlock(AttentionSlot):
     """Shared by both block kinds: SE after the depthwise conv, identity shortcut with
     stochastic depth when the block keeps shape."""
+    fusion = 'inverted_residual'  # how se_hub.deploy.optimize rebuilds it
 
     def _init_common(self, in_chs: int, out_chs: int, mid_chs: int, stride: int,
                      se_factory: Optional[SeFactory], drop_path_rate: float) -> None:
@@ -186,6 +187,7 @@ class EfficientNet(StagedNet):
     """
     classifier_name = 'classifier'
     final_in_head = True
+    fusion_stems = (('conv_stem', 'bn1'), ('conv_head', 'bn2'))  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(
             self,
