@@ -44,7 +44,7 @@ from torch import nn
 
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
-from .catalog import arch, register_family
+from .catalog import Family, arch
 from .se_residual import BasicBlock
 from .staged import StagedNet, build_on, init_conv_weights
 
@@ -289,5 +289,35 @@ def _cfg(name: str) -> Dict[str, Any]:
     }
 
 
-register_family(__name__, ARCHS, SECifarResNet, _cfg, checkpoint_filter_fn,
-                feature_cfg=dict(out_indices=(0, 1, 2, 3)))  # stem + 3 stages (timm's default asks for 5)
+_family = Family(__name__, ARCHS, SECifarResNet, _cfg, checkpoint_filter_fn,
+                 feature_cfg=dict(out_indices=(0, 1, 2, 3)))  # stem + 3 stages (timm's default asks for 5)
+
+
+@_family.register
+def se_resnet20_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_resnet20_cifar', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet32_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_resnet32_cifar', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet56_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_resnet56_cifar', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet110_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_resnet110_cifar', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet164_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_resnet164_cifar', pretrained, **kwargs)
+
+
+@_family.register
+def se_wrn16_8_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_wrn16_8_cifar', pretrained, **kwargs)

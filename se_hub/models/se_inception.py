@@ -27,7 +27,7 @@ from torch import nn
 
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
-from .catalog import arch, register_family
+from .catalog import Family, arch
 from .staged import StagedNet, build_on, init_conv_weights
 
 __all__ = ['SEInception']
@@ -603,4 +603,19 @@ def _cfg(name: str) -> Dict[str, Any]:
                 mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD, license='apache-2.0')
 
 
-register_family(__name__, ARCHS, SEInception, _cfg, checkpoint_filter_fn)
+_family = Family(__name__, ARCHS, SEInception, _cfg, checkpoint_filter_fn)
+
+
+@_family.register
+def se_bn_inception(pretrained: bool = False, **kwargs) -> SEInception:
+    return _family.create('se_bn_inception', pretrained, **kwargs)
+
+
+@_family.register
+def se_inception_v3(pretrained: bool = False, **kwargs) -> SEInception:
+    return _family.create('se_inception_v3', pretrained, **kwargs)
+
+
+@_family.register
+def se_inception_resnet_v2(pretrained: bool = False, **kwargs) -> SEInception:
+    return _family.create('se_inception_resnet_v2', pretrained, **kwargs)

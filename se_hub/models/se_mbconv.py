@@ -30,7 +30,7 @@ from torch import nn
 
 from ..layers import AttentionSlot, SeLayer, SqueezeExcite, reduced_channels, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
-from .catalog import arch, register_family
+from .catalog import Family, arch
 from .staged import StagedNet, build_on, init_conv_weights, stage_paths
 
 __all__ = ['EfficientNet', 'StageSpec', 'EFFICIENTNET_B0_STAGES', 'round_filters', 'round_repeats']
@@ -368,7 +368,137 @@ def _cfg(name: str) -> Dict[str, Any]:
     return cfg
 
 
-register_family(__name__, ARCHS, EfficientNet, _cfg, checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True))
+_family = Family(__name__, ARCHS, EfficientNet, _cfg, checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True))
+
+
+@_family.register
+def se_efficientnet_b0(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b0', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b1(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b1', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b2(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b2', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b3(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b3', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b4(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b4', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b5(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b5', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b6(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b6', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b7(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b7', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b0(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b0', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b1(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b1', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b2(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b2', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b3(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b3', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b4(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b4', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b5(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b5', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b6(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b6', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b7(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b7', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_lite0(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_lite0', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_lite1(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_lite1', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_lite2(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_lite2', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_lite3(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_lite3', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_lite4(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_lite4', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_lite0(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_lite0', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_lite1(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_lite1', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_lite2(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_lite2', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_lite3(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_lite3', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_lite4(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_lite4', pretrained, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

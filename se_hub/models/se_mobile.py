@@ -28,7 +28,7 @@ from torch import nn
 
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
-from .catalog import arch, register_family
+from .catalog import Family, arch
 from .staged import StagedNet, build_on, init_conv_weights, stage_paths
 
 __all__ = ['SEMobileNet', 'SEShuffleNet', 'MOBILENET_V1_STAGES', 'channel_shuffle']
@@ -245,6 +245,16 @@ def _cfg(name: str) -> Dict[str, Any]:
 
 
 _FEATURES = dict(feature_cfg=dict(flatten_sequential=True))
-register_family(__name__, ARCHS, SEMobileNet, _cfg, checkpoint_filter_fn, **_FEATURES)
-register_family(__name__, ARCHS_SHUFFLE, SEShuffleNet, _cfg, checkpoint_filter_fn,
-                feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)))
+_mobilenet = Family(__name__, ARCHS, SEMobileNet, _cfg, checkpoint_filter_fn, **_FEATURES)
+
+
+@_mobilenet.register
+def se_mobilenet(pretrained: bool = False, **kwargs) -> SEMobileNet:
+    return _mobilenet.create('se_mobilenet', pretrained, **kwargs)
+_shufflenet = Family(__name__, ARCHS_SHUFFLE, SEShuffleNet, _cfg, checkpoint_filter_fn,
+                     feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)))
+
+
+@_shufflenet.register
+def se_shufflenet(pretrained: bool = False, **kwargs) -> SEShuffleNet:
+    return _shufflenet.create('se_shufflenet', pretrained, **kwargs)

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer, scale_add
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
-from .catalog import arch, register_family
+from .catalog import Family, arch
 from .staged import StagedNet, build_on, init_conv_weights
 
 __all__ = ['SEResNet']
@@ -438,4 +438,184 @@ def _cfg(name: str) -> Dict[str, Any]:
     }
 
 
-register_family(__name__, ARCHS, SEResNet, _cfg, checkpoint_filter_fn)
+_family = Family(__name__, ARCHS, SEResNet, _cfg, checkpoint_filter_fn)
+
+
+@_family.register
+def se_resnet18(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet18', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet34(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet34', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet101(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet101', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet152(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet152', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext26_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext26_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext50_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext50_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext101_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext101_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_senet154(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_senet154', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet18b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet18b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet34b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet34b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet101b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet101b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet152b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet152b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet152d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet152d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext26d_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext26d_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext50b_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext50b_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext101b_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext101b_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext101b_32x8d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext101b_32x8d', pretrained, **kwargs)
+
+
+@_family.register
+def se_senet154b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_senet154b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_none(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_none', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_gmp(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_gmp', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_nosqueeze(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_nosqueeze', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_r2(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_r2', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_r4(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_r4', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_r8(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_r8', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_r32(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_r32', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_tanh(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_tanh', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_relu(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_relu', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_pre(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_pre', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_post(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_post', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_identity(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_identity', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_3x3(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_3x3', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_stage2(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_stage2', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_stage3(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_stage3', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_stage4(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_stage4', pretrained, **kwargs)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
-from .catalog import arch, register_family
+from .catalog import Family, arch
 from .se_cifar import CIFAR10_MEAN, CIFAR10_STD
 from .staged import StagedNet, build_on, init_conv_weights, stage_paths
 
@@ -193,5 +193,10 @@ def _cfg(name: str) -> Dict[str, Any]:
     }
 
 
-register_family(__name__, ARCHS, SEShakeShake, _cfg, checkpoint_filter_fn,
-                feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)))
+_family = Family(__name__, ARCHS, SEShakeShake, _cfg, checkpoint_filter_fn,
+                 feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)))
+
+
+@_family.register
+def se_shake_shake26_2x96d_cifar(pretrained: bool = False, **kwargs) -> SEShakeShake:
+    return _family.create('se_shake_shake26_2x96d_cifar', pretrained, **kwargs)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
-from .catalog import arch, register_family
+from .catalog import Family, arch
 from .staged import StagedNet, build_on, init_conv_weights, stage_paths
 
 __all__ = ['SEVGG', 'VGG16_STAGES']
@@ -142,7 +142,12 @@ def _cfg(name: str) -> Dict[str, Any]:
     }
 
 
-register_family(__name__, ARCHS, SEVGG, _cfg, checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True))
+_family = Family(__name__, ARCHS, SEVGG, _cfg, checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True))
+
+
+@_family.register
+def se_vgg16(pretrained: bool = False, **kwargs) -> SEVGG:
+    return _family.create('se_vgg16', pretrained, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
