@@ -41,6 +41,7 @@ def init_conv_weights(model: nn.Module, zero_bias: bool = False) -> None:
 
 
 class StagedNet(ClassifierHeadMixin, nn.Module):
+    """Base of every se_hub model class: the trunk plan of ``_init_trunk`` and timm's feature API over it."""
     trunk_names: List[str]  # top-level children forward_features runs, in order
     # True where ``final`` is a norm of the last stage (forward_intermediates(norm=True) applies it to
     # the last level), False where it is more layers (its output is only forward_features')
