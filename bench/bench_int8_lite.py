@@ -38,6 +38,7 @@ from se_hub.deploy.export import ExportedModel, export_model, ort_session, verif
 from se_hub.deploy.quantize import quantize_onnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record  # noqa: E402  # bench/record.py: --results writes the output to bench/results/
 from bench_deploy import randomize_bn, timings  # noqa: E402
 from bench_int8_sensitivity import PHOTO_SETS, lite_spec, photos  # noqa: E402
 
@@ -79,28 +80,31 @@ def main():
     parser.add_argument('--rounds', type=int, default=30)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--models', nargs='+', default=['lite0', 'lite1', 'lite2', 'b0'])
+    record.add_option(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    import onnxruntime
-    print(f'torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads, '
-          f'{os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.1f}, {args.rounds} rounds')
-    print('| model | path | bs1 ms (median) | spread | min cosine | same top-1 | speed-up vs eager |')
-    print('|---|---|---|---|---|---|---|')
-    with tempfile.TemporaryDirectory() as work, torch.inference_mode():
-        for name in args.models:
-            runners, accuracy, size = build(name, work, args.threads)
-            for run in runners.values():
-                if isinstance(run, ExportedModel):  # sessions with this run's thread count
-                    run.session = ort_session(str(run.path), args.threads)
-            times = timings(runners, torch.randn(1, *size), args.rounds)
-            eager = statistics.median(times['eager fp32'])
-            for key, t in times.items():
-                groups = [statistics.median(t[i::5]) for i in range(5)]
-                variant = key[5:] if key.startswith('int8 ') else None
-                cos, same = accuracy.get(variant, (None, None))
-                print(f'| {name} | {key} | {statistics.median(t) * 1e3:.1f} | {max(groups) / min(groups):.2f}x | '
-                      f'{"" if cos is None else f"{cos:.4f}"} | {"" if same is None else ("yes" if same else "NO")} | '
-                      f'{eager / statistics.median(t):.2f}x |', flush=True)
+    with record.recording(args.results, 'int8_lite'):
+        torch.set_num_threads(args.threads)
+        import onnxruntime
+        print(f'torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads, '
+              f'{os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.1f}, {args.rounds} rounds')
+        print('| model | path | bs1 ms (median) | spread | min cosine | same top-1 | speed-up vs eager |')
+        print('|---|---|---|---|---|---|---|')
+        with tempfile.TemporaryDirectory() as work, torch.inference_mode():
+            for name in args.models:
+                runners, accuracy, size = build(name, work, args.threads)
+                for run in runners.values():
+                    if isinstance(run, ExportedModel):  # sessions with this run's thread count
+                        run.session = ort_session(str(run.path), args.threads)
+                times = timings(runners, torch.randn(1, *size), args.rounds)
+                eager = statistics.median(times['eager fp32'])
+                for key, t in times.items():
+                    groups = [statistics.median(t[i::5]) for i in range(5)]
+                    variant = key[5:] if key.startswith('int8 ') else None
+                    cos, same = accuracy.get(variant, (None, None))
+                    print(f'| {name} | {key} | {statistics.median(t) * 1e3:.1f} | {max(groups) / min(groups):.2f}x | '
+                          f'{"" if cos is None else f"{cos:.4f}"} | '
+                          f'{"" if same is None else ("yes" if same else "NO")} | '
+                          f'{eager / statistics.median(t):.2f}x |', flush=True)
 
 
 if __name__ == '__main__':

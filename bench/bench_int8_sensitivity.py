@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import record  # noqa: E402  # bench/record.py: --results writes the output to bench/results/
 import timm  # noqa: E402
 
 import se_hub  # noqa: E402,F401
@@ -79,58 +80,60 @@ def main():
     parser.add_argument('--calibration-sweep', action='store_true')
     parser.add_argument('--stage-groups', nargs='*', default=[], metavar='A-B',
                         help='rows keeping stages A..B float32 on top of the default')
+    record.add_option(parser)
     args = parser.parse_args()
-    import onnx
-    print('| model | float32 layers | calibration | rel. logit error x1e-3 | min cosine | same top-1 | '
-          'top-1/top-2 gap change (chelsea, coffee, astronaut, rocket) |')
-    print('|---|---|---|---|---|---|---|')
-    calibration = photos(PHOTO_SETS['colour6'])
-    for name in args.models:
-        model = timm.create_model(lite_spec(name[-1]), pretrained=True).eval()
-        with tempfile.TemporaryDirectory() as work:
-            fp32 = os.path.join(work, 'fp32.onnx')
-            export_model(model, 'onnx', fp32)
-            batch = photo_batch(ExportedModel(fp32).meta)
-            with torch.inference_mode():
-                ref = model(batch)
-            graph = onnx.load(fp32).graph
-            consumers = {i: n for n in graph.node for i in n.input}
-            convs = [n for n in graph.node if n.op_type == 'Conv']
+    with record.recording(args.results, 'int8_sensitivity'):
+        import onnx
+        print('| model | float32 layers | calibration | rel. logit error x1e-3 | min cosine | same top-1 | '
+              'top-1/top-2 gap change (chelsea, coffee, astronaut, rocket) |')
+        print('|---|---|---|---|---|---|---|')
+        calibration = photos(PHOTO_SETS['colour6'])
+        for name in args.models:
+            model = timm.create_model(lite_spec(name[-1]), pretrained=True).eval()
+            with tempfile.TemporaryDirectory() as work:
+                fp32 = os.path.join(work, 'fp32.onnx')
+                export_model(model, 'onnx', fp32)
+                batch = photo_batch(ExportedModel(fp32).meta)
+                with torch.inference_mode():
+                    ref = model(batch)
+                graph = onnx.load(fp32).graph
+                consumers = {i: n for n in graph.node for i in n.input}
+                convs = [n for n in graph.node if n.op_type == 'Conv']
 
-            def with_acts(nodes, consumers=consumers):
-                acts = [consumers[n.output[0]].name for n in nodes
-                        if n.output[0] in consumers and consumers[n.output[0]].op_type == 'Clip']
-                return [n.name for n in nodes] + acts
+                def with_acts(nodes, consumers=consumers):
+                    acts = [consumers[n.output[0]].name for n in nodes
+                            if n.output[0] in consumers and consumers[n.output[0]].op_type == 'Clip']
+                    return [n.name for n in nodes] + acts
 
-            base = [convs[0].name] + [n.name for n in graph.node if n.op_type == 'Gemm'][-1:]
-            rows = [('stem+classifier fp32', 'colour6', 'percentile', dict(keep_ends_fp32=False, keep_fp32=base))]
-            # timm's block of each block convolution, as (stage, index): '/blocks/blocks.3.1/...' -> (3, 1)
-            block_of = {n.name: tuple(int(x) for x in n.name.split('/')[3].split('.')[1:])
-                        for n in convs if n.name.startswith('/blocks/')}
-            if not args.no_blocks:
-                for block in sorted(set(block_of.values())):
-                    extra = with_acts([n for n in convs if block_of.get(n.name) == block])
-                    rows.append((f'+ blocks.{block[0]}.{block[1]} fp32', 'colour6', 'percentile',
-                                 dict(keep_ends_fp32=False, keep_fp32=base + extra)))
-            rows.append(('default (first block fp32)', 'colour6', 'percentile', {}))
-            for group in args.stage_groups:
-                first, last = (int(v) for v in group.split('-'))
-                chosen = [n for n in convs if n.name in block_of and first <= block_of[n.name][0] <= last]
-                rows.append((f'default + stages {group} fp32', 'colour6', 'percentile',
-                             dict(keep_fp32=with_acts(chosen))))
-            if args.calibration_sweep:
-                for set_name in PHOTO_SETS:
-                    for method in ('percentile', 'minmax'):
-                        if (set_name, method) != ('colour6', 'percentile'):
-                            rows.append(('default (first block fp32)', set_name, method, {}))
-            for label, set_name, method, kwargs in rows:
-                images = calibration if set_name == 'colour6' else photos(PHOTO_SETS[set_name])
-                path = os.path.join(work, 'int8.onnx')
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    quantize_onnx(fp32, path, images, method=method, **kwargs)
-                err, cos, same, gaps = score(path, batch, ref)
-                print(f'| {name} | {label} | {set_name} {method} | {err * 1e3:.2f} | {cos:.4f} | '
-                      f'{"yes" if same else "NO"} | {", ".join(f"{g:+.2f}" for g in gaps)} |', flush=True)
+                base = [convs[0].name] + [n.name for n in graph.node if n.op_type == 'Gemm'][-1:]
+                rows = [('stem+classifier fp32', 'colour6', 'percentile', dict(keep_ends_fp32=False, keep_fp32=base))]
+                # timm's block of each block convolution, as (stage, index): '/blocks/blocks.3.1/...' -> (3, 1)
+                block_of = {n.name: tuple(int(x) for x in n.name.split('/')[3].split('.')[1:])
+                            for n in convs if n.name.startswith('/blocks/')}
+                if not args.no_blocks:
+                    for block in sorted(set(block_of.values())):
+                        extra = with_acts([n for n in convs if block_of.get(n.name) == block])
+                        rows.append((f'+ blocks.{block[0]}.{block[1]} fp32', 'colour6', 'percentile',
+                                     dict(keep_ends_fp32=False, keep_fp32=base + extra)))
+                rows.append(('default (first block fp32)', 'colour6', 'percentile', {}))
+                for group in args.stage_groups:
+                    first, last = (int(v) for v in group.split('-'))
+                    chosen = [n for n in convs if n.name in block_of and first <= block_of[n.name][0] <= last]
+                    rows.append((f'default + stages {group} fp32', 'colour6', 'percentile',
+                                 dict(keep_fp32=with_acts(chosen))))
+                if args.calibration_sweep:
+                    for set_name in PHOTO_SETS:
+                        for method in ('percentile', 'minmax'):
+                            if (set_name, method) != ('colour6', 'percentile'):
+                                rows.append(('default (first block fp32)', set_name, method, {}))
+                for label, set_name, method, kwargs in rows:
+                    images = calibration if set_name == 'colour6' else photos(PHOTO_SETS[set_name])
+                    path = os.path.join(work, 'int8.onnx')
+                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                        quantize_onnx(fp32, path, images, method=method, **kwargs)
+                    err, cos, same, gaps = score(path, batch, ref)
+                    print(f'| {name} | {label} | {set_name} {method} | {err * 1e3:.2f} | {cos:.4f} | '
+                          f'{"yes" if same else "NO"} | {", ".join(f"{g:+.2f}" for g in gaps)} |', flush=True)
 
 
 if __name__ == '__main__':

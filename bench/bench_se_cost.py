@@ -11,7 +11,7 @@ Two measurements, each against the same-layout SE-free twin:
   memory at batch 1). What the scale costs, and what pooling and FCs cost in the model.
 * onnxruntime fp32 and INT8 (``--ort``): kernel time per operator type from onnxruntime's profiler,
   so the ops the SE graph adds (and the layout reorders they cause) show by name; INT8 also with the
-  gates left as ``QLinearMul`` (``quantize_onnx(fold_gates=False)``), and the INT8 latencies of SE-free,
+  gates left as ``QLinearMul`` (``quantize_onnx``'s default), and the INT8 latencies of SE-free,
   SE and SE with ``QLinearMul`` timed round-robin (batch-1 files).
 
     python bench/bench_se_cost.py [--model se_resnet50b] [--rounds 20] [--ort] [--no-eager]
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record  # noqa: E402  # bench/record.py: --results writes the output to bench/results/
 import timm  # noqa: E402
 from bench_deploy import format_overhead, measure, overhead_quartiles, randomize_bn, torch_runner  # noqa: E402
 
@@ -162,12 +163,12 @@ def ort_table(threads, rounds, block):
             fp32 = os.path.join(work, f'{label}.onnx')
             export_model(randomize_bn(timm.create_model('se_resnet50b', **kwargs)), 'onnx', fp32)
             files[(label, 'int8')] = int8 = fp32.replace('.onnx', '_int8.onnx')
-            quantize_onnx(fp32, int8, photos)
+            quantize_onnx(fp32, int8, photos, ort_only_gate_folding=True)
             profiles[(label, 'fp32')] = ort_profile(fp32, threads)
             profiles[(label, 'int8')] = ort_profile(int8, threads)
         # the same SE calibration with its gates left as QLinearMul (quantize.fold_gate_scales off)
         files[('SE, gates as QLinearMul', 'int8')] = multiply = os.path.join(work, 'SE_int8_mul.onnx')
-        quantize_onnx(os.path.join(work, 'SE.onnx'), multiply, photos, fold_gates=False)
+        quantize_onnx(os.path.join(work, 'SE.onnx'), multiply, photos)
         profiles[('SE, gates as QLinearMul', 'int8')] = ort_profile(multiply, threads)
         medians, times = measure({label: ort_runner({1: path}, threads) for (label, _), path in files.items()}, 1,
                                  rounds, block=block, with_times=True)
@@ -198,13 +199,15 @@ def main():
     parser.add_argument('--memory-format', choices=['channels_last', 'contiguous'], default='channels_last')
     parser.add_argument('--ort', action='store_true', help='also profile onnxruntime fp32 and INT8 by operator')
     parser.add_argument('--no-eager', dest='eager', action='store_false', help='skip the eager gate variants')
+    record.add_option(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    fmt = torch.channels_last if args.memory_format == 'channels_last' else torch.contiguous_format
-    if args.eager:
-        eager_table(args.model, args.rounds, args.block, fmt, args.memory_format)
-    if args.ort:
-        ort_table(args.threads, args.rounds, args.block)
+    with record.recording(args.results, 'se_cost'):
+        torch.set_num_threads(args.threads)
+        fmt = torch.channels_last if args.memory_format == 'channels_last' else torch.contiguous_format
+        if args.eager:
+            eager_table(args.model, args.rounds, args.block, fmt, args.memory_format)
+        if args.ort:
+            ort_table(args.threads, args.rounds, args.block)
 
 
 if __name__ == '__main__':

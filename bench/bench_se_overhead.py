@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 
+import record  # bench/record.py: --results writes the output to bench/results/
 import timm
 import torch
 import torch.nn.functional as F
@@ -144,56 +145,58 @@ def main():
     p.add_argument('--retries', type=int, default=5, help='re-runs of a visit disturbed by other processes')
     p.add_argument('--quick', action='store_true', help='smoke check: 1 round of 1 run, no retries')
     p.add_argument('--models', default=','.join(MODELS), help=f'comma-separated subset of: {", ".join(MODELS)}')
+    record.add_option(p)
     args = p.parse_args()
-    if args.quick:
-        args.runs, args.rounds, args.retries = 1, 1, 0
-    labels = [m.strip() for m in args.models.split(',') if m.strip()]
-    if not labels or any(m not in MODELS for m in labels):
-        p.error(f'--models: choose from {list(MODELS)}')
+    with record.recording(args.results, 'se_overhead'):
+        if args.quick:
+            args.runs, args.rounds, args.retries = 1, 1, 0
+        labels = [m.strip() for m in args.models.split(',') if m.strip()]
+        if not labels or any(m not in MODELS for m in labels):
+            p.error(f'--models: choose from {list(MODELS)}')
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f'# torch {torch.__version__} | timm {timm.__version__} | se_hub {se_hub.__version__} | python '
-          f'{sys.version.split()[0]} | {CORES} cores | threads {torch.get_num_threads()} | runs {args.runs} '
-          f'x rounds {args.rounds} | OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "(unset)")}')
-    print(f'# command: {shlex.join([sys.executable, *sys.argv])}  (cwd {os.getcwd()})\n')
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        print(f'# torch {torch.__version__} | timm {timm.__version__} | se_hub {se_hub.__version__} | python '
+              f'{sys.version.split()[0]} | {CORES} cores | threads {torch.get_num_threads()} | runs {args.runs} '
+              f'x rounds {args.rounds} | OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "(unset)")}')
+        print(f'# command: {shlex.join([sys.executable, *sys.argv])}  (cwd {os.getcwd()})\n')
 
-    models = {m: create(m) for m in labels}
-    params = {m: sum(t.numel() for t in model.parameters()) / 1e6 for m, model in models.items()}
-    saved = {m: saved_for_backward_bytes(model, torch.randn(TRAIN_BATCH, 3, SIZE, SIZE)) / MIB
-             for m, model in models.items()}
-    steps = {m: make_steps(model) for m, model in models.items()}
-    samples = {m: {k: [] for k in ('b1', 'batch', 'train')} for m in labels}
-    stats = dict(rerun=0, contended=0)
-    for r in range(args.rounds):
-        order = labels[r % len(labels):] + labels[:r % len(labels)]
-        for metric in ('b1', 'batch', 'train'):
-            for m in order:
-                samples[m][metric] += timed(steps[m][metric], args.runs * (4 if metric == 'b1' else 1),
-                                            args.retries, stats)
-        print(f'# round {r + 1}/{args.rounds} done', file=sys.stderr, flush=True)
-    med = {m: {k: statistics.median(v) for k, v in s.items()} for m, s in samples.items()}
+        models = {m: create(m) for m in labels}
+        params = {m: sum(t.numel() for t in model.parameters()) / 1e6 for m, model in models.items()}
+        saved = {m: saved_for_backward_bytes(model, torch.randn(TRAIN_BATCH, 3, SIZE, SIZE)) / MIB
+                 for m, model in models.items()}
+        steps = {m: make_steps(model) for m, model in models.items()}
+        samples = {m: {k: [] for k in ('b1', 'batch', 'train')} for m in labels}
+        stats = dict(rerun=0, contended=0)
+        for r in range(args.rounds):
+            order = labels[r % len(labels):] + labels[:r % len(labels)]
+            for metric in ('b1', 'batch', 'train'):
+                for m in order:
+                    samples[m][metric] += timed(steps[m][metric], args.runs * (4 if metric == 'b1' else 1),
+                                                args.retries, stats)
+            print(f'# round {r + 1}/{args.rounds} done', file=sys.stderr, flush=True)
+        med = {m: {k: statistics.median(v) for k, v in s.items()} for m, s in samples.items()}
 
-    print(f'| model | from | params (M) | b1 latency (ms) | b{BATCH} throughput (img/s) | '
-          f'train step b{TRAIN_BATCH} (ms) | saved for backward b{TRAIN_BATCH} (MiB) | '
-          'SE +lat b1 | SE +train step | SE +saved mem | SE-free baseline |')
-    print('|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|')
-    for m in labels:
-        base = MODELS[m][2] if MODELS[m][2] in med else None
-        lat = med[m]['b1'] * 1e3
-        print(f'| {m} | {models[m].__module__.split(".")[0]} | {params[m]:.2f} | {lat:.1f} | '
-              f'{BATCH / med[m]["batch"]:.1f} | {med[m]["train"] * 1e3:.0f} | {saved[m]:.1f} | '
-              f'{pct(lat, base and med[base]["b1"] * 1e3)} | {pct(med[m]["train"], base and med[base]["train"])} | '
-              f'{pct(saved[m], base and saved[base])} | {base or "-"} |')
-    print()
-    for a, b in (('se_resnet50b', 'seresnet50'), ('se_resnet50', 'legacy_seresnet50'),
-                 ('se_resnet50b[se_layer=None]', 'resnet50')):
-        if a in med and b in med:
-            print(f'# {a} vs {b}: b1 latency {pct(med[a]["b1"], med[b]["b1"])}, '
-                  f'b{BATCH} time {pct(med[a]["batch"], med[b]["batch"])}, '
-                  f'train step {pct(med[a]["train"], med[b]["train"])}, saved mem {pct(saved[a], saved[b])}')
-    print(f'# {args.rounds * 3 * len(labels)} timed visits: {stats["rerun"]} re-run after other processes '
-          f'used the CPU, {stats["contended"]} kept although still disturbed')
+        print(f'| model | from | params (M) | b1 latency (ms) | b{BATCH} throughput (img/s) | '
+              f'train step b{TRAIN_BATCH} (ms) | saved for backward b{TRAIN_BATCH} (MiB) | '
+              'SE +lat b1 | SE +train step | SE +saved mem | SE-free baseline |')
+        print('|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|')
+        for m in labels:
+            base = MODELS[m][2] if MODELS[m][2] in med else None
+            lat = med[m]['b1'] * 1e3
+            print(f'| {m} | {models[m].__module__.split(".")[0]} | {params[m]:.2f} | {lat:.1f} | '
+                  f'{BATCH / med[m]["batch"]:.1f} | {med[m]["train"] * 1e3:.0f} | {saved[m]:.1f} | '
+                  f'{pct(lat, base and med[base]["b1"] * 1e3)} | {pct(med[m]["train"], base and med[base]["train"])} | '
+                  f'{pct(saved[m], base and saved[base])} | {base or "-"} |')
+        print()
+        for a, b in (('se_resnet50b', 'seresnet50'), ('se_resnet50', 'legacy_seresnet50'),
+                     ('se_resnet50b[se_layer=None]', 'resnet50')):
+            if a in med and b in med:
+                print(f'# {a} vs {b}: b1 latency {pct(med[a]["b1"], med[b]["b1"])}, '
+                      f'b{BATCH} time {pct(med[a]["batch"], med[b]["batch"])}, '
+                      f'train step {pct(med[a]["train"], med[b]["train"])}, saved mem {pct(saved[a], saved[b])}')
+        print(f'# {args.rounds * 3 * len(labels)} timed visits: {stats["rerun"]} re-run after other processes '
+              f'used the CPU, {stats["contended"]} kept although still disturbed')
 
 
 if __name__ == '__main__':

@@ -5,9 +5,9 @@
 __version__ = '0.1.0'
 
 from . import layers, models
-from .analysis.retrofit import retrofit
 from .hub import push_to_hub
 from .layers import SqueezeExcite
 from .models import MODELS, SEResNet
+from .retrofit import retrofit
 from .weights import CheckpointLayoutError, load_checkpoint
 from .weights.manifest import manifest

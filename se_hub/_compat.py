@@ -14,9 +14,13 @@ Where each API appeared (read from timm's release tags and huggingface_hub's whe
 - ``local-dir:`` model names in ``timm.create_model``: timm 1.0.16.
 - ``huggingface_hub.errors.LocalEntryNotFoundError``: huggingface_hub 0.24
   (``huggingface_hub.utils`` has it in every release).
+- ``torch.serialization.safe_globals`` (a scoped allow-list for ``weights_only`` loads): torch 2.5.
 """
+import argparse
 import inspect
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -135,5 +139,36 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Modu
     return model
 
 
+def load_tensors_only(file: Any, map_location: Any = 'cpu') -> Any:
+    """``torch.load(file, weights_only=True)``: tensors and plain data only, plus the ``argparse.Namespace``
+    that timm's training checkpoints carry in ``args`` (a plain attribute bag; nothing else is allowed)."""
+    serialization = torch.serialization
+    if hasattr(serialization, 'safe_globals'):  # torch >= 2.5
+        with serialization.safe_globals([argparse.Namespace]):
+            return torch.load(file, map_location=map_location, weights_only=True)
+    # torch 2.4: only a process-wide allow-list; Namespace is on it for this load only
+    allowed = serialization.get_safe_globals()
+    serialization.add_safe_globals([argparse.Namespace])
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    finally:
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(allowed)
+
+
+def not_a_tensor_file(where: Any, error: BaseException) -> str:
+    """One line for a torch file that ``load_tensors_only`` could not read. torch's own message advises
+    retrying with ``weights_only=False`` (running whatever the file holds): it is never repeated."""
+    if isinstance(error, pickle.UnpicklingError):
+        found = re.search(r'GLOBAL (\S+)', str(error))
+        held = f'it refers to the Python object {found.group(1)}' if found else 'it holds Python objects'
+        return (f'{where} is not a plain tensor checkpoint: {held}, and se_hub never unpickles code; save the '
+                'state dict of tensors alone, or convert the file to safetensors')
+    first = str(error).strip().split('. ')[0].splitlines()[0] if str(error).strip() else ''
+    detail = f' ({first})' if first and 'weights_only' not in first else ''
+    return (f'{where} is not a plain tensor checkpoint: not a torch file, or a damaged one{detail}; '
+            'save the state dict of tensors alone, or convert the file to safetensors')
+
+
 __all__ = ['LOCAL_DIR', 'TIMM_HAS_LOCAL_DIR', 'LocalEntryNotFoundError', 'create_classifier', 'create_model',
-           'feature_take_indices', 'get_device_dtype', 'save_for_hf']
+           'feature_take_indices', 'get_device_dtype', 'load_tensors_only', 'not_a_tensor_file', 'save_for_hf']

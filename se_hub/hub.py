@@ -13,6 +13,8 @@ for weights loaded from that tag, "random initialisation" for a model never load
 """
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -37,7 +39,8 @@ _NON_ARCH_ARGS = ('num_classes', 'in_chans', 'global_pool', 'drop_rate', 'drop_p
 _WEIGHT_FIELDS = ('tag', 'origin_url', 'license', 'notes')
 
 
-def _architecture(model: nn.Module) -> str:
+def architecture(model: nn.Module) -> str:
+    """The se_hub architecture ``model`` was built as (its ``pretrained_cfg``'s); an error for any other model."""
     name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
     if name not in MODELS:
         raise ValueError(f'{type(model).__name__} is not an se_hub model (pretrained_cfg architecture: {name!r})')
@@ -109,7 +112,7 @@ def _top_k(metric: Dict[str, Any]) -> str:
 def model_card(model: nn.Module, metrics: Optional[Sequence[Dict[str, Any]]] = None, notes: str = '',
                as_timm: str = '') -> str:
     """A README.md with what the model is, where its weights came from, and its metrics."""
-    name = _architecture(model)
+    name = architecture(model)
     info = MODELS[name]
     cfg = _export_cfg(model)
     loaded = weights_origin(model)
@@ -163,7 +166,7 @@ def as_timm_model(model: nn.Module) -> nn.Module:
     from timm import create_model
 
     from .weights.checkpoint import checkpoint_filter_fn
-    name = _architecture(model)
+    name = architecture(model)
     upstream = MODELS[name].upstream
     if not upstream:
         raise ValueError(f"{name} has no timm counterpart of the same function; publish it without as_timm "
@@ -204,11 +207,12 @@ def as_timm_model(model: nn.Module) -> nn.Module:
                                 'crop_mode', 'mean', 'std', 'num_classes', 'label_names', 'label_descriptions',
                                 'pool_size', 'test_pool_size', 'license', 'origin_url', 'tag', 'paper_ids',
                                 'paper_name') if k in cfg}
-    target.pretrained_cfg = dict(target.pretrained_cfg, tag=None, license=None, origin_url=None, **data)
+    # the weights' fields (tag, license, origin) are the se_hub model's when it carries its tag, else none
+    target.pretrained_cfg = {**target.pretrained_cfg, 'tag': None, 'license': None, 'origin_url': None, **data}
     for key in ('hf_hub_id', 'url', 'file', 'hf_hub_filename', 'source'):
         target.pretrained_cfg.pop(key, None)
     target.default_cfg = target.pretrained_cfg
-    target._model_args = dict(num_classes=model.num_classes, in_chans=in_chans)
+    target._model_args = dict(in_chans=in_chans)
     if pool:
         target._model_args['global_pool'] = pool
     return target
@@ -230,10 +234,47 @@ def _check_same_function(model: nn.Module, target: nn.Module, in_chans: int, nam
                          f'(max difference {(ours - theirs).abs().max().item():.3g}); publish it without as_timm')
 
 
+def _without_num_classes_in_model_args(config_file: Path) -> None:
+    """The class count lives at the config's root (timm reads it there): newer timm also writes it into
+    ``model_args``, which Hugging Face transformers' timm wrapper passes to ``timm.create_model`` beside its own
+    ``num_classes`` ("got multiple values for keyword argument 'num_classes'")."""
+    config = json.loads(config_file.read_text(encoding='utf-8'))
+    if 'num_classes' in (config.get('model_args') or {}):
+        config['model_args'].pop('num_classes')
+        config_file.write_text(json.dumps(config, indent=2), encoding='utf-8')
+
+
 def _replace_files(src: Path, directory: Path) -> None:
-    """Move every file of ``src`` into ``directory``, each with one atomic rename."""
+    """Move every file of ``src`` into ``directory``, each with one atomic rename, with the mode the umask
+    gives new files (safetensors writes model.safetensors 0o600)."""
+    from .files import new_file_mode
+    mode = new_file_mode()
     for path in src.iterdir():
+        os.chmod(path, mode)
         os.replace(path, directory / path.name)
+
+
+_EXPORT_PREFIX = '.se_hub-export-'
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_exports(directory: Path) -> None:
+    """Work folders of exports into ``directory`` whose process (same host) has died: a killed export leaves
+    the whole model there. Each folder is named ``.se_hub-export-<host>-<pid>-<random>``."""
+    own = f'{_EXPORT_PREFIX}{socket.gethostname()}-'
+    for path in directory.glob(f'{_EXPORT_PREFIX}*'):
+        pid = path.name[len(own):].split('-', 1)[0] if path.name.startswith(own) else ''
+        if pid.isdigit() and not _pid_alive(int(pid)) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def save_pretrained(
@@ -250,15 +291,17 @@ def save_pretrained(
     from ._compat import save_for_hf
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _architecture(model)
+    architecture(model)
     if label_names is None:  # keep the names of a model loaded from an export
         names = (model.pretrained_cfg or {}).get('label_names')
         label_names = list(names) if names and len(names) == model.num_classes else None
     if label_names is not None and len(label_names) != model.num_classes:
         raise ValueError(f'{len(label_names)} label names for a model with {model.num_classes} classes')
     model_config = {'label_names': list(label_names)} if label_names else None
-    card = model_card(model, metrics, notes, as_timm=MODELS[_architecture(model)].upstream if as_timm else '')
-    with tempfile.TemporaryDirectory(dir=directory, prefix='.se_hub-export-') as tmp:
+    card = model_card(model, metrics, notes, as_timm=MODELS[architecture(model)].upstream if as_timm else '')
+    _remove_stale_exports(directory)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=f'{_EXPORT_PREFIX}{socket.gethostname()}-{os.getpid()}-') \
+            as tmp:
         if as_timm:
             target = as_timm_model(model)
             save_for_hf(target, tmp, model_config=model_config, model_args=target._model_args,
@@ -271,6 +314,7 @@ def save_pretrained(
                 save_for_hf(model, tmp, model_config=model_config, model_args=args, safe_serialization=True)
             finally:
                 model.pretrained_cfg, model.default_cfg = saved_cfgs
+        _without_num_classes_in_model_args(Path(tmp) / 'config.json')
         (Path(tmp) / 'README.md').write_text(card, encoding='utf-8')
         _replace_files(Path(tmp), directory)
     return directory

@@ -1,31 +1,32 @@
 """The ``se-hub`` command's entry point, kept outside the ``se_hub`` package.
 
 ``import se_hub`` registers every model with timm, which imports torch and timm (seconds). The
-command only needs them for the verb it runs: the argument parser (:mod:`.parsers`) and the
-``list`` verb (:mod:`.listing`, served from the catalog file ``se_hub/models/catalog_costs.json``)
-use the standard library only, and each verb's handler, in ``se_hub``, is imported when that
-verb runs. ``se_hub.cli`` re-exports :func:`main` and :func:`build_parser`.
+command only needs them for the verb it runs: each verb is a module of :mod:`.commands` whose
+arguments use the standard library only and whose ``run`` imports se_hub when the verb runs;
+``list`` (:mod:`.listing`) is served from the catalog file ``se_hub/models/catalog_costs.json``.
 """
-import importlib
+import argparse
 import sys
 from typing import Optional, Sequence
 
-from .parsers import build_parser
+from .commands import VERBS, command
 
 __all__ = ['build_parser', 'main']
 
 
-def _handler(ref: str):
-    module, _, name = ref.partition(':')
-    return getattr(importlib.import_module(module), name)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='se-hub', description='The Squeeze-and-Excitation model zoo for timm.')
+    parser.add_argument('--debug', action='store_true', help='show tracebacks')
+    sub = parser.add_subparsers(dest='command', required=True)
+    for verb in VERBS:
+        command(verb).add_parser(sub)
+    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        # a verb names its handler as 'module:function' (imported now); `func` (a callable) also works
-        run = getattr(args, 'func', None) or _handler(args.handler)
-        return run(args)
+        return command(args.command).run(args)
     except KeyboardInterrupt:
         print('se-hub: interrupted', file=sys.stderr)
         return 130

@@ -103,14 +103,3 @@ def format_table(rows: Sequence[Dict], markdown: bool = False, width: int = 0) -
     lines += ['  '.join(cut(r[c], widths[c]).ljust(widths[c]) for c in cols).rstrip() for r in rows]
     return '\n'.join(lines)
 
-
-def cmd_list(args) -> int:
-    pattern = args.filter or 'se_*'
-    if not any(ch in pattern for ch in '*?['):
-        pattern = f'*{pattern}*'
-    rows = model_rows(pattern, args.exclude, args.pretrained)
-    if not (args.wide or args.markdown):  # the paper row's long text is for --wide and the README
-        rows = [{k: v for k, v in r.items() if k != 'paper row'} for r in rows]
-    width = 0 if args.wide or args.markdown else WIDTH
-    print(format_table(rows, markdown=args.markdown, width=width))
-    return 0

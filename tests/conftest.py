@@ -71,16 +71,16 @@ def one_thread():
 @pytest.fixture
 def full_disk(monkeypatch):
     """A set of file names: writing a file of such a name through se_hub's atomic writer
-    (``se_hub.tasks.checkpoints.write_atomic``: checkpoints, exports) fails as on a full disk. Its temporary
+    (``se_hub.files.write_atomic``: checkpoints, exports) fails as on a full disk. Its temporary
     file is a link to /dev/full, whose writes fail with the kernel's ENOSPC, so the real writers
     (torch.save, onnx, plain file writes) meet a real full-disk error."""
     import stat
 
-    from se_hub.tasks import checkpoints
+    from se_hub import files
     if not (os.path.exists('/dev/full') and stat.S_ISCHR(os.stat('/dev/full').st_mode)):
         pytest.skip('needs the /dev/full device (Linux)')
     names = set()
-    temporary = checkpoints._tmp_path
+    temporary = files._tmp_path
 
     def temporary_on_a_full_disk(path):
         tmp = temporary(path)
@@ -89,7 +89,7 @@ def full_disk(monkeypatch):
             tmp.symlink_to('/dev/full')
         return tmp
 
-    monkeypatch.setattr(checkpoints, '_tmp_path', temporary_on_a_full_disk)
+    monkeypatch.setattr(files, '_tmp_path', temporary_on_a_full_disk)
     return names
 
 

@@ -95,6 +95,14 @@ class _HubError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
+class _Stalled(Exception):
+    """A GET answered in part, outside the hub's lock: its first bytes, then a hang until released."""
+
+    def __init__(self, status: int, body: bytes, headers: dict, after: int):
+        super().__init__()
+        self.status, self.body, self.headers, self.after = status, body, headers, after
+
+
 class _Repo:
     def __init__(self) -> None:
         self.branches: dict[str, str] = {}           # branch/ref name -> commit sha
@@ -119,6 +127,8 @@ class LocalHub:
         self._repos: dict[str, _Repo] = {}
         self._counter = 0
         self.requests: list = []  # (method, raw path without the query string)
+        self._stalls: dict = {}  # (repo_id, filename) -> bytes sent before a GET hangs
+        self._released = threading.Event()
         self._server = ThreadingHTTPServer(('127.0.0.1', 0), _make_handler(self))
         self._server.daemon_threads = True
         self.endpoint = f'http://127.0.0.1:{self._server.server_address[1]}'
@@ -141,6 +151,19 @@ class LocalHub:
                 raise KeyError(f'no repo {repo_id}')
             self._repos[repo_id].served[filename] = bytes(data)
 
+    def stall(self, repo_id: str, filename: str, after: int) -> None:
+        """GETs of this file send its first ``after`` bytes, then hang until ``release_stalls()`` (then the
+        rest): a download in progress, to kill or to keep alive."""
+        with self._lock:
+            self._stalls[(repo_id, filename)] = after
+            self._released.clear()
+
+    def release_stalls(self) -> None:
+        """Serve every file in full again; hanging answers send the rest of their file."""
+        with self._lock:
+            self._stalls.clear()
+        self._released.set()
+
     def files(self, repo_id: str, revision: str = 'main') -> dict:
         """filename -> bytes at ``revision`` (a branch, ``refs/pr/N`` or a commit sha)."""
         with self._lock:
@@ -151,6 +174,7 @@ class LocalHub:
             return dict(repo.commits[sha])
 
     def stop(self) -> None:
+        self.release_stalls()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -321,6 +345,18 @@ class LocalHub:
                     self._resolve_file(h, segments)
                 else:
                     raise _HubError(404, None, f'LocalHub does not serve {method} {split.path}')
+        except _Stalled as stalled:
+            h.send_response(stalled.status)
+            for key, value in {**stalled.headers, 'Content-Length': str(len(stalled.body))}.items():
+                h.send_header(key, value)
+            h.end_headers()
+            h.wfile.write(stalled.body[:stalled.after])
+            h.wfile.flush()
+            self._released.wait(timeout=300)
+            try:
+                h.wfile.write(stalled.body[stalled.after:])
+            except OSError:  # the client was killed meanwhile
+                pass
         except _HubError as e:
             self._send_json(h, e.status, {'error': e.message},
                             {**({'X-Error-Code': e.code} if e.code else {}), 'X-Error-Message': e.message, **e.headers})
@@ -380,6 +416,8 @@ class LocalHub:
             start = int(rng[6:-1])
             headers['Content-Range'] = f'bytes {start}-{len(served) - 1}/{len(served)}'
             served, status = served[start:], 206
+        if (repo_id, filename) in self._stalls:
+            raise _Stalled(status, served, headers, self._stalls[(repo_id, filename)])
         self._send(h, status, served, headers)
 
     @staticmethod

@@ -21,14 +21,16 @@ from se_hub.analysis.ablate import (
     ablate,
     check_variants,
     collect,
-    create_with_fresh_se,
     parse_variant,
     parse_variants,
+    plan_sweep,
     variant_model_kwargs,
 )
-from se_hub.cli import main
+from se_hub.factory import create_with_fresh_se
 from se_hub.layers import SqueezeExcite
 from se_hub.models.se_residual import ARCHS
+from se_hub_cli import build_parser, main
+from se_hub_cli.commands.ablate import finetune_commands
 
 BASE = 'se_resnet20_cifar'
 SHARED = {'layers': (1, 1, 1)}  # one block per stage: seconds per epoch on 2 cores
@@ -192,31 +194,31 @@ def test_resume_reruns_only_what_is_unfinished(sweep, digits_dir, tmp_path):
 def test_printed_commands_run_and_collect_picks_them_up(digits_dir, tmp_path):
     from se_hub.tasks.classification import FinetuneOptions
     out = tmp_path / 'planned'
-    result = ablate(BASE, digits_dir, VARIANTS, epochs=1, output=out, seeds=2, model_kwargs=SHARED,
-                    print_commands=True, log=quiet, **FAST)
-    assert len(result.commands) == 6
+    commands = finetune_commands(plan_sweep(BASE, digits_dir, VARIANTS, epochs=1, output=out, seeds=2,
+                                            model_kwargs=SHARED, **FAST), log=quiet)
+    assert len(commands) == 6
     assert not list(out.glob('*/seed*'))  # nothing ran
     # each command parses into exactly the options the sweep itself would run with
-    parser = se_hub.cli.build_parser()
+    parser = build_parser()
     parsed = {}
-    for command in result.commands:
+    for command in commands:
         argv = shlex.split(command)
         assert argv[:2] == ['se-hub', 'finetune']
         args = parser.parse_args(argv[1:])
         options = {f.name: getattr(args, f.name) for f in FinetuneOptions.__dataclass_fields__.values()
                    if hasattr(args, f.name)}
-        options['retrofit_args'] = dict(options['retrofit_args'])  # KEY=VALUE pairs, as finetune_command reads them
+        options['retrofit_args'] = dict(options['retrofit_args'])  # KEY=VALUE pairs, as se-hub finetune reads them
         parsed[(args.output, args.seed)] = (args.model, args.epochs, dict(options.pop('model_kwargs')), options)
     for variant, kwargs in EXPECTED_KWARGS.items():
         for seed in (0, 1):
             model, epochs, model_kwargs, options = parsed[(str(out / variant / f'seed{seed}'), seed)]
             assert (model, epochs, model_kwargs) == (BASE, 1, dict(SHARED, **kwargs))
-            expected = dict(FinetuneOptions().__dict__, **FAST, seed=seed)
+            expected = dict(FinetuneOptions.defaults(), **FAST, seed=seed, epochs=1)
             expected.pop('model_kwargs')
             assert {k: options[k] for k in expected if k in options} == \
                 {k: v for k, v in expected.items() if k in options}
 
-    command = next(c for c in result.commands if f'{out / "r4" / "seed1"}' in c)
+    command = next(c for c in commands if f'{out / "r4" / "seed1"}' in c)
     assert main(shlex.split(command)[1:]) == 0
     collected = collect(out, log=quiet)
     assert [(r['variant'], r['runs']) for r in collected.rows] == [('r4', 1)]
@@ -225,9 +227,9 @@ def test_printed_commands_run_and_collect_picks_them_up(digits_dir, tmp_path):
     assert row['peak_memory_mb'] == ''  # not measured outside the sweep
     assert 'not finished (left out): none/seed0 (not started)' in (out / 'ablation.md').read_text()
     # printing again leaves out the run that finished
-    again = ablate(BASE, digits_dir, VARIANTS, epochs=1, output=out, seeds=2, model_kwargs=SHARED,
-                   print_commands=True, log=quiet, **FAST)
-    assert len(again.commands) == 5 and command not in again.commands
+    again = finetune_commands(plan_sweep(BASE, digits_dir, VARIANTS, epochs=1, output=out, seeds=2,
+                                         model_kwargs=SHARED, **FAST), log=quiet)
+    assert len(again) == 5 and command not in again
 
 
 def test_cli_prints_commands(digits_dir, tmp_path, capsys):
@@ -240,7 +242,7 @@ def test_cli_prints_commands(digits_dir, tmp_path, capsys):
     assert lines[0] == ('se-hub finetune --model se_resnet20_cifar --data ' + shlex.quote(str(digits_dir))
                         + ' --epochs 3 --output ' + shlex.quote(str(out / 'r8+tanh' / 'seed0')) + ' --seed 0 '
                         "--model-arg 'layers=(1, 1, 1)' --model-arg \"se_args={'rd_ratio': 0.125, 'gate': 'tanh'}\" "
-                        '--no-pretrained --batch-size 16')
+                        '--batch-size 16 --no-pretrained')
     assert '--seed 5' in lines[3] and "se_args={'gate': 'relu'}" in lines[3] and '/late/seed5' in lines[3]
 
 
@@ -271,8 +273,8 @@ def test_pretrained_base_loads_the_shared_weights_and_starts_se_fresh(digits_dir
             assert torch.equal(exported[key], value), f'{key} differs from the pretrained weights'
     assert type(_compat.create_model(f'local-dir:{out / "tanh" / "seed0"}').layer1[0].se.gate).__name__ == 'Tanh'
     # the printed commands of a pretrained sweep ask finetune for the same loading
-    commands = ablate(BASE, digits_dir, 'r4', epochs=1, output=tmp_path / 'p', seeds=1, model_kwargs=base_kwargs,
-                      print_commands=True, log=quiet, **options).commands
+    commands = finetune_commands(plan_sweep(BASE, digits_dir, 'r4', epochs=1, output=tmp_path / 'p', seeds=1,
+                                            model_kwargs=base_kwargs, **options), log=quiet)
     assert '--fresh-se' in shlex.split(commands[0])
     # finetune without it: timm's strict load fails on the new SE shapes, with a message that says what to do
     from se_hub.tasks import finetune

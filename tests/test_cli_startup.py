@@ -18,7 +18,8 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize('argv', [['--help'], ['list'], ['list', '--pretrained'], ['finetune', '--help'],
-                                  ['finetune-detect', '--help'], ['excitations', '--help'], ['ablate', '--help']])
+                                  ['finetune-detect', '--help'], ['excitations', '--help'], ['ablate', '--help'],
+                                  ['bench', '--help'], ['export', '--help']])
 def test_help_and_list_import_neither_torch_nor_timm(argv):
     code = ('import sys\nfrom se_hub_cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n'
             "heavy = sorted(m for m in ('torch', 'timm', 'se_hub.models') if m in sys.modules)\n"
@@ -26,6 +27,8 @@ def test_help_and_list_import_neither_torch_nor_timm(argv):
     run = _run(code)
     assert run.returncode == 0, run.stderr
     assert 'HEAVY []' in run.stdout
+    if argv == ['--help']:  # every verb is listed, bench (se_hub.deploy.benchmark) among them
+        assert ',bench,' in run.stdout and 'time every deployment path' in run.stdout
 
 
 def test_catalog_is_true():
@@ -69,7 +72,7 @@ def test_list_order_and_filters_are_timms():
 
 
 def test_info_prints_the_catalog_figures(capsys):
-    from se_hub.cli import main
+    from se_hub_cli import main
     from se_hub_cli.listing import catalog
     assert main(['info', 'se_resnet50']) == 0
     row = catalog()['models']['se_resnet50']

@@ -286,7 +286,7 @@ def test_training_raises_coco_map(tmp_path, one_thread):
     t0 = time.time()
     out = tmp_path / 'out'
     result = train_detector(det, train_json, train_images, val_json, val_images, epochs=6, output=out,
-                            batch_size=4, lr=2e-3, optimizer='adamw', warmup_iters=10, eval_every=6,
+                            batch_size=4, lr=2e-3, optimizer='adamw', warmup_steps=10, eval_every=6, num_workers=0,
                             progress=False)
     seconds = time.time() - t0
     after = result['final']
@@ -310,7 +310,7 @@ def test_training_raises_coco_map(tmp_path, one_thread):
     reloaded = load_detector(out)
     assert [c['name'] for c in reloaded.categories] == ['square', 'disc']
     assert evaluate_detector(reloaded, val_json, val_images)['mAP50'] == pytest.approx(after['mAP50'], abs=1e-6)
-    assert not list(out.glob('.*'))  # no temporary file left behind
+    assert [p.name for p in out.glob('.*')] == ['.se_hub-run.lock']  # no temporary file left behind, only the lock
 
 
 def _tiny_detector(kind='fasterrcnn'):
@@ -330,7 +330,7 @@ def test_resume_continues_exactly(tmp_path, one_thread, monkeypatch):
         det = _tiny_detector()
         torch.manual_seed(123)  # the state a resumed run must restore
         train_detector(det, train_json, train_images, train_json, train_images, epochs=2, output=output,
-                       batch_size=3, lr=1e-3, optimizer='adamw', warmup_iters=2, resume=resume, ema=True,
+                       batch_size=3, lr=1e-3, optimizer='adamw', warmup_steps=2, resume=resume, ema=True, num_workers=0,
                        ema_decay=0.9, progress=False)
         return checkpoints.load(Path(output) / 'last.pth')
 
@@ -393,7 +393,7 @@ def test_amp_bf16_and_ema_on_cpu(tmp_path, one_thread):
     detector = _tiny_detector('retinanet')
     result = train_detector(detector, train_json, train_images, train_json, train_images,
                             epochs=1, output=tmp_path / 'out', batch_size=2, lr=1e-3, optimizer='adamw',
-                            warmup_iters=1, amp='bf16', ema=True, ema_decay=0.5, progress=False)
+                            warmup_steps=1, amp='bf16', ema=True, ema_decay=0.5, progress=False, num_workers=0)
     state = checkpoints.load(tmp_path / 'out' / 'last.pth')
     assert state['config']['amp'] == 'bf16' and state['ema'] is not None
     assert any(not torch.equal(state['ema'][k], state['model'][k]) for k in state['model'])
@@ -411,7 +411,7 @@ def test_wrong_number_of_classes(tmp_path):
 
 
 def test_cli_finetune_detect(tmp_path, capsys, one_thread):
-    from se_hub.cli import main
+    from se_hub_cli import main
     train_json, train_images = make_coco_set(tmp_path / 'train', 4, seed=6, size=64)
     args = ['finetune-detect', '--backbone', 'se_resnet18', '--kind', 'retinanet', '--no-pretrained',
             '--train-json', str(train_json), '--train-images', str(train_images), '--val-json', str(train_json),

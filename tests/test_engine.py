@@ -1,4 +1,4 @@
-"""The fine-tuning engine (se_hub/tasks/engine.py): device / AMP / backend selection for every
+"""The fine-tuning engine (se_hub/tasks/engine.py, distributed.py): device / AMP / backend selection for every
 documented case (no GPU needed: the machine's facts are arguments), the data order, progress
 output off a terminal, honest metrics, bad input, Cutout, and several processes (torchrun with 2
 gloo processes) for both tasks, including an exact 2-process resume."""
@@ -16,8 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from se_hub import files
 from se_hub.tasks import checkpoints
-from se_hub.tasks.engine import DeviceError, EpochSampler, Progress, plan_device
+from se_hub.tasks.distributed import DeviceError, EpochSampler, plan_device
+from se_hub.tasks.engine import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -79,7 +81,7 @@ def test_device_plan_errors(device, amp, environ, machine, message):
 def test_cuda_on_this_machine_is_one_clear_cli_error(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA: the error case is covered by test_device_plan_errors')
-    from se_hub.cli import main
+    from se_hub_cli import main
     data = make_folders(tmp_path / 'd', n_train=1, n_val=1)
     assert main(['finetune', *CLI_FAST, '--data', str(data), '--epochs', '1', '--output', str(tmp_path / 'o'),
                  '--device', 'cuda']) == 1
@@ -155,10 +157,10 @@ def test_cli_progress_when_stderr_is_not_a_terminal(tmp_path):
 
 
 def test_curves_name_top_k(tmp_path):
-    from se_hub.tasks.curves import draw_curves
+    from se_hub.plots import draw_curves
     history = [{'epoch': 1, 'train_loss': 1.0, 'val_loss': 0.5, 'top1': 50.0, 'top3': 100.0}]
     seen = []
-    import se_hub.tasks.curves as curves
+    import se_hub.plots as curves
     original = curves._panel
     curves._panel = lambda draw, box, title, series, font, y_range=None: seen.append([s[0] for s in series])
     try:
@@ -189,7 +191,7 @@ def test_missing_split_is_named(tmp_path, missing):
 
 
 def test_offline_without_weights_names_no_pretrained_and_download(tmp_path, monkeypatch, capsys):
-    from se_hub.cli import main
+    from se_hub_cli import main
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf'))
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
@@ -201,7 +203,7 @@ def test_offline_without_weights_names_no_pretrained_and_download(tmp_path, monk
 
 
 def test_cli_errors_give_cli_advice(tmp_path, capsys):
-    from se_hub.cli import main
+    from se_hub_cli import main
     data = make_folders(tmp_path / 'd', n_train=1, n_val=1)
     assert main(['finetune', *CLI_FAST, '--data', str(data), '--epochs', '1', '--output', str(tmp_path / 'o'),
                  '--resume']) == 1
@@ -222,7 +224,7 @@ def test_one_file_written_by_many_threads_at_once_is_always_whole(tmp_path):
     def writer(data):
         try:
             for _ in range(10):
-                checkpoints.write_bytes_atomic(target, data)
+                files.write_bytes_atomic(target, data)
         except Exception as e:  # noqa: BLE001 - collected for the assertion
             errors.append(e)
 

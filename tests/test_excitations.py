@@ -20,9 +20,9 @@ from timm.data import create_transform, resolve_data_config
 import se_hub  # noqa: F401  (registers the models)
 from _helpers import randomize_batchnorm
 from se_hub.analysis.excitations import ExcitationStats, NoGatesError, collect_excitations
-from se_hub.cli import main
 from se_hub.layers import SqueezeExcite
 from se_hub.tasks.data import DataError, find_splits, read_image
+from se_hub_cli import main
 
 EPOCHS = 6
 SIZE = 16  # the digits are 8x8 scans: 16x16 keeps every detail at a quarter of the 32x32 cost
@@ -150,14 +150,14 @@ def test_full_disk_while_saving_keeps_the_files_there(trained, digits_dir, tmp_p
     save stay as they were and no temporary file is left."""
     import errno
 
-    from se_hub.tasks.checkpoints import FileWriteError
+    from se_hub.files import FileWriteError
     model, _, _ = trained
     stats = collect_excitations(model, digits_dir, classes=['0', '1'], max_images=2, batch_size=4,
                                 img_size=SIZE, num_workers=0, progress=False)
     paths = stats.save(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     full_disk.add('excitations.csv')
-    kept = r'excitations\.csv: the disk is full .*previous excitations\.csv is intact'
+    kept = r'the disk is full, could not write .*excitations\.csv; the previous .*excitations\.csv is intact'
     with pytest.raises(FileWriteError, match=kept) as e:
         stats.save(tmp_path)
     assert e.value.errno == errno.ENOSPC
@@ -387,7 +387,7 @@ def test_bad_input_gets_a_clear_error(tiny_dir, tmp_path, capsys):
         for a, b in zip(cpu.means, gpu.means):
             np.testing.assert_allclose(a, b, atol=1e-4)
     else:
-        from se_hub.tasks.engine import DeviceError
+        from se_hub.tasks.distributed import DeviceError
         with pytest.raises(DeviceError, match='no CUDA device'):
             collect_excitations(model, tiny_dir, device='cuda', num_workers=0, progress=False)
     # the CLI: one line saying what is wrong, before any model runs

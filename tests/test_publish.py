@@ -19,7 +19,7 @@ from hub_server import point_client_at
 from safetensors.torch import save
 
 import se_hub
-import se_hub.cli
+import se_hub_cli
 from _helpers import randomize_batchnorm
 from se_hub import _compat  # timm < 1.0.16 has no local-dir: source
 from se_hub.hub import save_pretrained
@@ -144,12 +144,12 @@ def test_loaded_weights_keep_their_tag_and_a_checkpoint_is_named(hub, tmp_path, 
 
 
 def test_cli_push_refuses_random_weights_unless_asked(hub, capsys):
-    assert se_hub.cli.main(['push', 'se_resnet18b', 'me/random']) == 1
+    assert se_hub_cli.main(['push', 'se_resnet18b', 'me/random']) == 1
     err = capsys.readouterr().err
     assert 'random weights' in err and '--allow-random-weights' in err and len(err.strip().splitlines()) == 1
     with pytest.raises(KeyError):
         hub.files('me/random')
-    assert se_hub.cli.main(['push', 'se_resnet18b', 'me/random', '--allow-random-weights']) == 0
+    assert se_hub_cli.main(['push', 'se_resnet18b', 'me/random', '--allow-random-weights']) == 0
     assert 'random initialisation' in hub.files('me/random')['README.md'].decode()
 
 
@@ -167,7 +167,7 @@ def test_as_timm_exports_load_without_se_hub(hub, tmp_path):
     # the CLI, from an se_hub export directory
     model = build('create_model', 'se_resnet18b', num_classes=2)
     save_pretrained(model, tmp_path / 'export')
-    assert se_hub.cli.main(['push', str(tmp_path / 'export'), 'me/cli-timm', '--as-timm']) == 0
+    assert se_hub_cli.main(['push', str(tmp_path / 'export'), 'me/cli-timm', '--as-timm']) == 0
     expected['me/cli-timm'] = logits(model)
     code = (
         'import sys, torch, timm\n'
@@ -295,3 +295,49 @@ def test_torch_2_4_reads_timm_checkpoints_and_keeps_its_allow_list(timm_checkpoi
     with pytest.raises(se_hub.CheckpointLayoutError, match='never unpickles code'):
         se_hub.load_checkpoint(timm.create_model('se_resnet18b'), _evil_checkpoint(tmp_path))
     assert set(torch.serialization.get_safe_globals()) == before
+
+
+def test_as_timm_push_of_a_tagged_model(hub, tmp_path):
+    """The real Lite0 weights carry their manifest tag (and licence): `se-hub push --as-timm` publishes them with
+    that tag, and plain timm's model from the Hub gives se_hub's logits on a real photo."""
+    from se_hub.deploy.export import data_config as export_data_config
+    from se_hub.deploy.export import photo_batch, sample_images
+    assert se_hub_cli.main(['push', 'se_tf_efficientnet_lite0.tf_in1k', 'me/lite0-timm', '--as-timm']) == 0
+    config = json.loads(hub.files('me/lite0-timm')['config.json'])
+    ours = timm.create_model('se_tf_efficientnet_lite0.tf_in1k', pretrained=True).eval()
+    assert config['architecture'] == 'tf_efficientnet_lite0'
+    assert config['pretrained_cfg']['tag'] == 'tf_in1k'
+    assert config['pretrained_cfg']['license'] == ours.pretrained_cfg['license']
+    theirs = timm.create_model('hf-hub:me/lite0-timm', pretrained=True).eval()
+    assert type(theirs).__module__.startswith('timm.')
+    batch = photo_batch({'preprocessing': export_data_config(ours)}, sample_images()[1][:2])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(batch), ours(batch), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('how', ['torch.hub', 'entrypoint'])
+def test_se_free_model_built_with_none_reloads(how, tmp_path):
+    """se_layer=None (no SE) through torch.hub or the entrypoint is recorded so that the export rebuilds the
+    SE-free network (timm drops None-valued model args, which would rebuild the default SE network)."""
+    model = build(how, 'se_resnet18b', num_classes=3, se_layer=None)
+    reference = build('create_model', 'se_resnet18b', num_classes=3, se_layer='none')
+    assert sorted(model.state_dict()) == sorted(reference.state_dict())  # it is the SE-free network
+    save_pretrained(model, tmp_path / 'export')
+    reloaded = _compat.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True)
+    torch.testing.assert_close(logits(reloaded), logits(model))
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o002])
+def test_export_files_follow_the_umask(umask, tmp_path):
+    """safetensors writes model.safetensors 0o600: another user reading a shared run directory got 'Permission
+    denied'. Every exported file gets the mode the umask gives new files, as a plain open() would."""
+    code = ('import os, sys, timm\nfrom se_hub.hub import save_pretrained\n'
+            f'os.umask({umask})\n'
+            f"save_pretrained(timm.create_model('se_resnet20_cifar', layers=(1, 1, 1)), sys.argv[1])\n"
+            f"open(os.path.join(sys.argv[1], 'reference'), 'w').close()\n")
+    run = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'export')], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    assert run.returncode == 0, run.stderr
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / 'export').iterdir()}
+    assert set(modes) == {'config.json', 'model.safetensors', 'README.md', 'reference'}
+    assert set(modes.values()) == {modes['reference']} == {0o666 & ~umask}, {k: oct(v) for k, v in modes.items()}

@@ -170,9 +170,9 @@ def _cli(out, data, *extra):
 def test_finetune_retrofit_end_to_end_and_reload(digits_dir, tmp_path):
     """The real Lite0 ImageNet weights, SE retrofitted, one epoch on the real digits; the export
     reloads with timm as the retrofitted network with the fine-tuned weights (same logits)."""
-    from se_hub.cli import main
     from se_hub.tasks import checkpoints
     from se_hub.tasks.data import find_splits
+    from se_hub_cli import main
     out = tmp_path / 'lite0'
     assert main(['--debug', *_cli(out, digits_dir, '--model', 'se_tf_efficientnet_lite0.tf_in1k',
                                   '--retrofit-arg', "se_args={'rd_ratio': 0.125}")]) == 0
@@ -203,8 +203,8 @@ def test_finetune_retrofit_end_to_end_and_reload(digits_dir, tmp_path):
 def test_resume_rebuilds_the_retrofitted_network(digits_dir, tmp_path, capsys):
     """A retrofitted run resumed (here to a second epoch) rebuilds the same architecture: last.pth's
     state dict loads strictly and training continues."""
-    from se_hub.cli import main
     from se_hub.tasks import checkpoints
+    from se_hub_cli import main
     out = tmp_path / 'cifar'
     base = ['--model', 'se_resnet20_cifar', '--no-pretrained', '--model-arg', 'se_layer=None',
             '--model-arg', 'layers=(1, 1, 1)']
@@ -290,8 +290,8 @@ def test_bad_requests_are_refused_clearly(make, kwargs, error, message):
 
 
 def test_finetune_retrofit_options_are_checked(digits_dir, tmp_path, capsys):
-    from se_hub.cli import main
     from se_hub.tasks.classification import finetune
+    from se_hub_cli import main
     with pytest.raises(ValueError, match='given without retrofit'):
         finetune('se_resnet20_cifar', digits_dir, 1, tmp_path / 'a', retrofit_args=dict(placement='pre'))
     with pytest.raises(ValueError, match='unknown retrofit option.*placment'):

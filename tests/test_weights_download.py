@@ -17,8 +17,8 @@ from hub_server import point_client_at
 from safetensors.torch import save
 
 import se_hub
-import se_hub.cli
 import se_hub.hub
+import se_hub_cli
 from _helpers import randomize_batchnorm
 from se_hub.weights.manifest import find_weights
 from se_hub.weights.sources import CorruptWeightsError, WeightsUnavailableError, resolve_weight_file
@@ -93,7 +93,7 @@ def test_new_head_and_in_chans_are_adapted(hub, upstream):
 def test_offline_with_filled_cache_works_and_without_says_what_to_do(hub, upstream, monkeypatch):
     ref, blob = upstream
     hub.add_file(HUB_REPO, 'model.safetensors', blob)
-    se_hub.cli.main(['download', f'{MODEL}.{TAG}', '--quiet'])
+    se_hub_cli.main(['download', f'{MODEL}.{TAG}', '--quiet'])
     go_offline(monkeypatch)
     requests_before = len(hub.requests)
     model = timm.create_model(f'{MODEL}.{TAG}', pretrained=True)
@@ -180,7 +180,7 @@ def test_two_processes_fetch_the_same_file(hub, upstream):
 def test_cli_download_verify_and_damage_on_disk(hub, upstream):
     _, blob = upstream
     hub.add_file(HUB_REPO, 'model.safetensors', blob)
-    run = lambda *a: subprocess.run([sys.executable, '-m', 'se_hub.cli', *a], env=_env(hub),  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, '-m', 'se_hub_cli', *a], env=_env(hub),  # noqa: E731
                                     capture_output=True, text=True, timeout=300)
     got = run('download', f'{MODEL}.{TAG}', '--quiet')
     assert got.returncode == 0, got.stderr
@@ -244,10 +244,71 @@ def test_pickle_with_code_is_refused_on_the_pretrained_path(hub, monkeypatch):
 def test_cli_push_publishes_a_saved_directory(hub, tmp_path):
     model = timm.create_model('se_resnet18b', num_classes=2)
     se_hub.hub.save_pretrained(model, tmp_path / 'export', label_names=['no', 'yes'])
-    result = subprocess.run([sys.executable, '-m', 'se_hub.cli', 'push', str(tmp_path / 'export'), 'me/from-cli'],
+    result = subprocess.run([sys.executable, '-m', 'se_hub_cli', 'push', str(tmp_path / 'export'), 'me/from-cli'],
                             env=_env(hub), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     files = hub.files('me/from-cli')
     assert json.loads(files['config.json'])['label_names'] == ['no', 'yes']
     reloaded = timm.create_model('hf-hub:me/from-cli', pretrained=True)
     torch.testing.assert_close(logits(reloaded), logits(model))
+
+
+def test_offline_hub_repo_with_config_but_no_weights_says_which(hub, monkeypatch):
+    """Offline, an hf-hub: repo whose config.json is cached but whose weights are not: the error names the repo,
+    the file and offline mode (huggingface_hub's own says only 'check your connection')."""
+    from huggingface_hub import hf_hub_download
+    model = timm.create_model('se_resnet18b', num_classes=3)
+    se_hub.push_to_hub(model, 'me/half-cached')
+    hf_hub_download('me/half-cached', 'config.json', cache_dir=str(hub.cache))
+    go_offline(monkeypatch)
+    with pytest.raises(WeightsUnavailableError) as caught:
+        timm.create_model('hf-hub:me/half-cached', pretrained=True)
+    message = str(caught.value)
+    assert message.startswith('hf-hub:me/half-cached: its weights (model.safetensors or pytorch_model.bin) are '
+                              f'not in the local Hugging Face cache ({hub.cache}) and HF_HUB_OFFLINE is set'), message
+    assert len(message.splitlines()) == 1
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 128 MiB tmpfs at tmp_path/fs that the test can remount read-only (root, where mounting is allowed)."""
+    mount = tmp_path / 'fs'
+    mount.mkdir()
+    made = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=128m', 'tmpfs', str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f'cannot mount a tmpfs here (needs root where mounting is allowed): {made.stderr.strip()}')
+    try:
+        yield mount
+    finally:
+        subprocess.run(['umount', str(mount)], check=True)
+
+
+def test_damaged_file_in_a_read_only_cache_is_reported_damaged(hub, upstream, small_filesystem):
+    """The damaged file cannot be removed from a read-only cache: it is still reported as damaged (not as
+    '[Errno 30] Read-only file system'), and `se-hub verify` goes on to the other cached files."""
+    _, blob = upstream
+    hub.add_file(HUB_REPO, 'model.safetensors', blob)
+    env = dict(_env(hub), HF_HUB_CACHE=str(small_filesystem / 'hf'))
+    run = lambda *a: subprocess.run([sys.executable, '-m', 'se_hub_cli', *a], env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    got = run('download', f'{MODEL}.{TAG}', '--quiet')
+    assert got.returncode == 0, got.stderr
+    path = Path(got.stdout.split(': ', 1)[1].strip())
+    real = path.resolve()
+    real.chmod(0o644)
+    data = bytearray(real.read_bytes())
+    data[100] ^= 0xFF
+    real.write_bytes(bytes(data))
+    subprocess.run(['mount', '-o', 'remount,ro', str(small_filesystem)], check=True)
+    bad = run('verify')
+    lines = bad.stdout.splitlines()
+    damaged = [line for line in lines if line.startswith(f'{MODEL}.{TAG}  {path}  DAMAGED: ')]
+    assert bad.returncode == 1 and len(damaged) == 1, bad.stdout + bad.stderr
+    assert 'is damaged' in damaged[0] and 'could not be removed from the cache: Read-only file system' in damaged[0]
+    assert real.exists() and 'Traceback' not in bad.stderr
+    checked = int(lines[-1].split()[0])
+    assert lines[-1] == f'{checked} cached file(s) checked, 1 damaged' and checked > 1  # it went on
+    loaded = subprocess.run([sys.executable, '-c', f'import timm, se_hub; timm.create_model("{MODEL}.{TAG}", '
+                             'pretrained=True)'], env=env, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 1 and 'CorruptWeightsError' in loaded.stderr and 'is damaged' in loaded.stderr

@@ -1,10 +1,9 @@
-"""Research tools on SE networks: excitation statistics (:mod:`.excitations`), design-space sweeps
-(:mod:`.ablate`) and SE retrofit onto pretrained SE-free networks (:mod:`.retrofit`)."""
+"""Research tools on SE networks: excitation statistics (:mod:`.excitations`) and design-space sweeps
+(:mod:`.ablate`). SE retrofit onto pretrained SE-free networks is a model transform: :mod:`se_hub.retrofit`."""
 
 _EXPORTS = {
     'collect_excitations': 'excitations', 'ExcitationStats': 'excitations', 'find_gates': 'excitations',
     'ablate': 'ablate',
-    'retrofit': 'retrofit',
 }
 
 

@@ -71,7 +71,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..tasks.checkpoints import write_bytes_atomic
+from ..files import write_bytes_atomic
 
 FORMAT = 'se_hub.excitations/1'
 
@@ -306,7 +306,7 @@ class ExcitationStats:
         replaced atomically). ``figure_classes``: the classes drawn (default: up to four, spread
         over the class list). Returns the paths by kind."""
         from safetensors.numpy import save as safetensors_bytes
-        out = _writable_dir(output)
+        out = writable_dir(output)
         tensors = {'counts': self.counts.astype(np.int64)}
         for name, mean, std in zip(self.blocks, self.means, self.stds):
             tensors[f'mean/{name}'] = np.ascontiguousarray(mean, dtype=np.float32)
@@ -375,7 +375,7 @@ class ExcitationStats:
         return f'{self.architecture or self.model} on {Path(self.data).name or self.data} ({self.split})'
 
     def _draw_by_depth(self, f, chosen: List[int]) -> None:
-        from ..tasks.curves import draw_channel_panels
+        from ..plots import draw_channel_panels
         blocks = self._depth_blocks()
         labels = [self.classes[k] for k in chosen] + ['all']
         panels = []
@@ -389,7 +389,7 @@ class ExcitationStats:
                             y_range=self._y_range())
 
     def _draw_last_blocks(self, f, chosen: List[int]) -> None:
-        from ..tasks.curves import draw_channel_panels
+        from ..plots import draw_channel_panels
         blocks = list(range(len(self.blocks)))[-3:]
         y_range = self._y_range()
         panels = []
@@ -410,7 +410,8 @@ class ExcitationStats:
 
 # --------------------------------------------------------------------------- files, atomically
 
-def _writable_dir(output) -> Path:
+def writable_dir(output) -> Path:
+    """``output``, created, or one clear error when it cannot be written (checked before a long run)."""
     out = Path(output)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -493,9 +494,10 @@ def collect_excitations(model: Union[str, nn.Module], data, classes: Optional[Se
     from timm.data import create_transform
     from torch.utils.data import DataLoader, Subset
 
-    from ..tasks.classification import _create_model, _data_config, _model_spec
+    from .. import factory
     from ..tasks.data import find_splits, worker_errors_named
-    from ..tasks.engine import Progress, plan_device
+    from ..tasks.distributed import plan_device
+    from ..tasks.engine import Progress
     if split not in ('train', 'val'):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     if max_images is not None and max_images < 1:
@@ -511,11 +513,11 @@ def collect_excitations(model: Union[str, nn.Module], data, classes: Optional[Se
                                     f'the {split} split of {splits.root}')
     spec = model if isinstance(model, str) else None
     if spec is not None:
-        model = _create_model(_model_spec(spec), pretrained=pretrained)
+        model = factory.create_model(factory.model_spec(spec), pretrained=pretrained)
     gates = find_gates(model)
     if not gates:
         raise NoGatesError(_no_gates_message(model))
-    dataset.transform = create_transform(**_data_config(model, img_size), is_training=False)
+    dataset.transform = create_transform(**factory.data_config(model, img_size), is_training=False)
     loader = DataLoader(_Labelled(Subset(dataset, indices), labels), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=dev.type == 'cuda')
     was_training = model.training
@@ -550,24 +552,3 @@ class _Labelled(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.subset[i][0], self.labels[i]
-
-
-# --------------------------------------------------------------------------- CLI
-
-def excitations_command(args) -> int:
-    """``se-hub excitations`` (arguments: se_hub_cli/parsers.py)."""
-    _writable_dir(args.output)  # before a long run, not after it
-    classes = args.classes.split(',') if args.classes is not None else None
-    stats = collect_excitations(args.model, args.data, classes=classes, max_images=args.max_images,
-                                batch_size=args.batch_size, img_size=args.img_size, device=args.device,
-                                progress=args.progress, split=args.split, num_workers=args.num_workers,
-                                pretrained=args.pretrained)
-    figure_classes = args.figure_classes.split(',') if args.figure_classes else None
-    paths = stats.save(args.output, figure_classes=figure_classes)
-    total = int(stats.counts.sum())
-    print(f'{stats.model} on {args.data} ({args.split}, {total} images, {len(stats.classes)} classes): '
-          f'{len(stats.blocks)} SE blocks')
-    print('class selectivity per block (between-class / within-class gate distance, see README):')
-    print(stats.summary())
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 0

@@ -1,5 +1,6 @@
-"""Inference: ``optimize`` (BN folding, SE fusions), exports (ONNX / TorchScript / torch.export),
-INT8 quantization and running exported files. onnx / onnxruntime are imported only when used."""
+"""Inference: ``optimize`` (BN folding, SE fusions), exports (ONNX / TorchScript / torch.export / OpenVINO IR),
+INT8 quantization, running exported files, and ``benchmark`` (which path is fastest on this CPU). onnx /
+onnxruntime / openvino / nncf are imported only when used."""
 from .optimize import optimize
 
 __all__ = ['optimize']

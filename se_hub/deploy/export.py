@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 FORMATS = ('onnx', 'torchscript', 'pt2')
+SUFFIX = {'onnx': '.onnx', 'torchscript': '.pt', 'pt2': '.pt2'}  # the file name each format is written to
+EXPORTED_SUFFIXES = ('.onnx', '.xml', '.pt2', '.pt', '.ts', '.torchscript')  # .xml: an OpenVINO IR
 METADATA_KEY = 'se_hub'  # ONNX metadata_props key / TorchScript and pt2 extra file name (JSON)
 SAMPLE_PHOTOS = ('chelsea', 'coffee', 'astronaut', 'rocket')  # scikit-image's bundled photos
 _DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
@@ -75,7 +77,7 @@ def write_file(output: Path, data: bytes) -> None:
     """Write a finished file: it appears only when complete, and a full disk is a clear error that leaves
     what was at ``output`` intact. Files are serialised in memory first: torch.jit.save and
     torch.export.save abort the whole process when a write to a path fails."""
-    from ..tasks.checkpoints import write_bytes_atomic
+    from ..files import write_bytes_atomic
     output.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(output, data)
 
@@ -158,9 +160,14 @@ class ExportedModel:
             self.meta = json.loads(props[METADATA_KEY])
             self.session = ort_session(str(self.path))
             self.kind = 'onnx'
+        elif suffix == '.xml':  # an OpenVINO IR (openvino_backend.export_openvino)
+            from .openvino_runner import OpenVINORunner
+            self.session = OpenVINORunner(str(self.path), metadata_key=METADATA_KEY)
+            self.meta = self._parse(self.session.metadata)
+            self.kind = 'openvino'
         elif suffix == '.pt2':
-            extra = {METADATA_KEY: ''}
-            self.program = torch.export.load(str(self.path), extra_files=extra)
+            from .pt2 import load_pt2
+            self.program, extra = load_pt2(self.path, extra_files=(METADATA_KEY,))
             self.module = self.program.module()
             self.meta = self._parse(extra[METADATA_KEY])
             self.kind = 'pt2'
@@ -170,7 +177,8 @@ class ExportedModel:
             self.meta = self._parse(extra[METADATA_KEY])
             self.kind = 'torchscript'
         else:
-            raise ValueError(f'{path}: unknown exported file type (expected .onnx, .pt2 or .pt/.ts for TorchScript)')
+            raise ValueError(f'{path}: unknown exported file type (expected .onnx, .xml for OpenVINO, .pt2 or '
+                             '.pt/.ts for TorchScript)')
 
     def _parse(self, text) -> Dict[str, Any]:
         if not text:
@@ -182,9 +190,11 @@ class ExportedModel:
         return self.meta['label_names']
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.kind == 'onnx':
+        if self.kind in ('onnx', 'openvino'):
             if not self.meta.get('dynamic_batch') and batch.shape[0] != 1:
                 return torch.cat([self(b[None]) for b in batch])
+            if self.kind == 'openvino':
+                return torch.from_numpy(self.session(batch.numpy()))
             (out,) = self.session.run(None, {self.session.get_inputs()[0].name: batch.numpy()})
             return torch.from_numpy(out)
         with torch.inference_mode():
@@ -214,3 +224,23 @@ def verify_export(model: nn.Module, path: str) -> Dict[str, Any]:
                 cosine=[float(c) for c in torch.nn.functional.cosine_similarity(out, ref, dim=-1)],
                 top5_eager=top5(ref, names), top5_exported=top5(out, names),
                 same_top1=bool((out.argmax(-1) == ref.argmax(-1)).all()))
+
+
+def is_exported_file(spec: str) -> bool:
+    """Whether a model spec names an exported file (``.onnx`` / ``.xml`` / ``.pt`` / ``.pt2`` ...) rather than a
+    model."""
+    return spec.lower().endswith(EXPORTED_SUFFIXES) and not spec.startswith(('hf-hub:', 'local-dir:'))
+
+
+def predict_exported(path: str, images):
+    """Class probabilities of ``images`` (PIL) from an exported ``.onnx`` / ``.xml`` / ``.pt`` / ``.pt2`` file, with the
+    preprocessing and labels stored alongside it: ``(probabilities, label names, header line)``."""
+    exported = ExportedModel(path)
+    transform = transform_from(exported.meta)
+    probs = exported(torch.stack([transform(img) for img in images])).float().softmax(-1)
+    meta = exported.meta
+    kind = (f"openvino {meta.get('precision', 'f32')}" if exported.kind == 'openvino'
+            else exported.kind + (', INT8' if 'int8' in meta else ''))
+    header = (f"{path} ({kind}: {meta['model']}"
+              f"{'.' + meta['tag'] if meta.get('tag') else ''})")
+    return probs, exported.labels, header

@@ -48,13 +48,13 @@ def calibration_images(directory: str, count: Optional[int] = None) -> List[Path
     return files
 
 
-def _load_images(paths: Iterable[Path]) -> list:
-    from PIL import Image
+def load_images(paths: Iterable[Path]) -> list:
+    """Calibration photos as RGB PIL images; a file that is not an image is an error naming it."""
+    from ..images import read_rgb
     images = []
     for p in paths:
         try:
-            with Image.open(p) as img:
-                images.append(img.convert('RGB'))
+            images.append(read_rgb(p))
         except OSError as e:
             raise ValueError(f'cannot read calibration image {p}: {e}') from None
     return images
@@ -342,7 +342,7 @@ class _Reader:
 
 def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_fp32: bool = True,
                   keep_ends_fp32: bool = True, method: str = 'percentile', per_channel: bool = True,
-                  keep_fp32: Sequence[str] = (), fold_gates: bool = True, reduce_range: bool = True,
+                  keep_fp32: Sequence[str] = (), ort_only_gate_folding: bool = False, reduce_range: bool = True,
                   bias_correction: bool = True) -> Dict[str, Any]:
     """Quantize ``fp32_path`` (an ``export_model`` ONNX file) to ``output``; ``calibration``: a
     directory of images or a list of PIL images. Returns the metadata stored in the INT8 file.
@@ -350,8 +350,10 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
     ``keep_ends_fp32``: the layers at the stem's resolution (``high_resolution_nodes``) and the
     classifier stay float32; ``method``: 'percentile' (99.999%, clips rare outliers) or 'minmax'
     (measured: no consistent difference on the Lite weights, README "Deployment"); ``keep_fp32``: more
-    node names of the exported graph to keep float32; ``fold_gates``: in a batch-1 graph, each bottleneck's
-    SE gate scales its quantized 1x1 convolution's output through the weight scale (``fold_gate_scales``);
+    node names of the exported graph to keep float32; ``ort_only_gate_folding``: in a batch-1 graph, each
+    bottleneck's SE gate scales its quantized 1x1 convolution's output through the weight scale
+    (``fold_gate_scales``): faster in onnxruntime, but a run-time weight scale is a graph only onnxruntime
+    runs (OpenVINO: "Model wasn't fully converted"), so off by default: the default file loads in both;
     ``reduce_range``: 7-bit weights for the dense (``group=1``) convolutions, which onnxruntime runs as uint8 x
     int8 GEMMs: on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) those add pairs of products in
     int16, which saturates with 8-bit weights (Lite0 min logit cosine 0.983 and a flipped top-1 on an AVX2 CPU,
@@ -368,7 +370,7 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
     if METADATA_KEY not in props:
         raise ValueError(f'{fp32_path} has no se_hub metadata (export it with `se-hub export`)')
     meta = json.loads(props[METADATA_KEY])
-    images = _load_images(calibration_images(calibration)) if isinstance(calibration, (str, Path)) else calibration
+    images = load_images(calibration_images(calibration)) if isinstance(calibration, (str, Path)) else calibration
     batch = photo_batch(meta, images).numpy()
     input_name = proto.graph.input[0].name
     with tempfile.TemporaryDirectory() as work:
@@ -401,7 +403,7 @@ def quantize_onnx(fp32_path: str, output: str, calibration: Sequence, keep_gate_
                 extra_options=dict(ActivationSymmetric=False, TensorQuantOverrides=seven_bit))
         quantized = onnx.load(quantized_path)
     corrected = correct_biases(quantized, pre_proto, batch) if bias_correction else 0
-    folded = fold_gate_scales(quantized) if fold_gates else 0
+    folded = fold_gate_scales(quantized) if ort_only_gate_folding else 0
     meta = dict(meta, int8=dict(method='onnxruntime static QDQ' + (', per-channel' if per_channel else ''),
                                 calibration=method, calibration_images=len(batch), gate_fp32=keep_gate_fp32,
                                 ends_fp32=keep_ends_fp32, fp32_nodes=len(exclude), se_gates=len(gates),

@@ -10,7 +10,9 @@ from typing import Any, Callable, Dict, Tuple
 
 from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
 
+from .._compat import LocalEntryNotFoundError
 from ..weights.pretrained import tagged_cfgs, with_pretrained_source
+from ..weights.sources import hub_weights_unavailable
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ def arch(description: str, paper: Dict[str, Any] = None, upstream: str = '', **a
 
 # create_model/entrypoint kwargs that say how to build or load, not what the model computes (timm's
 # create_model leaves the same ones out of model._model_args)
-_NOT_MODEL_ARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'device', 'dtype', 'pretrained_model_args')
+NOT_MODEL_ARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'device', 'dtype', 'pretrained_model_args')
 
 # The keyword arguments an entrypoint docstring may list, with what they do. Each model lists
 # those its class takes and its configuration can honour (``documented_kwargs``).
@@ -117,11 +119,20 @@ class Family:
     def create(self, name: str, pretrained: bool = False, **kwargs):
         """Model ``name`` with the caller's kwargs over its configuration's; pretrained weights from
         the manifest or the caller's source."""
-        model_args = {k: v for k, v in kwargs.items() if k not in _NOT_MODEL_ARGS and v is not None}
+        if 'se_layer' in kwargs and kwargs['se_layer'] is None:
+            # None means "no SE" here but "the default" to timm (create_model and a config's model_args drop
+            # None): the model is built, and recorded, with the value that means the same everywhere
+            kwargs['se_layer'] = 'none'
+        model_args = {k: v for k, v in kwargs.items() if k not in NOT_MODEL_ARGS and v is not None}
         loaded = None
         if pretrained:
             kwargs, loaded = with_pretrained_source(name, kwargs)
-        model = self._build(name, pretrained, **kwargs)
+        try:
+            model = self._build(name, pretrained, **kwargs)
+        except LocalEntryNotFoundError as e:  # timm reading an hf-hub: repo's weights
+            if not (loaded or '').startswith('hf-hub:'):
+                raise
+            raise hub_weights_unavailable(loaded, e) from None
         # what rebuilds this model (exports write it as model_args), whether it came through
         # timm.create_model, torch.hub or this entrypoint; create_model adds the same keys later
         model._model_args = dict(getattr(model, '_model_args', None) or {}, **model_args)

@@ -22,21 +22,30 @@ model in timm's Hub format (``config.json``, ``model.safetensors``, ``README.md`
 Top-k is top-min(5, classes): the metrics name their k (``top3`` for three classes).
 """
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import factory
+from ..files import write_error
 from .data import DataError, find_splits, worker_errors_named
-from .engine import Engine, Progress, Task, TrainConfig, autocast, plan_device
+from .distributed import autocast, plan_device
+from .engine import Engine, Progress, Task, TrainConfig
 
 
 @dataclass
-class FinetuneOptions:
-    """Options of :func:`finetune` (``se-hub finetune --help`` describes each)."""
+class FinetuneOptions(TrainConfig):
+    """Options of :func:`finetune` (``se-hub finetune --help`` describes each): the engine's
+    :class:`~se_hub.tasks.engine.TrainConfig` and what classification adds. ``lr`` and
+    ``weight_decay`` left at None take the optimizer's default (1e-3 and 0.05 for adamw; 1e-2 and
+    1e-4 for sgd and momentum, the paper's plain momentum SGD)."""
+    what: ClassVar[str] = 'fine-tuning'
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
     pretrained: bool = True
     # architecture arguments of the model (se_layer, se_args, se_placement, se_stages, ...), recorded in the
     # export so that it reloads; with pretrained weights the model must keep their shapes
@@ -45,41 +54,35 @@ class FinetuneOptions:
     # (se_hub.retrofit); retrofit_args are its options: se_args, placement, stages
     retrofit: bool = False
     retrofit_args: Dict[str, Any] = field(default_factory=dict)
-    # with pretrained weights: SE units start fresh, every other tensor loads (se_hub.analysis.ablate)
+    # with pretrained weights: SE units start fresh, every other tensor loads (se_hub.factory)
     fresh_se: bool = False
-    batch_size: int = 32  # per process
     img_size: Optional[int] = None  # default: the model's pretrained input size
-    optimizer: str = 'adamw'  # 'adamw', 'sgd' (Nesterov), 'momentum' (plain, the paper's); any timm name
-    lr: Optional[float] = None  # default 1e-3 (adamw) / 1e-2 (sgd)
-    weight_decay: Optional[float] = None  # default 0.05 (adamw) / 1e-4 (sgd)
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    sched: str = 'cosine'  # 'cosine' (to min_lr over the run) or 'step' (x decay_rate every decay_epochs)
-    decay_epochs: float = 30.0  # step schedule only
-    decay_rate: float = 0.1  # step schedule only
-    min_lr: float = 0.0
     label_smoothing: float = 0.1
-    layer_decay: Optional[float] = None  # e.g. 0.75: each earlier layer group gets 0.75x the LR
     freeze_backbone: bool = False  # train the classifier only
     freeze_bn: bool = False  # BatchNorm statistics and affine parameters stay as loaded
-    ema: bool = False
-    ema_decay: float = 0.998
-    amp: str = 'auto'  # 'auto' (CUDA: bf16 if supported else fp16; CPU: off), 'off', 'bf16', 'fp16'
     augment: bool = True
     cutout: int = 0  # side of the square Cutout zeroes in each training image (0: none)
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
-    grad_clip: Optional[float] = None
-    seed: int = 0
-    num_workers: int = 2
-    device: Optional[str] = None
-    deterministic: bool = False
-    resume: bool = False
-    export: str = 'best'  # which weights OUT's Hub export holds: 'best' or 'last'
     push: Optional[str] = None  # Hub repo id to publish the export to
-    progress: bool = True
-    log_every: int = 50  # progress lines when stderr is not a terminal: one every this many steps
     check_images: bool = True  # open every image's header before training
+
+    def __post_init__(self):
+        sgd = self.optimizer.lower() in ('sgd', 'momentum', 'nesterov')
+        if self.lr is None:
+            self.lr = 1e-2 if sgd else 1e-3
+        if self.weight_decay is None:
+            self.weight_decay = 1e-4 if sgd else 0.05
+        if self.cutout < 0:
+            raise ValueError(f'cutout must be 0 (off) or a square side in pixels, got {self.cutout}')
+        self.model_kwargs = dict(self.model_kwargs or ())  # a dict, or the CLI's KEY=VALUE pairs
+        self.retrofit_args = dict(self.retrofit_args or ())
+        unknown = sorted(set(self.retrofit_args) - {'se_args', 'placement', 'stages'})
+        if unknown:
+            raise ValueError(f"unknown retrofit option(s) {', '.join(unknown)}; se_hub.retrofit takes se_args, "
+                             'placement, stages')
+        if self.retrofit_args and not self.retrofit:
+            raise ValueError(f'retrofit options {dict(self.retrofit_args)} given without retrofit (--retrofit)')
 
 
 # options that change the computation: a resumed run with other values cannot continue exactly
@@ -154,45 +157,6 @@ def train_transform(data_config: Dict[str, Any], augment: bool, cutout: int = 0)
 
 
 # ------------------------------------------------------------------------------------ the model
-
-def _model_spec(spec: str) -> str:
-    return f'local-dir:{spec}' if Path(spec).is_dir() else spec
-
-
-def _create_model(spec: str, pretrained: bool, model_kwargs: Optional[Dict[str, Any]] = None, fresh_se: bool = False,
-                  log=print, **kwargs) -> nn.Module:
-    """``kwargs`` left at 0 / None are timm's defaults and not passed; ``model_kwargs`` always are
-    (``se_layer=None`` means the SE-free network). ``fresh_se``: pretrained weights for all but the
-    SE units, which start fresh (their shapes may differ from the weights')."""
-    from .._compat import create_model
-    from ..hub import _architecture
-    from ..models.catalog import split_model_name
-    if pretrained and fresh_se:
-        from ..analysis.ablate import create_with_fresh_se
-        return create_with_fresh_se(spec, model_kwargs, log=log, **kwargs)
-    if isinstance(spec, str) and not spec.startswith(('local-dir:', 'hf-hub:')):
-        split_model_name(spec)
-    model_kwargs = dict(model_kwargs or {})  # se_layer=None reaches the model as 'none' (_compat.create_model)
-    try:
-        model = create_model(spec, pretrained=pretrained, **{k: v for k, v in kwargs.items() if v}, **model_kwargs)
-    except RuntimeError as e:
-        se_design = sorted({'se_layer', 'se_args', 'se_ratio', 'se_placement', 'se_stages'} & set(model_kwargs))
-        if pretrained and se_design and 'state_dict' in str(e):
-            raise ValueError(f"the pretrained weights do not fit the SE design asked for ({', '.join(se_design)}): "
-                             'add --fresh-se (fresh_se=True) to load every other tensor and start the SE units '
-                             'fresh') from None
-        raise
-    _architecture(model)  # a local-dir: / hf-hub: model must be an se_hub one too
-    return model
-
-
-def _data_config(model: nn.Module, img_size: Optional[int]) -> Dict[str, Any]:
-    from timm.data import resolve_data_config
-    cfg = resolve_data_config({}, model=model)
-    if img_size:
-        cfg['input_size'] = (cfg['input_size'][0], img_size, img_size)
-    return cfg
-
 
 def _record_input_size(model: nn.Module, img_size: Optional[int]) -> None:
     """The exported config describes the resolution the model was fine-tuned at."""
@@ -293,19 +257,19 @@ def evaluate(model: Union[str, nn.Module], data, batch_size: int = 64, img_size:
     from timm.data import create_transform
     from torch.utils.data import DataLoader
 
-    from .curves import draw_confusion, format_confusion
+    from ..plots import draw_confusion, format_confusion
     if split not in ('train', 'val'):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     plan = plan_device(device, amp, environ={})
     dev = torch.device(plan.device)
     splits = find_splits(data)
     if isinstance(model, str):
-        model = _create_model(_model_spec(model), pretrained=True)
+        model = factory.create_model(factory.model_spec(model), pretrained=True)
     label_map = _label_map(model, splits.classes)
     names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
     pred_names = list(names) if names else list(splits.classes)
     dataset = getattr(splits, split)
-    dataset.transform = create_transform(**_data_config(model, img_size), is_training=False)
+    dataset.transform = create_transform(**factory.data_config(model, img_size), is_training=False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=dev.type == 'cuda')
     model.to(dev)
@@ -329,42 +293,14 @@ def evaluate(model: Union[str, nn.Module], data, batch_size: int = 64, img_size:
 
 # --------------------------------------------------------------------------------------- training
 
-def _options(options: Dict[str, Any]) -> FinetuneOptions:
-    known = {f.name for f in fields(FinetuneOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown fine-tuning option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    opts = FinetuneOptions(**options)
-    sgd = opts.optimizer.lower() in ('sgd', 'momentum', 'nesterov')
-    if opts.lr is None:
-        opts.lr = 1e-2 if sgd else 1e-3
-    if opts.weight_decay is None:
-        opts.weight_decay = 1e-4 if sgd else 0.05
-    if opts.cutout < 0:
-        raise ValueError(f'cutout must be 0 (off) or a square side in pixels, got {opts.cutout}')
-    opts.retrofit_args = dict(opts.retrofit_args or ())  # a dict, or the CLI's KEY=VALUE pairs
-    unknown = sorted(set(opts.retrofit_args) - {'se_args', 'placement', 'stages'})
-    if unknown:
-        raise ValueError(f"unknown retrofit option(s) {', '.join(unknown)}; se_hub.retrofit takes se_args, placement, "
-                         'stages')
-    if opts.retrofit_args and not opts.retrofit:
-        raise ValueError(f'retrofit options {dict(opts.retrofit_args)} given without retrofit (--retrofit)')
-    return opts
-
-
-def _train_config(epochs: int, opts: FinetuneOptions) -> TrainConfig:
-    shared = {f.name for f in fields(TrainConfig)} - {'epochs'}
-    return TrainConfig(epochs=int(epochs), **{k: getattr(opts, k) for k in shared if hasattr(opts, k)})
-
-
 class ClassificationTask(Task):
     """An se_hub classifier on a data directory (folders, CSV or Places-365), cross-entropy with
     label smoothing, top-1 / top-k on the val split, exported in timm's Hub format."""
     name = 'classification'
     score = 'top1'
 
-    def __init__(self, model_spec: str, data, opts: FinetuneOptions, epochs: int):
-        self.spec, self.opts, self.epochs = _model_spec(model_spec), opts, epochs
+    def __init__(self, model_spec: str, data, opts: FinetuneOptions):
+        self.spec, self.opts = factory.model_spec(model_spec), opts
         self.splits = find_splits(data, check_images=opts.check_images)
         self.classes = self.splits.classes
         if len(self.classes) < 2:
@@ -372,18 +308,25 @@ class ClassificationTask(Task):
                             '(add a folder of images for each other class)')
         self.train_set = self.splits.train
         self.criterion = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+        # the weights the run started from (hub.weights_origin: 'model.tag', 'local-dir:...', None for random);
+        # kept in every checkpoint, as a resumed run builds the network without them
+        self.start_weights: Optional[str] = None
 
     def build(self, engine: Engine, resuming: bool) -> nn.Module:
         from timm.data import create_transform
         opts = self.opts
-        net = _create_model(self.spec, pretrained=opts.pretrained and not resuming, num_classes=len(self.classes),
-                            drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path_rate,
-                            model_kwargs=opts.model_kwargs, fresh_se=opts.fresh_se, log=engine.log)
+        net = factory.create_model(self.spec, pretrained=opts.pretrained and not resuming,
+                                   num_classes=len(self.classes), drop_rate=opts.drop_rate,
+                                   drop_path_rate=opts.drop_path_rate, model_kwargs=opts.model_kwargs,
+                                   fresh_se=opts.fresh_se, log=engine.log)
         if opts.retrofit:  # before the optimizer exists; on resume the same architecture, then last.pth loads
-            from ..analysis.retrofit import retrofit
+            from ..retrofit import retrofit
             net = retrofit(net, **opts.retrofit_args)
+        if resuming:  # built without weights (last.pth loads): its provenance is the first run's
+            net.loaded_weights = self.start_weights
+        self.start_weights = getattr(net, 'loaded_weights', None)
         _record_input_size(net, opts.img_size)
-        data_cfg = _data_config(net, opts.img_size)
+        data_cfg = factory.data_config(net, opts.img_size)
         self.splits.train.transform = train_transform(data_cfg, opts.augment, opts.cutout)
         self.splits.val.transform = create_transform(**data_cfg, is_training=False)
         _freeze(net, opts.freeze_backbone, opts.freeze_bn)
@@ -418,9 +361,11 @@ class ClassificationTask(Task):
         return row
 
     def meta(self) -> Dict[str, Any]:
-        return {'model_spec': self.spec, 'classes': list(self.classes), 'options': asdict(self.opts)}
+        return {'model_spec': self.spec, 'classes': list(self.classes), 'options': asdict(self.opts),
+                'loaded_weights': self.start_weights}
 
     def check_resume(self, ckpt: Dict[str, Any], path: Path) -> None:
+        self.start_weights = ckpt.get('loaded_weights')
         if ckpt['classes'] != list(self.classes):
             old, new = ckpt['classes'], list(self.classes)
             diff = sorted(set(old) ^ set(new))
@@ -439,8 +384,8 @@ class ClassificationTask(Task):
         s = self.splits
         retrofitted = ' with SE retrofitted' if self.opts.retrofit else ''
         return (f'fine-tuning {self.spec}{retrofitted} on {s.root} ({s.layout} layout: {len(s.train)} train / '
-                f'{len(s.val)} val images, {len(self.classes)} classes) for {self.epochs} epochs, {engine.pg.world} '
-                f'process(es) on {engine.device.type}')
+                f'{len(s.val)} val images, {len(self.classes)} classes) for {self.opts.epochs} epochs, '
+                f'{engine.pg.world} process(es) on {engine.device.type}')
 
     def epoch_text(self, row: Dict[str, Any]) -> str:
         k = self.k
@@ -463,11 +408,17 @@ class ClassificationTask(Task):
         top1, topk = row.get('ema_top1', row['top1']), row.get(f'ema_top{k}', row[f'top{k}'])
         metrics = [{'dataset': f"{self.splits.root.name} (val, {row['val_images']} images)",
                     'top1': round(top1, 2), f'top{k}': round(topk, 2), 'provenance': 'se-hub finetune',
-                    'reference': f"epoch {ckpt['epoch']} of {self.epochs} ({which})"}]
+                    'reference': f"epoch {ckpt['epoch']} of {self.opts.epochs} ({which})"}]
         retrofitted = ' with SE units retrofitted (se_hub.retrofit)' if self.opts.retrofit else ''
         notes = (f"Fine-tuned with `se-hub finetune` from `{self.spec}`{retrofitted} on {len(self.classes)} classes "
                  f"({', '.join(self.classes[:10])}{', ...' if len(self.classes) > 10 else ''}).")
-        save_pretrained(net, engine.out, label_names=self.classes, metrics=metrics, notes=notes)
+        try:
+            save_pretrained(net, engine.out, label_names=self.classes, metrics=metrics, notes=notes)
+        except Exception as e:  # a full disk: safetensors names no file; the export's files are replaced last
+            error = write_error(engine.out / _failed_file(e), e)
+            if error is None:
+                raise
+            raise error from e
         pushed = None
         if self.opts.push:
             pushed = push_to_hub(net, self.opts.push, label_names=self.classes, metrics=metrics, notes=notes)
@@ -477,49 +428,25 @@ class ClassificationTask(Task):
                               engine.best_score, which, pushed)
 
 
+def _failed_file(error: BaseException) -> str:
+    """The export file a failed ``save_pretrained`` was writing: the one an OSError names, else the
+    weights (safetensors' errors name no file; the weights are most of an export's bytes)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.filename:
+            return Path(error.filename).name
+        error = error.__cause__ or error.__context__
+    return 'model.safetensors'
+
+
 def finetune(model: str, data, epochs: int, output, **options) -> FinetuneResult:
     """Fine-tune ``model`` (``MODEL[.TAG]``, ``local-dir:PATH``, ``hf-hub:REPO``) on ``data`` (a
     directory, see :mod:`se_hub.tasks.data`) for ``epochs`` epochs, writing to ``output``.
 
-    ``options`` are the fields of :class:`FinetuneOptions`. Refuses to overwrite a run already in
+    ``options`` are the fields of :class:`FinetuneOptions` (``epochs`` aside). Refuses to overwrite a run already in
     ``output`` unless ``resume=True``. Returns a :class:`FinetuneResult` (None on the ranks other
     than 0 of a multi-process run).
     """
-    opts = _options(options)
-    engine = Engine(_train_config(epochs, opts), output, export=opts.export)  # checks the options first
-    task = ClassificationTask(model, data, opts, int(epochs))
+    opts = FinetuneOptions.from_options(epochs, options)
+    engine = Engine(opts, output)  # checks the options first
+    task = ClassificationTask(model, data, opts)
     return engine.run(task)
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-def finetune_command(args) -> int:
-    """``se-hub finetune`` (arguments: se_hub_cli/parsers.py)."""
-    from ..weights.sources import WeightsUnavailableError
-    options = {f.name: getattr(args, f.name) for f in fields(FinetuneOptions) if hasattr(args, f.name)}
-    options['model_kwargs'] = dict(options.get('model_kwargs') or ())  # --model-arg KEY=VALUE pairs
-    options['retrofit_args'] = dict(options.get('retrofit_args') or ())  # --retrofit-arg KEY=VALUE pairs
-    try:
-        result = finetune(args.model, args.data, args.epochs, args.output, **options)
-    except WeightsUnavailableError as e:
-        raise WeightsUnavailableError(f'{e}; or fine-tune from random weights with --no-pretrained') from None
-    if result is not None:
-        print(f'{result.output}: best val top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}; '
-              f'evaluate it with: se-hub evaluate --model local-dir:{result.output} --data {args.data}')
-    return 0
-
-
-def evaluate_command(args) -> int:
-    """``se-hub evaluate`` (arguments: se_hub_cli/parsers.py)."""
-    from .curves import format_confusion
-    r = evaluate(args.model, args.data, batch_size=args.batch_size, img_size=args.img_size, split=args.split,
-                 output=args.output, num_workers=args.num_workers, device=args.device, progress=args.progress)
-    if args.json:
-        print(json.dumps(asdict(r), indent=1))
-        return 0
-    print(f'{args.model} on {args.data} ({args.split}, {r.count} images): top-1 {r.top1:.2f}%  '
-          f'top-{r.k} {r.top_k:.2f}%  loss {r.loss:.4f}')
-    print(format_confusion(r.confusion, r.classes, r.predicted_classes))
-    if args.output:
-        print(f'wrote {Path(args.output) / "confusion.png"}, confusion.txt, evaluation.json')
-    return 0

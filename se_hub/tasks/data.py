@@ -33,10 +33,9 @@ class DataError(ValueError):
 
 def read_image(path: str):
     """The RGB PIL image at ``path``; a :class:`DataError` naming the file when it cannot be read."""
-    from PIL import Image
+    from ..images import read_rgb
     try:
-        with Image.open(path) as img:
-            return img.convert('RGB')
+        return read_rgb(path)
     except FileNotFoundError:
         raise DataError(f'image not found: {path}') from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for damaged files

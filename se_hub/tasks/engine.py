@@ -1,15 +1,14 @@
 """The one fine-tuning engine of se_hub: classification and detection supply a model, data, a loss
 and an evaluation (a :class:`Task`); the engine does everything else.
 
-- devices and processes: :func:`plan_device` decides device, process-group backend and mixed
-  precision from the command line and the torchrun environment (a pure function, tested for
-  every case without a GPU); :class:`ProcessGroup` holds the torchrun process group (gloo on
-  CPU, nccl on CUDA) and reduces numbers over it;
+- devices and processes (:mod:`.distributed`): :func:`plan_device` decides device, process-group
+  backend and mixed precision; :class:`ProcessGroup` holds the torchrun process group;
 - seeding (``timm.utils.random_seed``: seed + rank), the data order (:class:`EpochSampler`: a
   function of seed and epoch only), AMP (bf16, or fp16 with a ``GradScaler``), EMA
   (``timm.utils.ModelEmaV3``), gradient clipping, the optimizer
   (``timm.optim.create_optimizer_v2``) and a per-step LR schedule (``timm.scheduler``);
-- outputs: atomic ``last.pth`` / ``best.pth`` (see :mod:`.checkpoints`), exact resume (model,
+- outputs: one run per output directory (a lock on it, :mod:`.output_lock`), atomic
+  ``last.pth`` / ``best.pth`` (:mod:`se_hub.files`), exact resume (model,
   optimizer, schedule, EMA, scaler, the RNG of every process, the step), ``metrics.jsonl`` (one
   row per epoch), ``curves.png``, progress (a bar on a terminal, plain lines otherwise), and the
   task's export by rank 0.
@@ -22,188 +21,23 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
 
+from .. import files
 from . import checkpoints
+from .distributed import EpochSampler, ProcessGroup, autocast, plan_device
+from .output_lock import hold_output
 
 LAST, BEST, METRICS, CURVES = 'last.pth', 'best.pth', 'metrics.jsonl', 'curves.png'
 CHECKPOINT_VERSION = 2
-AMP_CHOICES = ('auto', 'off', 'bf16', 'fp16')
-
-
-class DeviceError(ValueError):
-    """A --device / --amp choice this machine or this launch cannot honour."""
-
-
-# ------------------------------------------------------------------------------------ devices
-
-@dataclass(frozen=True)
-class DevicePlan:
-    """Where one process runs and how: what :func:`plan_device` decided."""
-    device: str  # 'cpu', 'cuda:0', ...
-    amp: Optional[str]  # None (float32), 'bfloat16' or 'float16'
-    scaler: bool  # fp16 needs a GradScaler
-    backend: Optional[str]  # process-group backend; None for a single process
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @property
-    def amp_dtype(self) -> Optional[torch.dtype]:
-        return getattr(torch, self.amp) if self.amp else None
-
-
-def _cuda_facts():
-    if not torch.cuda.is_available():
-        return 0, False
-    return torch.cuda.device_count(), torch.cuda.is_bf16_supported()
-
-
-def plan_device(device: Optional[str] = None, amp: str = 'auto', environ: Optional[Mapping[str, str]] = None,
-                cuda_devices: Optional[int] = None, bf16_supported: Optional[bool] = None) -> DevicePlan:
-    """Device, mixed precision and process-group backend of this process.
-
-    ``device``: None (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` (under torchrun:
-    the GPU of this process's ``LOCAL_RANK``) or ``cuda:N`` (one process only). ``amp``: ``auto``
-    (CUDA: bf16 where supported, else fp16 with a scaler; CPU: off), ``off``, ``bf16``, ``fp16``
-    (CUDA only). ``environ`` / ``cuda_devices`` / ``bf16_supported`` default to this machine's
-    (they are arguments so that every case can be tested without a GPU)."""
-    env = os.environ if environ is None else environ
-    if cuda_devices is None or bf16_supported is None:
-        count, bf16 = _cuda_facts()
-        cuda_devices = count if cuda_devices is None else cuda_devices
-        bf16_supported = bf16 if bf16_supported is None else bf16_supported
-    try:
-        world, rank, local_rank = (int(env.get(k, d)) for k, d in (('WORLD_SIZE', 1), ('RANK', 0), ('LOCAL_RANK', 0)))
-    except ValueError:
-        raise DeviceError('WORLD_SIZE, RANK and LOCAL_RANK must be integers (as torchrun sets them)') from None
-    launched = world > 1
-    text = (device or '').strip().lower()
-    if not text:
-        text = 'cuda' if cuda_devices else 'cpu'
-    kind, _, index = text.partition(':')
-    if kind == 'cpu' and not index:
-        dev = 'cpu'
-    elif kind == 'cuda':
-        if not cuda_devices:
-            raise DeviceError(f'--device {device}: torch finds no CUDA device on this machine '
-                              f'(torch {torch.__version__}, CUDA build: {torch.version.cuda or "no"}); '
-                              'use --device cpu, or install a CUDA build of torch')
-        if index:
-            if not index.isdigit():
-                raise DeviceError(f'--device {device}: expected cuda or cuda:N (N a GPU number)')
-            if launched:
-                raise DeviceError(f'--device {device} names one GPU, but torchrun started {world} processes: '
-                                  'use --device cuda (each process takes the GPU of its LOCAL_RANK; choose GPUs '
-                                  'with CUDA_VISIBLE_DEVICES)')
-            n = int(index)
-        else:
-            n = local_rank
-        if n >= cuda_devices:
-            what = f'LOCAL_RANK {n}' if not index else f'cuda:{n}'
-            raise DeviceError(f'--device {device}: {what} needs GPU {n}, but this machine shows {cuda_devices} '
-                              f'GPU(s) (0..{cuda_devices - 1})')
-        dev = f'cuda:{n}'
-    else:
-        raise DeviceError(f'--device {device}: choose cpu, cuda or cuda:N')
-
-    choice = (amp or 'off').lower()
-    if choice not in AMP_CHOICES:
-        raise DeviceError(f'--amp {amp}: choose one of {", ".join(AMP_CHOICES)}')
-    cuda = dev.startswith('cuda')
-    if choice == 'auto':
-        precision = ('bfloat16' if bf16_supported else 'float16') if cuda else None
-    elif choice == 'bf16':
-        if cuda and not bf16_supported:
-            raise DeviceError(f'--amp bf16: GPU {dev} does not support bfloat16; use --amp fp16')
-        precision = 'bfloat16'
-    elif choice == 'fp16':
-        if not cuda:
-            raise DeviceError('--amp fp16 needs a CUDA device (on a CPU use --amp bf16 or --amp off)')
-        precision = 'float16'
-    else:
-        precision = None
-    backend = ('nccl' if cuda else 'gloo') if launched else None
-    return DevicePlan(dev, precision, precision == 'float16', backend, world, rank, local_rank)
-
-
-def autocast(plan: DevicePlan):
-    dtype = plan.amp_dtype
-    return torch.autocast(torch.device(plan.device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-class ProcessGroup:
-    """The torchrun process group (created here when needed, destroyed by :meth:`close`)."""
-
-    def __init__(self, plan: DevicePlan):
-        import torch.distributed as dist
-        self.dist, self.plan = dist, plan
-        self.device = torch.device(plan.device)
-        if self.device.type == 'cuda':
-            torch.cuda.set_device(self.device)
-        self.owned = False
-        if plan.world > 1 and not dist.is_initialized():
-            dist.init_process_group(plan.backend, rank=plan.rank, world_size=plan.world)
-            self.owned = True
-        self.active = plan.world > 1 and dist.is_initialized()
-        self.world = dist.get_world_size() if self.active else 1
-        self.rank = dist.get_rank() if self.active else 0
-        self.main = self.rank == 0
-
-    def sum(self, values: Sequence[float]) -> List[float]:
-        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
-        if self.active:
-            self.dist.all_reduce(t)
-        return t.tolist()
-
-    def gather(self, obj) -> List[Any]:
-        if not self.active:
-            return [obj]
-        out = [None] * self.world
-        self.dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.active:
-            self.dist.barrier()
-
-    def close(self) -> None:
-        if self.owned:
-            self.dist.destroy_process_group()
-
-
-# --------------------------------------------------------------------------------- data order
-
-class EpochSampler(torch.utils.data.Sampler):
-    """This process's share of one epoch: a permutation that depends on (seed, epoch) only, padded
-    to a multiple of the process count (as DistributedSampler), then every world-th index from
-    rank. With ``flip=True`` each index comes with a horizontal-flip decision drawn the same way.
-    A resumed run therefore sees the same batches as an uninterrupted one."""
-
-    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True,
-                 flip: bool = False):
-        self.size, self.seed, self.rank, self.world, self.shuffle, self.flip = size, seed, rank, world, shuffle, flip
-        self.epoch = 0
-        self.per_rank = math.ceil(size / world)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-    def __iter__(self) -> Iterator:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=g).tolist() if self.shuffle else list(range(self.size))
-        flips = (torch.rand(self.size, generator=g) < 0.5).tolist() if self.flip else None
-        order += order[:self.per_rank * self.world - self.size]
-        mine = order[self.rank::self.world]
-        return iter([(i, flips[i]) for i in mine] if flips is not None else mine)
+SCHEDULES = ('cosine', 'step')
+EXPORTS = ('best', 'last')  # which weights a run exports: the best epoch's (by the task's score) or the last
 
 
 # ---------------------------------------------------------------------------------- progress
@@ -249,7 +83,9 @@ class Progress:
 
 @dataclass
 class TrainConfig:
-    """What the engine needs to know of a run (each task fills it from its own options)."""
+    """What the engine needs to know of a run. Each task's options extend it (``FinetuneOptions``,
+    ``DetectOptions``), re-declaring only the defaults that differ; the engine takes that object."""
+    what: ClassVar[str] = 'training'  # names the options in errors
     epochs: int
     batch_size: int = 32  # per process
     optimizer: str = 'adamw'  # any timm optimizer name: adamw, sgd (Nesterov), momentum (plain)
@@ -257,7 +93,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9
     layer_decay: Optional[float] = None
-    sched: str = 'cosine'  # per-step cosine to min_lr, or step decay
+    sched: str = 'cosine'  # per-step cosine to min_lr, or step decay (SCHEDULES)
     warmup_epochs: float = 1.0
     warmup_steps: Optional[int] = None  # overrides warmup_epochs
     warmup_lr_factor: float = 0.01  # the warm-up starts at lr x this
@@ -266,15 +102,36 @@ class TrainConfig:
     min_lr: float = 0.0
     ema: bool = False
     ema_decay: float = 0.998
-    amp: str = 'auto'
+    amp: str = 'auto'  # distributed.AMP_CHOICES: auto (CUDA: bf16 if supported, else fp16; CPU: off), off, bf16, fp16
     grad_clip: Optional[float] = None
     seed: int = 0
     num_workers: int = 2
     device: Optional[str] = None
     deterministic: bool = False
     resume: bool = False
+    export: str = 'best'  # EXPORTS: the weights the task exports at the end
     progress: bool = True
     log_every: int = 50  # plain progress lines (not a terminal): one every this many steps
+
+    @classmethod
+    def from_options(cls, epochs: int, options: Mapping[str, Any]):
+        """``cls(epochs, **options)``; an unknown option name is one error that lists the known ones."""
+        known = {f.name for f in fields(cls)} - {'epochs'}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown {cls.what} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(epochs=int(epochs), **options)
+
+    @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        """Every option's default (``epochs`` has none)."""
+        out = {}
+        for f in fields(cls):
+            if f.default is not MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                out[f.name] = f.default_factory()
+        return out
 
 
 class Task:
@@ -326,19 +183,19 @@ class Task:
 class Engine:
     """Runs a :class:`Task` for ``config.epochs`` epochs into ``output``."""
 
-    def __init__(self, config: TrainConfig, output, export: str = 'best'):
+    def __init__(self, config: TrainConfig, output):
         if int(config.epochs) < 1:
             raise ValueError('epochs must be at least 1')
         if config.batch_size < 1:
             raise ValueError('batch size must be at least 1')
-        if config.sched not in ('cosine', 'step'):
+        if config.sched not in SCHEDULES:
             raise ValueError(f"sched must be 'cosine' or 'step', not {config.sched!r}")
         if config.sched == 'step' and not (config.decay_epochs > 0 and 0 < config.decay_rate <= 1):
             raise ValueError(f'the step schedule needs decay_epochs > 0 and 0 < decay_rate <= 1, got '
                              f'{config.decay_epochs} and {config.decay_rate}')
-        if export not in ('best', 'last'):
-            raise ValueError(f"export must be 'best' or 'last', not {export!r}")
-        self.config, self.out, self.export_which = config, Path(output), export
+        if config.export not in EXPORTS:
+            raise ValueError(f"export must be 'best' or 'last', not {config.export!r}")
+        self.config, self.out = config, Path(output)
         self.plan = plan_device(config.device, config.amp)
         self.pg: Optional[ProcessGroup] = None
 
@@ -380,8 +237,11 @@ class Engine:
             torch.backends.cudnn.benchmark = False
         self.pg = ProcessGroup(self.plan)
         try:
-            self._prepare(task)
-            return self._fit(task)
+            # one run per output directory (rank 0 writes, so rank 0 holds it); a --resume of a missing one fails
+            # in _prepare without making it
+            with hold_output(self.out, create=not self.config.resume) if self.pg.main else nullcontext():
+                self._prepare(task)
+                return self._fit(task)
         finally:
             self.pg.close()
             torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
@@ -440,11 +300,11 @@ class Engine:
             self._restore(self.ckpt, task)
         if pg.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            checkpoints.remove_stale_temporaries(self.out)
+            files.remove_stale_temporaries(self.out)
             if self.ckpt is not None:
                 # a kill between last.pth and best.pth of the best epoch: best equals last then
                 if self.best_epoch == self.start_epoch and self.best_epoch > 0:
-                    checkpoints.copy_atomic(last, self.out / BEST)
+                    files.copy_atomic(last, self.out / BEST)
                 self._write_metrics(task, rewrite=True)
         pg.barrier()
 
@@ -553,9 +413,9 @@ class Engine:
             self.history.append(row)
             rng = pg.gather(checkpoints.rng_state())
             if pg.main:
-                checkpoints.save_atomic(self._checkpoint(task, rng), self.out / LAST)
+                files.save_atomic(self._checkpoint(task, rng), self.out / LAST)
                 if is_best:
-                    checkpoints.copy_atomic(self.out / LAST, self.out / BEST)
+                    files.copy_atomic(self.out / LAST, self.out / BEST)
                 self._write_metrics(task)
                 self.log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f}"
                          f"{task.epoch_text(row)}  lr {row['lr']:.2e}  {row['train_images_per_s']:.1f} img/s  "
@@ -563,7 +423,7 @@ class Engine:
         pg.barrier()
         result = None
         if pg.main:
-            which = self.export_which if (self.out / BEST).is_file() else 'last'
+            which = self.config.export if (self.out / BEST).is_file() else 'last'
             ckpt = checkpoints.load(self.out / (BEST if which == 'best' else LAST))
             result = task.export(self.net.cpu(), ckpt, which, self)
         pg.barrier()
@@ -580,16 +440,16 @@ class Engine:
         }
 
     def _write_metrics(self, task: Task, rewrite: bool = False) -> None:
-        from .curves import draw_curves
+        from ..plots import draw_curves
         path = self.out / METRICS
         if rewrite:
-            checkpoints.write_text_atomic(path, ''.join(json.dumps(h) + '\n' for h in self.history))
+            files.write_text_atomic(path, ''.join(json.dumps(h) + '\n' for h in self.history))
         else:
             with open(path, 'a', encoding='utf-8') as f:
                 f.write(json.dumps(self.history[-1]) + '\n')
         if self.history:
             losses, metrics, metric_title, y_range, title = task.curves(self.history)
-            checkpoints.write_atomic(self.out / CURVES, lambda f: draw_curves(
+            files.write_atomic(self.out / CURVES, lambda f: draw_curves(
                 self.history, f, title=title, loss_keys=losses, metric_keys=metrics, metric_title=metric_title,
                 metric_range=y_range))
 

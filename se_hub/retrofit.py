@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
-from ..layers import SqueezeExcite, reduced_channels
-from ..layers.factory import SE_ARGS
+from .layers import SqueezeExcite, reduced_channels
+from .layers.factory import SE_ARGS
 
 __all__ = ['IDENTITY_GATE', 'PLACEMENTS', 'SEBasicBlock', 'SEBottleneck', 'SEScale', 'retrofit']
 
@@ -137,7 +137,7 @@ def retrofit(
 # --------------------------------------------------------------------------------- se_hub models
 
 def _is_se_hub_model(model: nn.Module) -> bool:
-    from ..models.catalog import MODELS
+    from .models.catalog import MODELS
     arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
     return arch in MODELS and type(model).__module__.startswith('se_hub.models.')
 
@@ -154,7 +154,7 @@ def _retrofit_se_hub(model: nn.Module, se_args: Dict[str, Any], placement: str,
                      stages: Optional[Sequence[int]]) -> nn.Module:
     import inspect
 
-    from .._compat import create_model
+    from ._compat import create_model
     arch = model.pretrained_cfg['architecture']
     present = list(_se_slots(model))
     if present:
@@ -325,7 +325,7 @@ def _is_timm_mbconv(model: nn.Module) -> bool:
 
 def _mbconv_widths(block: nn.Module) -> Optional[Tuple[int, int]]:
     """(channels at the SE slot, the block's input channels) of a timm MBConv block with an SE slot."""
-    from .._compat import efficientnet_blocks
+    from ._compat import efficientnet_blocks
     blocks = efficientnet_blocks
     InvertedResidual, DepthwiseSeparableConv, EdgeResidual = (
         blocks.InvertedResidual, blocks.DepthwiseSeparableConv, blocks.EdgeResidual)
@@ -347,7 +347,7 @@ def _block_act(block: nn.Module) -> Callable[..., nn.Module]:
 
 def _retrofit_timm_mbconv(model: nn.Module, se_args: Dict[str, Any], placement: str,
                           stages: Optional[Sequence[int]]) -> None:
-    from .._compat import efficientnet_blocks
+    from ._compat import efficientnet_blocks
     ConvBnAct = efficientnet_blocks.ConvBnAct
     if placement != 'standard':
         raise ValueError(f"placement={placement!r}: MBConv blocks have one SE slot, after the depthwise convolution "
