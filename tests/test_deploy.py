@@ -9,6 +9,8 @@ import torch
 from _helpers import randomize_batchnorm
 from se_hub.deploy import optimize
 from se_hub.deploy.fused import ExcitationGate, FusedConv2d, GatedPointwiseConv, ScaleByGate
+from se_hub.deploy.optimize import FusedResidualBlock
+from se_hub.layers import SqueezeExcite
 
 # one model per family and layout, small inputs; deep ablation networks cut to one block per stage
 # (random deep networks amplify float32 reordering past 1e-4, which says nothing about the fusion)
@@ -59,6 +61,39 @@ def test_optimize_same_function(name, kwargs, size):
                    for m in fused.modules()) or 'cifar' in name  # pre-activation BNs precede a ReLU
     if name not in ('se_efficientnet_lite0',):
         assert any(isinstance(m, (ExcitationGate, ScaleByGate)) for m in fused.modules())
+
+
+class ToyBasicBlock(torch.nn.Module):
+    """A residual block of a family deploy/ has never heard of: it only declares its fusion kind."""
+    fusion = 'residual'
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(channels)
+        self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(channels)
+        self.se = SqueezeExcite(channels, rd_ratio=1 / 4)
+        self.downsample = None
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y * self.se(y) + x)
+
+
+def test_optimize_fuses_a_block_by_its_declared_fusion_kind():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 16, 16)
+    model = randomize_batchnorm(torch.nn.Sequential(ToyBasicBlock(8), ToyBasicBlock(8)), calibrate_on=x).eval()
+    fused = optimize(model)
+    assert [type(m) for m in fused] == [FusedResidualBlock] * 2
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=0)
+    ToyBasicBlock.fusion = 'no such kind'  # an undeclared kind: kept as it is
+    try:
+        assert [type(m) for m in optimize(model)] == [ToyBasicBlock] * 2
+    finally:
+        ToyBasicBlock.fusion = 'residual'
 
 
 @pytest.mark.parametrize('name', ABLATIONS)

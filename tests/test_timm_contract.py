@@ -43,6 +43,22 @@ def test_no_name_collides_with_timm():
     assert not any(m.startswith('se_') and m not in MODELS for m in timm.list_models())
 
 
+def test_every_entrypoint_is_a_def_that_grep_finds():
+    """Each registered name is a ``def <name>(pretrained...)`` in its family module (grep and an IDE find
+    it) that builds its own configuration, not a neighbour's."""
+    import ast
+    found = {}
+    for path in (REPO / 'se_hub' / 'models').glob('*.py'):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith('se_'):
+                calls = [c for c in ast.walk(node) if isinstance(c, ast.Call) and c.args
+                         and isinstance(c.args[0], ast.Constant)]
+                found[node.name] = (path.stem, calls[0].args[0].value if calls else None)
+    assert set(found) == set(SE_MODELS)
+    for name in SE_MODELS:
+        assert found[name] == (MODELS[name].family, name), name
+
+
 def test_no_module_shadows_a_timm_module():
     timm_modules = set(timm.list_modules()) - {info.family for info in MODELS.values()}
     import pkgutil

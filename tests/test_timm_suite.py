@@ -113,11 +113,11 @@ SCRIPT_MODELS = ['se_resnet18', 'se_resnet34b', 'se_resnet50', 'se_resnext26d_32
 # ... and every family and layout is scripted: SENet-154's stem and grouped blocks, the Caffe-layout
 # ResNeXt, the pre-activation CIFAR blocks, MBConv without SE (Lite), BN-Inception and Inception-ResNet-v2
 SCRIPT_MODELS += ['se_resnet50b', 'se_senet154', 'se_resnext26_32x4d', 'se_resnet164_cifar', 'se_wrn16_8_cifar',
-                  'se_efficientnet_lite0', 'se_bn_inception', 'se_inception_resnet_v2']
-# Not scriptable yet (README says so): the shared stage API of the mobile / VGG / Shake-Shake
-# families names its stages and classifier by attribute, and Shake-Shake mixes its branches in a
-# custom autograd function. A test below proves that scripting them fails, so this list stays true.
-NOT_SCRIPTABLE_FAMILIES = ('se_mobile', 'se_vgg', 'se_shake_shake')
+                  'se_efficientnet_lite0', 'se_bn_inception', 'se_inception_resnet_v2',
+                  'se_mobilenet', 'se_shufflenet', 'se_vgg16']
+# Not scriptable yet (README says so): Shake-Shake mixes its branches in a custom autograd function.
+# A test below proves that scripting it fails, so this list stays true.
+NOT_SCRIPTABLE_FAMILIES = ('se_shake_shake',)
 
 CASES = [
     ('test_model_default_cfgs', SE_MODELS, dict(batch_size=1, cfg_device='meta')),
@@ -155,7 +155,7 @@ def test_every_family_runs_backward_fx_and_torchscript():
     assert 'se_resnext26_32x4d' in SCRIPT_MODELS
 
 
-@pytest.mark.parametrize('model_name', ['se_mobilenet', 'se_vgg16', 'se_shake_shake26_2x96d_cifar'])
+@pytest.mark.parametrize('model_name', ['se_shake_shake26_2x96d_cifar'])
 def test_families_listed_as_not_scriptable_really_are(model_name):
     assert MODELS[model_name].family in NOT_SCRIPTABLE_FAMILIES
     with torch.device('meta'):

@@ -11,6 +11,9 @@ What it does (each measured in ``bench/bench_deploy.py``):
   into that convolution's weights at batch 1 where the weights are the smaller tensor: fewer
   numbers touched, yet slower on this project's CPU (oneDNN reorders gate-scaled weights on every
   call; ``bench/bench_se_cost.py``), so it is off by default;
+* a block class says how it fuses in its ``fusion`` attribute (``FUSIONS``: 'residual',
+  'preact_residual', 'inverted_residual', 'conv_bn_act'), a model class which (conv, BN) pairs of its
+  stem / head fold in ``fusion_stems``: a new family becomes fusable without a change here;
 * the other SE units (Inception) become ``ScaleByGate`` modules; other attention modules (ECA,
   CBAM) and every other layer are kept as they are;
 * every plain convolution becomes a ``FusedConv2d`` (re-classed in place: hooks stay), its ReLU /
@@ -33,7 +36,7 @@ called, so they may change their internals.
 import copy
 import statistics
 import time
-from typing import Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -227,7 +230,8 @@ class FusedResidualBlock(nn.Module):
 
 def fuse_residual_block(block: nn.Module, preact: bool, fold_gate: bool = False) -> FusedResidualBlock:
     """A post-activation ``BasicBlock`` / ``Bottleneck`` (conv1-bn1[-conv2-bn2]-conv_last-bn_last)
-    or a pre-activation CIFAR unit (bn1-relu-conv1[-bn2-relu-conv2]-bn-relu-conv_last)."""
+    or a pre-activation CIFAR unit (bn1-relu-conv1[-bn2-relu-conv2]-bn-relu-conv_last), read from
+    ``conv1..3`` / ``bn1..3``, ``se`` (None or the unit), ``se_placement``, ``pre_se_act`` and ``downsample``."""
     if preact:
         # bn1 precedes a ReLU and cannot fold; bn2 / bn3 follow conv1 / conv2
         convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, 'conv3') else [])
@@ -306,6 +310,8 @@ class FusedInvertedResidual(nn.Module):
 
 
 def fuse_inverted_residual(block: nn.Module, fold_gate: bool = False) -> FusedInvertedResidual:
+    """An MBConv (``conv_pw``-``bn1``-``act1``-``conv_dw``-``bn2``-``act2``-``se``-``conv_pwl``-``bn3``) or
+    depthwise-separable block (``conv_dw``-``bn1``-``act1``-``se``-``conv_pw``-``bn2``); ``has_skip``."""
     if hasattr(block, 'conv_pwl'):  # MBConv: pw -> dw -> SE -> pwl
         conv_pw = fused_conv(fold_conv_bn(block.conv_pw, block.bn1), copy.deepcopy(block.act1))
         conv_dw = fused_conv(fold_conv_bn(block.conv_dw, block.bn2), copy.deepcopy(block.act2))
@@ -351,25 +357,30 @@ def _fold_sequentials(module: nn.Module) -> None:
                 m[i + 1] = nn.Identity()
 
 
+def fuse_conv_bn_act(block: nn.Module, fold_gate: bool = False) -> nn.Module:
+    """``conv`` - ``bn`` - ``act`` as one convolution with its activation."""
+    return fused_conv(fold_conv_bn(block.conv, block.bn), copy.deepcopy(block.act))
+
+
+# What a block class declares in its ``fusion`` attribute -> how it is rebuilt (the parameters it must
+# hold are in each function's docstring). A new family's block declares one of these; deploy/ need not know it.
+FUSIONS: Dict[str, Callable[[nn.Module, bool], nn.Module]] = {
+    'residual': lambda block, fold_gate: fuse_residual_block(block, False, fold_gate),
+    'preact_residual': lambda block, fold_gate: fuse_residual_block(block, True, fold_gate),
+    'inverted_residual': fuse_inverted_residual,
+    'conv_bn_act': fuse_conv_bn_act,
+}
+
+
 def _replace_blocks(model: nn.Module, fold_gate: bool) -> None:
-    from ..models.se_cifar import PreActBlock
-    from ..models.se_inception import ConvBn
-    from ..models.se_mbconv import DepthwiseSeparable, MBConv
-    from ..models.se_residual import ResidualBlock
     for name, child in list(model.named_children()):
-        if isinstance(child, (ResidualBlock, PreActBlock)):
-            setattr(model, name, fuse_residual_block(child, isinstance(child, PreActBlock), fold_gate))
-        elif isinstance(child, (MBConv, DepthwiseSeparable)):
-            setattr(model, name, fuse_inverted_residual(child, fold_gate))
-        elif isinstance(child, ConvBn):
-            setattr(model, name, fused_conv(fold_conv_bn(child.conv, child.bn), copy.deepcopy(child.act)))
+        fusion = getattr(type(child), 'fusion', None)
+        if isinstance(fusion, str) and fusion in FUSIONS:
+            setattr(model, name, FUSIONS[fusion](child, fold_gate))
         elif _is_squeeze_excite(child):
             setattr(model, name, kept_block_se(child))  # an SE unit whose block is kept (Inception)
         else:
             _replace_blocks(child, fold_gate)
-
-
-_STEMS = (('conv1', 'bn1'), ('conv_stem', 'bn1'), ('conv_head', 'bn2'))
 
 
 _FORMATS = {'contiguous': torch.contiguous_format, 'channels_last': torch.channels_last}
@@ -428,9 +439,6 @@ def optimize(model: nn.Module, memory_format: Union[str, torch.memory_format, No
     its weights where they are the smaller tensor (off: slower on this project's CPU, see the module
     docstring; exports keep it off, as ONNX / INT8 graphs need static weights). The copy keeps the
     model's attributes (``pretrained_cfg``, ``forward_features``, ...)."""
-    from ..models.se_cifar import SECifarResNet
-    from ..models.se_mbconv import EfficientNet
-    from ..models.se_residual import SEResNet
     if not (memory_format is None or memory_format == 'auto' or isinstance(memory_format, torch.memory_format)):
         raise ValueError(f"memory_format must be 'auto', a torch.memory_format (torch.channels_last, "
                          f"torch.contiguous_format) or None, not {memory_format!r}")
@@ -441,9 +449,8 @@ def optimize(model: nn.Module, memory_format: Union[str, torch.memory_format, No
     finally:
         model.train(was_training)
     fused.requires_grad_(False)
-    if isinstance(fused, (SEResNet, EfficientNet, SECifarResNet)):
-        for conv_name, bn_name in _STEMS:
-            _fold_stem(fused, conv_name, bn_name)
+    for conv_name, bn_name in getattr(type(fused), 'fusion_stems', ()):  # what the model class declares
+        _fold_stem(fused, conv_name, bn_name)
     _fold_sequentials(fused)
     _replace_blocks(fused, fold_gate)
     for m in fused.modules():  # stems, shortcuts, heads, kept modules: packed weights, same forward

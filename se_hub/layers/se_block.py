@@ -116,19 +116,21 @@ class SqueezeExcite(nn.Module):
         return f'squeeze={self.squeeze!r}, channels={self.channels}, rd_channels={self.rd_channels}'
 
 
-
 class AttentionSlot(nn.Module):
-    """Base of a block with one attention unit in ``self.se``: se_hub's SqueezeExcite returns its
-    gate, which the block applies; timm's ECA / CBAM and user callables return the scaled input;
-    no unit is ``nn.Identity``. ``se_gates`` is a TorchScript constant, so only the branch taken
-    is compiled."""
+    """Base of every block with one attention unit in ``self.se`` (None when it has none). se_hub's
+    SqueezeExcite returns its gate, which the block applies (``_attend``, or a fused tail that reads
+    ``se_gates``); timm's ECA / CBAM and user callables return the scaled input. ``se_gates`` is a
+    flag, not an isinstance() in forward, which TorchScript resolves wrongly for specialised copies of
+    one module class; as a TorchScript constant it leaves only the branch taken to compile."""
     se_gates: Final[bool]
 
     def _init_attention(self, attention: Optional[nn.Module]) -> None:
-        self.se = attention if attention is not None else nn.Identity()
+        self.se = attention
         self.se_gates = isinstance(attention, SqueezeExcite)
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         if self.se_gates:
             return x * self.se(x)
-        return self.se(x)
+        if self.se is not None:
+            return self.se(x)
+        return x

@@ -1,6 +1,7 @@
 """What se_hub knows about each registered model beyond its architecture: a description, the
 paper row it reproduces (with the paper's figures), and the timm model computing the same
-function. Family modules register their models here and with timm in one step."""
+function. Each family module declares its configurations as data in a ``Family`` and writes one
+thin entrypoint per model (``def se_resnet50(pretrained=False, **kwargs)``), so grep and an IDE find it."""
 import copy
 import inspect
 import sys
@@ -76,8 +77,48 @@ def documented_kwargs(model_cls: type, config: Dict[str, Any]) -> Tuple[str, ...
                  and (has_se or k not in _SE_ONLY))
 
 
-def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
-    def entrypoint(pretrained: bool = False, **kwargs):
+class Family:
+    """The registered models of one family module: ``archs`` (name -> ``arch(...)``) built as
+    ``model_cls``. Created before the module's entrypoints, it records each model's ModelInfo and
+    pretrained cfgs (``cfg(name)`` is the untagged cfg; the manifest's weights become its tags) in the
+    module's ``default_cfgs``, where timm's ``register_model`` reads them. Each entrypoint is a thin
+    ``def <name>(pretrained=False, **kwargs)`` under ``@family.register`` that calls ``family.create``.
+    ``build_kwargs`` go to timm's ``build_model_with_cfg`` (e.g. ``feature_cfg``)."""
+
+    def __init__(self, module_name: str, archs: Dict[str, Dict[str, Any]], model_cls: type,
+                 cfg: Callable[[str], Dict[str, Any]], checkpoint_filter_fn: Callable[..., Any], **build_kwargs):
+        self.module_name = module_name
+        self.archs = archs
+        self.model_cls = model_cls
+        self.checkpoint_filter_fn = checkpoint_filter_fn
+        self.build_kwargs = build_kwargs
+        module = sys.modules[module_name]
+        if not hasattr(module, 'default_cfgs'):
+            module.default_cfgs = {}
+        for name, spec in archs.items():
+            base = PretrainedCfg(**cfg(name)).to_dict()
+            module.default_cfgs.update(generate_default_cfgs(tagged_cfgs(name, base)))
+            MODELS[name] = ModelInfo(name, module_name.rsplit('.', 1)[-1], spec['description'], spec['paper'],
+                                     spec['upstream'])
+
+    def register(self, entrypoint: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``entrypoint`` (named as its configuration) with timm, documented from the catalog."""
+        name = entrypoint.__name__
+        if name not in self.archs or entrypoint.__module__ != self.module_name:
+            raise ValueError(f'{self.module_name}.{name} is not a configuration of this family')
+        info, spec = MODELS[name], self.archs[name]
+        entrypoint.__doc__ = (
+            f'{info.description}.\n\n'
+            + (f"Paper row: {info.paper['row']}.\n" if info.paper.get('row') else '')
+            + (f"Same function as timm's `{info.upstream}`.\n" if info.upstream else '')
+            + 'Keyword arguments: ' + ', '.join(
+                f'`{k}` ({MODEL_KWARGS[k]})' for k in documented_kwargs(self.model_cls, spec['args'])) + '.'
+        )
+        return register_model(entrypoint)
+
+    def create(self, name: str, pretrained: bool = False, **kwargs):
+        """Model ``name`` with the caller's kwargs over its configuration's; pretrained weights from
+        the manifest or the caller's source."""
         if 'se_layer' in kwargs and kwargs['se_layer'] is None:
             # None means "no SE" here but "the default" to timm (create_model and a config's model_args drop
             # None): the model is built, and recorded, with the value that means the same everywhere
@@ -87,7 +128,7 @@ def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
         if pretrained:
             kwargs, loaded = with_pretrained_source(name, kwargs)
         try:
-            model = create(name, pretrained, **kwargs)
+            model = self._build(name, pretrained, **kwargs)
         except LocalEntryNotFoundError as e:  # timm reading an hf-hub: repo's weights
             if not (loaded or '').startswith('hf-hub:'):
                 raise
@@ -100,43 +141,14 @@ def _entrypoint(create: Callable[..., Any], name: str) -> Callable[..., Any]:
             if isinstance(cfg, dict):
                 cfg.pop('state_dict', None)  # loaded; don't keep a reference to the weights alive
         return model
-    return entrypoint
 
-
-def register_family(module_name: str, archs: Dict[str, Dict[str, Any]], model_cls: type,
-                    cfg: Callable[[str], Dict[str, Any]], checkpoint_filter_fn: Callable[..., Any],
-                    **build_kwargs) -> None:
-    """Register a thin timm entrypoint per configuration of ``archs`` in module ``module_name``,
-    building ``model_cls`` with that configuration's kwargs, and record each model's ModelInfo.
-    ``cfg(name)`` is the model's untagged pretrained cfg; the manifest's weights become its tags.
-    ``build_kwargs`` go to timm's ``build_model_with_cfg`` (e.g. ``feature_cfg``)."""
-    module = sys.modules[module_name]
-
-    def create(variant: str, pretrained: bool = False, **kwargs):
-        model_args = dict(archs[variant]['args'])
+    def _build(self, name: str, pretrained: bool, **kwargs):
+        model_args = dict(self.archs[name]['args'])
         se_layer = kwargs.get('se_layer', model_args.get('se_layer', 'se'))
         if not (isinstance(se_layer, str) and se_layer == 'se'):
             model_args.pop('se_args', None)  # the configuration's SE-unit options; the caller's still reach the check
         elif 'se_args' in kwargs:  # merge, so se_args=dict(gate='tanh') keeps the configuration's rounding rule
             model_args['se_args'] = dict(model_args.get('se_args') or {}, **kwargs.pop('se_args'))
         # a fresh copy per call: timm writes the caller's out_indices into feature_cfg
-        return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                    **copy.deepcopy(build_kwargs), **dict(model_args, **kwargs))
-
-    module.default_cfgs = {}
-    for name, spec in archs.items():
-        base = PretrainedCfg(**cfg(name)).to_dict()
-        module.default_cfgs.update(generate_default_cfgs(tagged_cfgs(name, base)))
-        info = ModelInfo(name, module_name.rsplit('.', 1)[-1], spec['description'], spec['paper'], spec['upstream'])
-        entrypoint = _entrypoint(create, name)
-        entrypoint.__name__ = entrypoint.__qualname__ = name
-        entrypoint.__module__ = module_name
-        entrypoint.__doc__ = (
-            f'{info.description}.\n\n'
-            + (f"Paper row: {info.paper['row']}.\n" if info.paper.get('row') else '')
-            + (f"Same function as timm's `{info.upstream}`.\n" if info.upstream else '')
-            + 'Keyword arguments: ' + ', '.join(
-                f'`{k}` ({MODEL_KWARGS[k]})' for k in documented_kwargs(model_cls, spec['args'])) + '.'
-        )
-        setattr(module, name, register_model(entrypoint))
-        MODELS[name] = info
+        return build_model_with_cfg(self.model_cls, name, pretrained, pretrained_filter_fn=self.checkpoint_filter_fn,
+                                    **copy.deepcopy(self.build_kwargs), **dict(model_args, **kwargs))

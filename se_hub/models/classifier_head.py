@@ -27,6 +27,7 @@ class ClassifierHeadMixin:
     def _init_head(self, num_features: int, num_classes: int, global_pool: str) -> None:
         """Pooling + classifier over ``num_features`` channels (in the model's constructor)."""
         self.num_features = num_features
+        self.classifier_name = self.classifier_name  # on the instance too: TorchScript reads no class attributes
         self.global_pool, classifier = create_classifier(num_features, num_classes, pool_type=global_pool)
         setattr(self, self.classifier_name, classifier)
         self.head_hidden_size = num_features * self.global_pool.feat_mult()

@@ -35,21 +35,18 @@ All counts with 10 classes, no SE (``se_layer='none'``).
 
 Weights are initialised as in He et al.: Kaiming-normal (fan-out) convolutions, unit BN scale.
 """
-from contextlib import nullcontext
-from typing import Any, Dict, Final, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, DropPath
-from timm.models import checkpoint_seq
 from torch import nn
 
-from .._compat import feature_take_indices
-from ..layers import SeLayer, SqueezeExcite, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
-from .catalog import arch, register_family
-from .classifier_head import ClassifierHeadMixin
+from .catalog import Family, arch
 from .se_residual import BasicBlock
+from .staged import StagedNet, build_on, init_conv_weights
 
 __all__ = ['SECifarResNet']
 
@@ -79,17 +76,13 @@ class PadShortcut(nn.Module):
         return f'stride={self.stride}, pad={self.pad}'
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(AttentionSlot):
     """A pre-activation residual unit: ``x + SE(branch(relu(bn(x))))``. A 1x1 projection
     shortcut takes the pre-activated input; an option-A or identity shortcut takes ``x``."""
-    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
+    fusion = 'preact_residual'  # how se_hub.deploy.optimize rebuilds it
 
     def _init_tail(self, outplanes: int, downsample: Optional[nn.Module], attn_layer, drop_path_rate: float):
-        self.se = attn_layer(outplanes) if attn_layer is not None else None
-        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
-        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
-        # specialised copies of one module class
-        self.se_gates = isinstance(self.se, SqueezeExcite)
+        self._init_attention(attn_layer(outplanes) if attn_layer is not None else None)
         self.downsample = downsample
         self.shortcut_preact = isinstance(downsample, nn.Conv2d)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else None
@@ -106,11 +99,7 @@ class PreActBlock(nn.Module):
             shortcut = self.downsample(x_pre)
         else:
             shortcut = self.downsample(x)
-        out = self.residual(x_pre)
-        if self.se_gates:
-            out = out * self.se(out)
-        elif self.se is not None:
-            out = self.se(out)
+        out = self._attend(self.residual(x_pre))
         if self.drop_path is not None:
             out = self.drop_path(out)
         return out + shortcut
@@ -170,7 +159,7 @@ def make_shortcut(kind: str, inplanes: int, outplanes: int, stride: int, preact:
     return conv if preact else nn.Sequential(conv, nn.BatchNorm2d(outplanes))
 
 
-class SECifarResNet(ClassifierHeadMixin, nn.Module):
+class SECifarResNet(StagedNet):
     """SE-ResNet / SE-WRN for 32x32 inputs: stem (conv1, bn1, act1), layer1-3, norm, head (fc).
 
     Feature taps: 0 the stem output (``act1``; in pre-activation networks ``bn1`` / ``act1`` are
@@ -179,6 +168,8 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
     ``forward_intermediates(norm=True)`` applies it to the last tap; post-activation networks
     have no final norm (``norm`` is an identity).
     """
+    final_is_norm = True
+    fusion_stems = (('conv1', 'bn1'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(
             self,
@@ -199,17 +190,14 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
-        with torch.device(device) if device is not None else nullcontext():
+        with build_on(self, device, dtype):
             if block not in BLOCK_TYPES:
                 raise ValueError(f'block={block!r} is not one of {BLOCK_TYPES}')
             if shortcut not in SHORTCUT_TYPES:
                 raise ValueError(f'shortcut={shortcut!r} is not one of {SHORTCUT_TYPES}')
             if len(layers) != 3 or len(widths) != 3:
                 raise ValueError(f'layers={tuple(layers)} and widths={tuple(widths)} must name 3 stages')
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+            self._init_net(num_classes, in_chans, drop_rate)
             self.preact = block != 'basic'
             attn_layer = resolve_se_layer(se_layer, se_args)
 
@@ -245,16 +233,15 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
                 self.feature_info[-1]['module'] = 'norm'
             else:
                 self.norm = nn.Identity()
+            # the last level's tap is layer3's output (the final norm's module for features_only)
+            stages = [f'layer{i + 1}' for i in range(len(layers))]
+            self._init_trunk(stem=('conv1', 'bn1', 'act1'), stages=stages, final=('norm',), taps=['act1'] + stages)
             self._init_head(inplanes, num_classes, global_pool)
             self.init_weights()
-        if dtype is not None:
-            self.to(dtype=dtype)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        init_conv_weights(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -262,81 +249,6 @@ class SECifarResNet(ClassifierHeadMixin, nn.Module):
             stem=r'^conv1|bn1',
             blocks=[(r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)', None), (r'^norm', (99999,))],
         )
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv1(x)))
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Index 0 is the stem output, 1-3 the outputs of layer1-3 (the last one through the
-        final BN-ReLU of a pre-activation network when ``norm=True``)."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' is supported")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(4, indices)
-        x = self._stem(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        stages = [self.layer1, self.layer2, self.layer3]
-        if stop_early:
-            stages = stages[:max_index]
-        last_idx = len(stages)
-        for feat_idx, stage in enumerate(stages, start=1):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(self.norm(x) if norm and feat_idx == 3 else x)
-        if intermediates_only:
-            return intermediates
-        if last_idx == 3:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(4, indices)
-        for name in ('layer1', 'layer2', 'layer3')[max_index:]:
-            setattr(self, name, nn.Sequential())
-        prune_end = max_index < 3
-        if prune_norm or prune_end:  # the final norm belongs to the last stage
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
-        else:
-            x = self.layer1(x)
-            x = self.layer2(x)
-            x = self.layer3(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,5 +289,35 @@ def _cfg(name: str) -> Dict[str, Any]:
     }
 
 
-register_family(__name__, ARCHS, SECifarResNet, _cfg, checkpoint_filter_fn,
-                feature_cfg=dict(out_indices=(0, 1, 2, 3)))  # stem + 3 stages (timm's default asks for 5)
+_family = Family(__name__, ARCHS, SECifarResNet, _cfg, checkpoint_filter_fn,
+                 feature_cfg=dict(out_indices=(0, 1, 2, 3)))  # stem + 3 stages (timm's default asks for 5)
+
+
+@_family.register
+def se_resnet20_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_resnet20_cifar', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet32_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_resnet32_cifar', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet56_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_resnet56_cifar', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet110_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_resnet110_cifar', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet164_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_resnet164_cifar', pretrained, **kwargs)
+
+
+@_family.register
+def se_wrn16_8_cifar(pretrained: bool = False, **kwargs) -> SECifarResNet:
+    return _family.create('se_wrn16_8_cifar', pretrained, **kwargs)

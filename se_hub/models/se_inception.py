@@ -17,21 +17,18 @@ build no auxiliary head). With SE they seed the SE models with ``strict=False``.
 BN-Inception follows the layer list of the Caffe release (hujie-frank/SENet): convolutions without
 bias, BatchNorm eps 1e-5, ceil-mode max-pools, average pools counting the padding.
 """
-from contextlib import nullcontext
-from typing import Any, Callable, Dict, Final, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath
-from timm.models import checkpoint
 from torch import nn
 
-from .._compat import feature_take_indices
-from ..layers import SeLayer, SqueezeExcite, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
-from .catalog import arch, register_family
-from .classifier_head import ClassifierHeadMixin
+from .catalog import Family, arch
+from .staged import StagedNet, build_on, init_conv_weights
 
 __all__ = ['SEInception']
 
@@ -40,6 +37,7 @@ AttnLayer = Optional[Callable[[int], nn.Module]]
 
 class ConvBn(nn.Module):
     """Convolution (no bias) - BatchNorm - ReLU; keys ``conv.*`` and ``bn.*`` as timm's ConvNormAct."""
+    fusion = 'conv_bn_act'  # how se_hub.deploy.optimize rebuilds it
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: Union[int, Tuple[int, int]] = 1, stride: int = 1,
                  padding: Union[int, Tuple[int, int]] = 0, eps: float = 1e-3):
@@ -83,11 +81,10 @@ def _build_branch(ops: Sequence[Op], in_chs: int, eps: float) -> Tuple[nn.Module
     return (modules[0] if len(modules) == 1 else nn.Sequential(*modules)), in_chs
 
 
-class InceptionBlock(nn.Module):
+class InceptionBlock(AttentionSlot):
     """Up to four parallel branches, concatenated; either SE on the concatenation (plain block), or a
     residual block: 1x1 projection (with bias) back to the input width, SE, ``x + scale * branch``.
     ``se=False``: a block that never gets SE (Inception-ResNet-v2's stem block and reductions)."""
-    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
 
     def __init__(self, in_chs: int, branches: Sequence[Sequence[Op]], eps: float, attn_layer: AttnLayer = None,
                  residual: bool = False, scale: float = 1.0, act: bool = True, se: bool = True,
@@ -110,11 +107,7 @@ class InceptionBlock(nn.Module):
         else:
             self.conv2d = None
             self.out_chs = cat_chs
-        self.se = attn_layer(self.out_chs) if attn_layer is not None and se else None
-        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
-        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
-        # specialised copies of one module class
-        self.se_gates = isinstance(self.se, SqueezeExcite)
+        self._init_attention(attn_layer(self.out_chs) if attn_layer is not None and se else None)
         # stochastic depth drops the (scaled) residual branch; a plain block has none to drop
         self.drop_path = DropPath(drop_path_rate) if residual and drop_path_rate > 0. else None
         self.act = nn.ReLU() if act else None
@@ -128,10 +121,7 @@ class InceptionBlock(nn.Module):
         out = torch.cat(outs, 1)
         if self.conv2d is not None:
             out = self.conv2d(out)
-        if self.se_gates:
-            out = out * self.se(out)
-        elif self.se is not None:
-            out = self.se(out)
+        out = self._attend(out)
         if self.residual:
             out = out * self.scale
             if self.drop_path is not None:
@@ -146,27 +136,17 @@ class InceptionBlock(nn.Module):
 # Inception-v3 blocks (Szegedy et al. 2016, Figures 5-7 and the grid reductions), with timm's
 # flat branch names. Each computes its branches; the base class concatenates and applies SE.
 
-class InceptionV3Block(nn.Module):
-    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
+class InceptionV3Block(AttentionSlot):
     out_chs: int
 
     def _init_se(self, attn_layer: AttnLayer) -> None:
-        self.se = attn_layer(self.out_chs) if attn_layer is not None else None
-        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
-        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
-        # specialised copies of one module class
-        self.se_gates = isinstance(self.se, SqueezeExcite)
+        self._init_attention(attn_layer(self.out_chs) if attn_layer is not None else None)
 
     def branches(self, x: torch.Tensor) -> List[torch.Tensor]:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.cat(self.branches(x), 1)
-        if self.se_gates:
-            out = out * self.se(out)
-        elif self.se is not None:
-            out = self.se(out)
-        return out
+        return self._attend(torch.cat(self.branches(x), 1))
 
 
 def _avg3(x: torch.Tensor) -> torch.Tensor:
@@ -339,7 +319,7 @@ def _build_layer(kind: str, args: Any, in_chs: int, eps: float, attn_layer: Attn
     raise ValueError(f'unknown layer kind {kind!r}')
 
 
-class SEInception(ClassifierHeadMixin, nn.Module):
+class SEInception(StagedNet):
     """An Inception network given as a layer plan (see ``LAYOUTS``), with SE in every Inception block.
 
     ``feature_taps``: (layer name, reduction) of the feature maps offered to ``features_only`` and
@@ -370,12 +350,8 @@ class SEInception(ClassifierHeadMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
-        # Built on `device` (timm passes device= / dtype=; a meta build costs nothing), then cast.
-        with torch.device(device) if device is not None else nullcontext():
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+        with build_on(self, device, dtype):
+            self._init_net(num_classes, in_chans, drop_rate)
             attn_layer = resolve_se_layer(se_layer, se_args)
             names = [name for name, _, _ in layers]
             missing = [name for name, _ in feature_taps if name not in names]
@@ -396,19 +372,14 @@ class SEInception(ClassifierHeadMixin, nn.Module):
             self.layer_names = names
             self.feature_info = [dict(num_chs=widths[name], reduction=reduction, module=name)
                                  for name, reduction in feature_taps]
+            self._init_trunk(stem=(), stages=names)  # every layer is a step; the taps name theirs
 
             self._init_head(chs, num_classes, global_pool)
             self.init_weights()
-        if dtype is not None:
-            self.to(dtype=dtype)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_conv_weights(self, zero_bias=True)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Callable[[str], Union[int, float]]:
@@ -428,74 +399,6 @@ class SEInception(ClassifierHeadMixin, nn.Module):
                 return sum(i > t for t in taps)
             return i - stem_end - 1
         return matcher
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        # The layers are this module's first children, in forward order (as timm's feature
-        # extractors expect); the head follows them.
-        for name, layer in self.named_children():
-            if name in self.layer_names:
-                if self.grad_checkpointing and not torch.jit.is_scripting():
-                    x = checkpoint(layer, x)
-                else:
-                    x = layer(x)
-        return x
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Intermediates are the outputs of the ``feature_info`` layers (stem taps, then the last
-        block of each stride); ``norm`` is unused (no final norm)."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' is supported")
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        take = {self.feature_info[i]['module'] for i in take_indices}
-        names = self.layer_names
-        if stop_early:
-            names = names[:names.index(self.feature_info[max_index]['module']) + 1]
-        intermediates = []
-        for name in names:
-            layer = getattr(self, name)
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(layer, x)
-            else:
-                x = layer(x)
-            if name in take:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        last = self.layer_names.index(self.feature_info[max_index]['module'])
-        for name in self.layer_names[last + 1:]:
-            setattr(self, name, nn.Identity())
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -700,4 +603,19 @@ def _cfg(name: str) -> Dict[str, Any]:
                 mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD, license='apache-2.0')
 
 
-register_family(__name__, ARCHS, SEInception, _cfg, checkpoint_filter_fn)
+_family = Family(__name__, ARCHS, SEInception, _cfg, checkpoint_filter_fn)
+
+
+@_family.register
+def se_bn_inception(pretrained: bool = False, **kwargs) -> SEInception:
+    return _family.create('se_bn_inception', pretrained, **kwargs)
+
+
+@_family.register
+def se_inception_v3(pretrained: bool = False, **kwargs) -> SEInception:
+    return _family.create('se_inception_v3', pretrained, **kwargs)
+
+
+@_family.register
+def se_inception_resnet_v2(pretrained: bool = False, **kwargs) -> SEInception:
+    return _family.create('se_inception_resnet_v2', pretrained, **kwargs)

@@ -21,21 +21,17 @@ converted too ('lukemelas').
 """
 import math
 import re
-from contextlib import nullcontext
-from typing import Any, Callable, Dict, Final, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath, create_act_layer, create_conv2d, get_act_layer
-from timm.models import checkpoint_seq
 from torch import nn
 
-from .._compat import feature_take_indices
-from ..layers import SeLayer, SqueezeExcite, reduced_channels, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, SqueezeExcite, reduced_channels, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
-from .catalog import arch, register_family
-from .classifier_head import ClassifierHeadMixin
+from .catalog import Family, arch
+from .staged import StagedNet, build_on, init_conv_weights, stage_paths
 
 __all__ = ['EfficientNet', 'StageSpec', 'EFFICIENTNET_B0_STAGES', 'round_filters', 'round_repeats']
 
@@ -89,26 +85,16 @@ def _conv(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int =
 SeFactory = Callable[[int, int], nn.Module]
 
 
-class _MBBlock(nn.Module):
+class _MBBlock(AttentionSlot):
     """Shared by both block kinds: SE after the depthwise conv, identity shortcut with
     stochastic depth when the block keeps shape."""
-    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
+    fusion = 'inverted_residual'  # how se_hub.deploy.optimize rebuilds it
 
     def _init_common(self, in_chs: int, out_chs: int, mid_chs: int, stride: int,
                      se_factory: Optional[SeFactory], drop_path_rate: float) -> None:
         self.has_skip = stride == 1 and in_chs == out_chs
-        self.se = se_factory(mid_chs, in_chs) if se_factory is not None else nn.Identity()
-        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
-        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
-        # specialised copies of one module class
-        self.se_gates = isinstance(self.se, SqueezeExcite)
+        self._init_attention(se_factory(mid_chs, in_chs) if se_factory is not None else None)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. and self.has_skip else nn.Identity()
-
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        """se_hub's SE returns its gate (scaled here); other attention modules return the scaled input."""
-        if self.se_gates:
-            return x * self.se(x)
-        return self.se(x)
 
     def _shortcut(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         if self.has_skip:
@@ -191,13 +177,17 @@ def _se_factory(se_layer: SeLayer, se_ratio: float, se_args: Optional[Dict[str, 
     return lambda channels, in_chs: attn_layer(channels)
 
 
-class EfficientNet(ClassifierHeadMixin, nn.Module):
+class EfficientNet(StagedNet):
     """EfficientNet / EfficientNet-Lite from a stage table and compound-scaling multipliers.
 
     Keys: ``conv_stem``, ``bn1``, ``blocks.<stage>.<block>.*``, ``conv_head``, ``bn2``,
-    ``classifier`` (timm's EfficientNet layout; SE as ``se.fc1`` / ``se.fc2``).
+    ``classifier`` (timm's EfficientNet layout; SE as ``se.fc1`` / ``se.fc2``). Feature levels: the
+    output of the last stage of each stride (B0: stages 0, 1, 2, 4, 6 at strides 2-32); the head conv
+    (``final``) belongs to the head.
     """
     classifier_name = 'classifier'
+    final_in_head = True
+    fusion_stems = (('conv_stem', 'bn1'), ('conv_head', 'bn2'))  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(
             self,
@@ -222,17 +212,13 @@ class EfficientNet(ClassifierHeadMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
-        # Built on `device` (timm passes device= / dtype=; a meta build costs nothing), then cast.
-        with torch.device(device) if device is not None else nullcontext():
+        with build_on(self, device, dtype):
             stages = [StageSpec(*s) for s in stages]
             if any(s.block not in BLOCKS for s in stages):
                 raise ValueError(f'stage block kinds must be in {tuple(BLOCKS)}: {[s.block for s in stages]}')
             act = get_act_layer(act_layer)
             se_factory = _se_factory(se_layer, se_ratio, se_args, act)
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+            self._init_net(num_classes, in_chans, drop_rate)
 
             stem_chs = stem_width if fix_stem_head else round_filters(stem_width, width_mult)
             self.conv_stem = _conv(in_chans, stem_chs, 3, stride=2, pad_type=pad_type)
@@ -262,25 +248,21 @@ class EfficientNet(ClassifierHeadMixin, nn.Module):
                     self.feature_info.append(dict(
                         num_chs=out_chs, reduction=net_stride, module=f'blocks.{stage_idx}', stage=stage_idx + 1))
             self.blocks = nn.Sequential(*blocks)
-            self.stage_ends = [f['stage'] for f in self.feature_info]
 
             head_chs = head_width if fix_stem_head else round_filters(head_width, width_mult)
             self.conv_head = _conv(in_chs, head_chs, 1, pad_type=pad_type)
             self.bn2 = nn.BatchNorm2d(head_chs, eps=bn_eps)
             self.act2 = create_act_layer(act, inplace=True)
+            self._init_trunk(stem=('conv_stem', 'bn1', 'act1'), stages=stage_paths('blocks', len(blocks)),
+                             final=('conv_head', 'bn2', 'act2'))
             self._init_head(head_chs, num_classes, global_pool)
             self.init_weights()
-        if dtype is not None:
-            self.to(dtype=dtype)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
+        init_conv_weights(self, zero_bias=True)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear):
                 bound = 1.0 / math.sqrt(m.weight.shape[0])
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
@@ -292,82 +274,6 @@ class EfficientNet(ClassifierHeadMixin, nn.Module):
             blocks=[(r'^blocks\.(\d+)' if coarse else r'^blocks\.(\d+)\.(\d+)', None),
                     (r'^conv_head|bn2', (99999,))],
         )
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv_stem(x)))
-
-    def _head_conv(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act2(self.bn2(self.conv_head(x)))
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Intermediates at ``feature_info``'s levels: the output of the last stage of each stride
-        (B0: stages 0, 1, 2, 4, 6 at strides 2-32). The final output includes the head conv."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' is supported")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
-        take_stages = [self.stage_ends[i] for i in take_indices]  # 1-based stage numbers
-        last_stage = self.stage_ends[max_index]
-        x = self._stem(x)
-        stages = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:last_stage]
-        stage_num = 0
-        for stage_num, stage in enumerate(stages, start=1):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if stage_num in take_stages:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        if stage_num == self.stage_ends[-1]:
-            x = self._head_conv(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
-        num_chs = self.feature_info[max_index]['num_chs']
-        last_stage = self.stage_ends[max_index]
-        # the head conv follows the last stage: it goes with the head, or when stages go
-        prune_end = prune_norm or prune_head or last_stage < len(self.blocks)
-        self.blocks = self.blocks[:last_stage]
-        if prune_end:
-            self.conv_head = nn.Identity()
-            self.bn2 = nn.Identity()
-            self.act2 = nn.Identity()
-            self.num_features = self.head_hidden_size = num_chs
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x, flatten=True)
-        else:
-            x = self.blocks(x)
-        return self._head_conv(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate > 0.:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,7 +368,137 @@ def _cfg(name: str) -> Dict[str, Any]:
     return cfg
 
 
-register_family(__name__, ARCHS, EfficientNet, _cfg, checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True))
+_family = Family(__name__, ARCHS, EfficientNet, _cfg, checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True))
+
+
+@_family.register
+def se_efficientnet_b0(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b0', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b1(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b1', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b2(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b2', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b3(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b3', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b4(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b4', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b5(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b5', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b6(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b6', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_b7(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_b7', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b0(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b0', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b1(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b1', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b2(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b2', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b3(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b3', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b4(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b4', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b5(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b5', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b6(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b6', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_b7(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_b7', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_lite0(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_lite0', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_lite1(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_lite1', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_lite2(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_lite2', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_lite3(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_lite3', pretrained, **kwargs)
+
+
+@_family.register
+def se_efficientnet_lite4(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_efficientnet_lite4', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_lite0(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_lite0', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_lite1(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_lite1', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_lite2(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_lite2', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_lite3(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_lite3', pretrained, **kwargs)
+
+
+@_family.register
+def se_tf_efficientnet_lite4(pretrained: bool = False, **kwargs) -> EfficientNet:
+    return _family.create('se_tf_efficientnet_lite4', pretrained, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

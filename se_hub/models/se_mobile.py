@@ -19,7 +19,6 @@ Key layout of SE-MobileNet: timm's EfficientNet layout (``conv_stem``, ``bn1``,
 ``se_layer='none'`` and ``act_layer='relu6'`` it is timm's ``mobilenetv1_100``, and with the
 default ReLU the same network with the activation of the MobileNet paper.
 """
-from contextlib import nullcontext
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -29,8 +28,8 @@ from torch import nn
 
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
-from .catalog import arch, register_family
-from .staged import StagedNet
+from .catalog import Family, arch
+from .staged import StagedNet, build_on, init_conv_weights, stage_paths
 
 __all__ = ['SEMobileNet', 'SEShuffleNet', 'MOBILENET_V1_STAGES', 'channel_shuffle']
 
@@ -66,7 +65,6 @@ class DepthwiseSeparableBlock(AttentionSlot):
 
 class SEMobileNet(StagedNet):
     """MobileNet v1 with an SE unit ending each depthwise-separable block."""
-    stages_attr = 'blocks'
     classifier_name = 'classifier'
 
     def __init__(
@@ -84,7 +82,7 @@ class SEMobileNet(StagedNet):
             dtype=None,
     ):
         super().__init__()
-        with torch.device(device) if device is not None else nullcontext():
+        with build_on(self, device, dtype):
             act = get_act_layer(act_layer)
             attn_layer = resolve_se_layer(se_layer, se_args)
             self._init_net(num_classes, in_chans, drop_rate)
@@ -104,17 +102,14 @@ class SEMobileNet(StagedNet):
                 self.feature_info.append(dict(num_chs=in_chs, reduction=net_stride, module=f'blocks.{stage_idx}'))
             self.blocks = nn.Sequential(*stages_out)
             self.final = nn.Identity()
+            self._init_trunk(stem=('conv_stem', 'bn1', 'act1', 'stem_pool'), stages=stage_paths('blocks', len(stages)),
+                             final=('final',))
             self._init_head(in_chs, num_classes, global_pool)
-            _init_weights(self)
-        if dtype is not None:
-            self.to(dtype=dtype)
+            init_conv_weights(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^conv_stem|bn1', blocks=r'^blocks\.(\d+)' if coarse else r'^blocks\.(\d+)\.(\d+)')
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv_stem(x)))
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -162,7 +157,6 @@ class ShuffleUnit(AttentionSlot):
 class SEShuffleNet(StagedNet):
     """ShuffleNet v1: 3x3/2 conv (24) -> 3x3/2 max-pool -> stages 2-4 of ShuffleNet units -> pool -> FC.
     Feature levels: the stem output (stride 2, before the max-pool) and stages 2-4."""
-    stem_feature = True
 
     def __init__(
             self,
@@ -180,7 +174,7 @@ class SEShuffleNet(StagedNet):
             dtype=None,
     ):
         super().__init__()
-        with torch.device(device) if device is not None else nullcontext():
+        with build_on(self, device, dtype):
             if len(stage_widths) != len(stage_repeats):
                 raise ValueError(f'stage_widths={tuple(stage_widths)} and stage_repeats={tuple(stage_repeats)} '
                                  'must name the same number of stages')
@@ -207,24 +201,14 @@ class SEShuffleNet(StagedNet):
                 self.feature_info.append(dict(num_chs=width, reduction=net_stride, module=f'stages.{stage_idx}'))
             self.stages = nn.Sequential(*stages)
             self.final = nn.Identity()
+            self._init_trunk(stem=('conv1', 'bn1', 'act1', 'stem_pool'), stages=stage_paths('stages', len(stages)),
+                             final=('final',))
             self._init_head(in_chs, num_classes, global_pool)
-            _init_weights(self)
-        if dtype is not None:
-            self.to(dtype=dtype)
+            init_conv_weights(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^conv1|bn1', blocks=r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.(\d+)')
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv1(x)))
-
-
-@torch.jit.ignore
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +245,16 @@ def _cfg(name: str) -> Dict[str, Any]:
 
 
 _FEATURES = dict(feature_cfg=dict(flatten_sequential=True))
-register_family(__name__, ARCHS, SEMobileNet, _cfg, checkpoint_filter_fn, **_FEATURES)
-register_family(__name__, ARCHS_SHUFFLE, SEShuffleNet, _cfg, checkpoint_filter_fn,
-                feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)))
+_mobilenet = Family(__name__, ARCHS, SEMobileNet, _cfg, checkpoint_filter_fn, **_FEATURES)
+
+
+@_mobilenet.register
+def se_mobilenet(pretrained: bool = False, **kwargs) -> SEMobileNet:
+    return _mobilenet.create('se_mobilenet', pretrained, **kwargs)
+_shufflenet = Family(__name__, ARCHS_SHUFFLE, SEShuffleNet, _cfg, checkpoint_filter_fn,
+                     feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)))
+
+
+@_shufflenet.register
+def se_shufflenet(pretrained: bool = False, **kwargs) -> SEShuffleNet:
+    return _shufflenet.create('se_shufflenet', pretrained, **kwargs)

@@ -14,31 +14,27 @@ layout are options of one class, not copies:
 """
 import math
 import re
-from contextlib import nullcontext
-from typing import Any, Callable, Dict, Final, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
-from timm.models import checkpoint_seq
 from torch import nn
 
-from .._compat import feature_take_indices
-from ..layers import SeLayer, SqueezeExcite, resolve_se_layer, scale_add
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer, scale_add
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
-from .catalog import arch, register_family
-from .classifier_head import ClassifierHeadMixin
+from .catalog import Family, arch
+from .staged import StagedNet, build_on, init_conv_weights
 
 __all__ = ['SEResNet']
 
 SE_PLACEMENTS = ('standard', 'pre', 'post', 'identity', '3x3')
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(AttentionSlot):
     """A residual block with an optional SE unit; subclasses build the branch's convolutions."""
-    se_gates: Final[bool]  # a TorchScript constant: the branch not taken is not compiled
     expansion = 1
+    fusion = 'residual'  # how se_hub.deploy.optimize rebuilds it
 
     def _init_se(
             self,
@@ -55,11 +51,7 @@ class ResidualBlock(nn.Module):
             raise ValueError(f"se_placement={se_placement!r} is not one of {SE_PLACEMENTS}")
         self.se_placement = se_placement
         se_channels = {'pre': inplanes, '3x3': width}.get(se_placement, outplanes)
-        self.se = attn_layer(se_channels) if attn_layer is not None else None
-        # se_hub's SE unit returns its gate (the block scales), other attention modules the scaled
-        # input; a flag, not an isinstance() in forward, which TorchScript resolves wrongly for
-        # specialised copies of one module class
-        self.se_gates = isinstance(self.se, SqueezeExcite)
+        self._init_attention(attn_layer(se_channels) if attn_layer is not None else None)
         self.pre_se_act = nn.ReLU(inplace=True) if pre_se_act else nn.Identity()
         self.act_out = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -81,15 +73,6 @@ class ResidualBlock(nn.Module):
 
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.downsample is None else self.downsample(x)
-
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        """The attention unit applied to ``x``: se_hub's SE returns its gate (scaled here); other
-        attention modules (timm's ECA / CBAM, callables) return the scaled input themselves."""
-        if self.se_gates:
-            return x * self.se(x)
-        if self.se is not None:
-            return self.se(x)
-        return x
 
     @torch.jit.unused
     def _scale_add(self, y: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -204,9 +187,11 @@ def make_downsample(inplanes: int, outplanes: int, stride: int, kernel_size: int
     )
 
 
-class SEResNet(ClassifierHeadMixin, nn.Module):
+class SEResNet(StagedNet):
     """SE-ResNet / SE-ResNeXt / SENet family (module names follow timm's ResNet: conv1, bn1,
-    act1, maxpool, layer1-4, fc), so timm-layout checkpoints load as they are."""
+    act1, maxpool, layer1-4, fc), so timm-layout checkpoints load as they are. Feature level 0 is
+    the stem output (before the max-pool), 1-4 the outputs of layer1-4."""
+    fusion_stems = (('conv1', 'bn1'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(
             self,
@@ -236,8 +221,7 @@ class SEResNet(ClassifierHeadMixin, nn.Module):
             dtype=None,
     ):
         super().__init__()
-        # Built on `device` (timm passes device= / dtype=; a meta build costs nothing), then cast.
-        with torch.device(device) if device is not None else nullcontext():
+        with build_on(self, device, dtype):
             if stem_type not in ('', 'deep'):
                 raise ValueError(f"stem_type={stem_type!r} is not '' (7x7) or 'deep' (3x3 x3)")
             if stem_pool not in ('ceil', 'pad'):
@@ -246,10 +230,7 @@ class SEResNet(ClassifierHeadMixin, nn.Module):
                 raise ValueError(f'layers={tuple(layers)} must give the block count of each of the 4 stages')
             if not set(se_stages) <= {0, 1, 2, 3}:
                 raise ValueError(f"se_stages={tuple(se_stages)} must be a subset of stage indices 0-3")
-            self.num_classes = num_classes
-            self.in_chans = in_chans
-            self.drop_rate = drop_rate
-            self.grad_checkpointing = False
+            self._init_net(num_classes, in_chans, drop_rate)
             attn_layer = resolve_se_layer(se_layer, se_args)
 
             if stem_type == 'deep':
@@ -305,16 +286,13 @@ class SEResNet(ClassifierHeadMixin, nn.Module):
                 self.add_module(f'layer{stage_idx + 1}', nn.Sequential(*blocks))
                 self.feature_info.append(dict(num_chs=outplanes, reduction=net_stride, module=f'layer{stage_idx + 1}'))
 
+            self._init_trunk(stem=('conv1', 'bn1', 'act1', 'maxpool'), stages=('layer1', 'layer2', 'layer3', 'layer4'))
             self._init_head(inplanes, num_classes, global_pool)
             self.init_weights(zero_init_last)
-        if dtype is not None:
-            self.to(dtype=dtype)
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = True) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        init_conv_weights(self)
         if zero_init_last:
             for m in self.modules():
                 if isinstance(m, ResidualBlock):
@@ -323,79 +301,6 @@ class SEResNet(ClassifierHeadMixin, nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, str]:
         return dict(stem=r'^conv1|bn1|maxpool', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act1(self.bn1(self.conv1(x)))
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Index 0 is the stem output (before the max-pool), 1-4 the outputs of layer1-4."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' is supported")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(5, indices)
-        x = self._stem(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        x = self.maxpool(x)
-        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
-        if stop_early:
-            stages = stages[:max_index]
-        for feat_idx, stage in enumerate(stages, start=1):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(5, indices)
-        for name in ('layer1', 'layer2', 'layer3', 'layer4')[max_index:]:
-            setattr(self, name, nn.Sequential())
-        if max_index == 0:
-            self.maxpool = nn.Identity()
-        prune_end = max_index < 4
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self._stem(x))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
-        else:
-            x = self.layer1(x)
-            x = self.layer2(x)
-            x = self.layer3(x)
-            x = self.layer4(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,4 +438,184 @@ def _cfg(name: str) -> Dict[str, Any]:
     }
 
 
-register_family(__name__, ARCHS, SEResNet, _cfg, checkpoint_filter_fn)
+_family = Family(__name__, ARCHS, SEResNet, _cfg, checkpoint_filter_fn)
+
+
+@_family.register
+def se_resnet18(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet18', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet34(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet34', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet101(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet101', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet152(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet152', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext26_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext26_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext50_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext50_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext101_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext101_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_senet154(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_senet154', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet18b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet18b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet34b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet34b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet101b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet101b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet152b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet152b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet152d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet152d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext26d_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext26d_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext50b_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext50b_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext101b_32x4d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext101b_32x4d', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnext101b_32x8d(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnext101b_32x8d', pretrained, **kwargs)
+
+
+@_family.register
+def se_senet154b(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_senet154b', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_none(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_none', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_gmp(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_gmp', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_nosqueeze(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_nosqueeze', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_r2(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_r2', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_r4(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_r4', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_r8(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_r8', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_r32(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_r32', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_tanh(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_tanh', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_relu(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_relu', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_pre(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_pre', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_post(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_post', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_identity(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_identity', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_3x3(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_3x3', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_stage2(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_stage2', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_stage3(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_stage3', pretrained, **kwargs)
+
+
+@_family.register
+def se_resnet50_stage4(pretrained: bool = False, **kwargs) -> SEResNet:
+    return _family.create('se_resnet50_stage4', pretrained, **kwargs)

@@ -19,7 +19,6 @@ each, one on the strided input and one on the input shifted by one pixel, concat
 The SE block sits on each branch after its last BN, before the mixing (the SE-ResNet scheme,
 paper Sec. 3.3: squeeze and excitation act before the aggregation), reduction 16, floored.
 """
-from contextlib import nullcontext
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -29,9 +28,9 @@ from torch import nn
 
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import checkpoint_filter_fn
-from .catalog import arch, register_family
+from .catalog import Family, arch
 from .se_cifar import CIFAR10_MEAN, CIFAR10_STD
-from .staged import StagedNet
+from .staged import StagedNet, build_on, init_conv_weights, stage_paths
 
 __all__ = ['SEShakeShake', 'ShakeShake', 'shake_shake_mix']
 
@@ -124,7 +123,6 @@ class ShakeBlock(nn.Module):
 class SEShakeShake(StagedNet):
     """Shake-Shake for 32x32 inputs: stem (conv1, bn1), stages.0-2, final ReLU, head (fc).
     Feature levels: the stem output and the three stages."""
-    stem_feature = True
 
     def __init__(
             self,
@@ -141,7 +139,7 @@ class SEShakeShake(StagedNet):
             dtype=None,
     ):
         super().__init__()
-        with torch.device(device) if device is not None else nullcontext():
+        with build_on(self, device, dtype):
             attn_layer = resolve_se_layer(se_layer, se_args)
             self._init_net(num_classes, in_chans, drop_rate)
             self.conv1 = nn.Conv2d(in_chans, stem_width, 3, padding=1, bias=False)
@@ -161,19 +159,14 @@ class SEShakeShake(StagedNet):
                 self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f'stages.{stage_idx}'))
             self.stages = nn.Sequential(*stages)
             self.final = nn.ReLU(inplace=False)
+            self._init_trunk(stem=('conv1', 'bn1', 'stem_pool'), stages=stage_paths('stages', len(stages)),
+                             final=('final',))
             self._init_head(in_chs, num_classes, global_pool)
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-        if dtype is not None:
-            self.to(dtype=dtype)
+            init_conv_weights(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^conv1|bn1', blocks=r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.(\d+)')
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn1(self.conv1(x))
 
 
 def _paper(err10: Tuple[float, float]) -> Dict[str, Any]:
@@ -200,5 +193,10 @@ def _cfg(name: str) -> Dict[str, Any]:
     }
 
 
-register_family(__name__, ARCHS, SEShakeShake, _cfg, checkpoint_filter_fn,
-                feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)))
+_family = Family(__name__, ARCHS, SEShakeShake, _cfg, checkpoint_filter_fn,
+                 feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)))
+
+
+@_family.register
+def se_shake_shake26_2x96d_cifar(pretrained: bool = False, **kwargs) -> SEShakeShake:
+    return _family.create('se_shake_shake26_2x96d_cifar', pretrained, **kwargs)

@@ -14,7 +14,6 @@ features have 4096 channels on a 1x1 map and fc8 is the classifier; the feature 
 ReLU (+ SE) outputs before each max-pool, at strides 1-16.
 """
 import re
-from contextlib import nullcontext
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -23,8 +22,8 @@ from torch import nn
 
 from ..layers import AttentionSlot, SeLayer, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
-from .catalog import arch, register_family
-from .staged import StagedNet
+from .catalog import Family, arch
+from .staged import StagedNet, build_on, init_conv_weights, stage_paths
 
 __all__ = ['SEVGG', 'VGG16_STAGES']
 
@@ -70,7 +69,6 @@ class VGGClassifierMLP(nn.Module):
 class SEVGG(StagedNet):
     """VGG with BN and SE after each conv's ReLU. Keys: ``stages.<s>.<i>.conv / bn / se`` (each
     stage after the first starts with its max-pool, ``stages.<s>.0``), ``final.fc6 / fc7``, ``fc``."""
-    final_changes_width = True
 
     def __init__(
             self,
@@ -87,7 +85,7 @@ class SEVGG(StagedNet):
             dtype=None,
     ):
         super().__init__()
-        with torch.device(device) if device is not None else nullcontext():
+        with build_on(self, device, dtype):
             attn_layer = resolve_se_layer(se_layer, se_args)
             self._init_net(num_classes, in_chans, drop_rate)
             self.stem_pool = nn.Identity()
@@ -103,19 +101,14 @@ class SEVGG(StagedNet):
                 self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f'stages.{stage_idx}'))
             self.stages = nn.Sequential(*blocks)
             self.final = VGGClassifierMLP(in_chs, mlp_hidden, drop_rate=mlp_drop_rate)
+            self._init_trunk(stem=('stem_pool',), stages=stage_paths('stages', len(blocks)), final=('final',))
             self._init_head(mlp_hidden, num_classes, global_pool)
             self.init_weights()
-        if dtype is not None:
-            self.to(dtype=dtype)
 
     @torch.jit.ignore
     def init_weights(self) -> None:
         # torchvision's VGG initialisation
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_conv_weights(self, zero_bias=True)
         for m in self.final.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0, 0.01)
@@ -127,9 +120,6 @@ class SEVGG(StagedNet):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^stages\.0\.0\.', blocks=[
             (r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.(\d+)', None), (r'^final', (99999,))])
-
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 ARCHS: Dict[str, Dict[str, Any]] = {
@@ -152,7 +142,12 @@ def _cfg(name: str) -> Dict[str, Any]:
     }
 
 
-register_family(__name__, ARCHS, SEVGG, _cfg, checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True))
+_family = Family(__name__, ARCHS, SEVGG, _cfg, checkpoint_filter_fn, feature_cfg=dict(flatten_sequential=True))
+
+
+@_family.register
+def se_vgg16(pretrained: bool = False, **kwargs) -> SEVGG:
+    return _family.create('se_vgg16', pretrained, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
