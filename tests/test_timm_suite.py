@@ -115,7 +115,7 @@ SCRIPT_MODELS = ['se_resnet18', 'se_resnet34b', 'se_resnet50', 'se_resnext26d_32
 SCRIPT_MODELS += ['se_resnet50b', 'se_senet154', 'se_resnext26_32x4d', 'se_resnet164_cifar', 'se_wrn16_8_cifar',
                   'se_efficientnet_lite0', 'se_bn_inception', 'se_inception_resnet_v2',
                   'se_mobilenet', 'se_shufflenet', 'se_vgg16']
-# Not scriptable yet (README says so): Shake-Shake mixes its branches in a custom autograd function.
+# Not scriptable yet (docs/index.md says so): Shake-Shake mixes its branches in a custom autograd function.
 # A test below proves that scripting it fails, so this list stays true.
 NOT_SCRIPTABLE_FAMILIES = ('se_shake_shake',)
 
