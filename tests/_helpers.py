@@ -86,3 +86,14 @@ def output_shapes(model: torch.nn.Module, module_names, input_size) -> list:
     for h in handles:
         h.remove()
     return [shapes[n] for n in module_names]
+
+
+def live_head(model: torch.nn.Module) -> torch.nn.Module:
+    """SE-VGG: torchvision's N(0, 0.01) fc6 / fc7 / fc8 give near-constant logits at a thin ``mlp_hidden``
+    (where a comparison of logits would test nothing): Kaiming-normal instead. Other models as they are."""
+    final = getattr(model, 'final', None)
+    if hasattr(final, 'fc6'):
+        g = torch.Generator().manual_seed(2)
+        for m in (final.fc6, final.fc7, model.fc):
+            torch.nn.init.kaiming_normal_(m.weight, generator=g)
+    return model

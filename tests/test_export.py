@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from _helpers import randomize_batchnorm
+from _helpers import live_head, randomize_batchnorm
 
 EXPORT_MODELS = ['se_resnet18', 'se_resnet50_nosqueeze', 'se_resnext26d_32x4d', 'se_resnet50_identity']
 
@@ -110,17 +110,43 @@ DEPLOY_FAMILIES = [
     ('se_resnet20_cifar', {}, 32), ('se_resnet164_cifar', dict(layers=(2, 2, 2)), 32), ('se_wrn16_8_cifar', {}, 32),
 ]
 
+# SE-VGG at 64 px: its final map is 2x2, pooled to 7x7 by adaptive_avg_pool_matmul in the ONNX export
+# (ONNX's adaptive pooling needs a multiple of 7). Shake-Shake cannot be scripted: ONNX only.
+MORE_FAMILIES = [
+    ('se_mobilenet', {}, 64, 'onnx'), ('se_mobilenet', {}, 64, 'torchscript'),
+    ('se_shufflenet', {}, 64, 'onnx'), ('se_shufflenet', {}, 64, 'torchscript'),
+    ('se_vgg16', dict(mlp_hidden=64), 64, 'onnx'), ('se_vgg16', dict(mlp_hidden=64), 64, 'torchscript'),
+    ('se_shake_shake26_2x96d_cifar', dict(layers=(1, 1, 1), base_width=16), 32, 'onnx'),
+]
+
 
 def photo_calibrated(name, kwargs, size):
     from se_hub.deploy.export import metadata, photo_batch
     model = timm.create_model(name, **kwargs)
     x = photo_batch(metadata(model, size))  # BN statistics of real photos: a live network on them
-    return randomize_batchnorm(model, calibrate_on=x)
+    return live_head(randomize_batchnorm(model, calibrate_on=x))
 
 
 @pytest.mark.parametrize('fmt,suffix', [('onnx', '.onnx'), ('torchscript', '.pt')])
 @pytest.mark.parametrize('name,kwargs,size', DEPLOY_FAMILIES, ids=[m[0] for m in DEPLOY_FAMILIES])
 def test_deploy_export_every_family(name, kwargs, size, fmt, suffix, tmp_path):
+    check_export(name, kwargs, size, fmt, suffix, tmp_path)
+
+
+@pytest.mark.parametrize('name,kwargs,size,fmt', MORE_FAMILIES, ids=[f'{m[0]}-{m[3]}' for m in MORE_FAMILIES])
+def test_deploy_export_mobile_vgg_shake_shake(name, kwargs, size, fmt, tmp_path):
+    check_export(name, kwargs, size, fmt, '.onnx' if fmt == 'onnx' else '.pt', tmp_path)
+
+
+@pytest.mark.parametrize('size', range(1, 17))
+def test_adaptive_avg_pool_matmul_is_adaptive_avg_pool(size):
+    from se_hub.models.se_vgg import adaptive_avg_pool_matmul
+    x = torch.randn(2, 3, size, size + 3, generator=torch.Generator().manual_seed(size))
+    torch.testing.assert_close(adaptive_avg_pool_matmul(x, 7), torch.nn.functional.adaptive_avg_pool2d(x, 7),
+                               atol=1e-6, rtol=1e-6)
+
+
+def check_export(name, kwargs, size, fmt, suffix, tmp_path):
     from se_hub.deploy.export import ExportedModel, export_model, verify_export
     model = photo_calibrated(name, kwargs, size)
     path = tmp_path / f'{name}{suffix}'

@@ -12,8 +12,9 @@ What it does (each measured in ``bench/bench_deploy.py``):
   numbers touched, yet slower on this project's CPU (oneDNN reorders gate-scaled weights on every
   call; ``bench/bench_se_cost.py``), so it is off by default;
 * a block class says how it fuses in its ``fusion`` attribute (``FUSIONS``: 'residual',
-  'preact_residual', 'inverted_residual', 'conv_bn_act'), a model class which (conv, BN) pairs of its
-  stem / head fold in ``fusion_stems``: a new family becomes fusable without a change here;
+  'preact_residual', 'inverted_residual', 'conv_bn_act'); any module class (a model's stem / head, a
+  block whose forward is kept: MobileNet, ShuffleNet, VGG, Shake-Shake) which (conv, BN) pairs fold in
+  ``fusion_pairs``: a new family becomes fusable without a change here;
 * the other SE units (Inception) become ``ScaleByGate`` modules; other attention modules (ECA,
   CBAM) and every other layer are kept as they are;
 * every plain convolution becomes a ``FusedConv2d`` (re-classed in place: hooks stay), its ReLU /
@@ -333,17 +334,37 @@ def fuse_inverted_residual(block: nn.Module, fold_gate: bool = False) -> FusedIn
 # ---------------------------------------------------------------------------------------------
 # Whole models
 
-def _fold_stem(model: nn.Module, conv_name: str, bn_name: str) -> None:
-    conv, bn = getattr(model, conv_name, None), getattr(model, bn_name, None)
+def _split_bn(bn: nn.BatchNorm2d, start: int, stop: int) -> nn.BatchNorm2d:
+    """Channels ``start:stop`` of an eval BatchNorm as a BatchNorm of their own."""
+    part = nn.BatchNorm2d(stop - start, eps=bn.eps).to(bn.weight)
+    with torch.no_grad():
+        for name in ('weight', 'bias', 'running_mean', 'running_var'):
+            getattr(part, name).copy_(getattr(bn, name)[start:stop])
+    return part.eval()
+
+
+def _fold_pair(module: nn.Module, conv_names: Union[str, Sequence[str]], bn_name: str) -> None:
+    """Fold ``module.<bn_name>`` into the convolution(s) before it, then make it an Identity. Several
+    convolutions: the BN normalises their outputs concatenated in that order (channel slices)."""
+    bn = getattr(module, bn_name, None)
     if not isinstance(bn, nn.BatchNorm2d) or type(bn).forward is not nn.BatchNorm2d.forward:
         return
-    if type(conv) is nn.Sequential and isinstance(conv[-1], nn.Conv2d):  # deep stem: fold its last conv
-        conv[-1] = fold_conv_bn(conv[-1], bn)
-    elif isinstance(conv, nn.Conv2d):
-        setattr(model, conv_name, fold_conv_bn(conv, bn))
+    names = (conv_names,) if isinstance(conv_names, str) else tuple(conv_names)
+    convs = [getattr(module, n, None) for n in names]
+    if len(convs) > 1:
+        if not all(type(c) is nn.Conv2d for c in convs) or sum(c.out_channels for c in convs) != bn.num_features:
+            return
+        start = 0
+        for n, c in zip(names, convs):
+            setattr(module, n, fold_conv_bn(c, _split_bn(bn, start, start + c.out_channels)))
+            start += c.out_channels
+    elif type(convs[0]) is nn.Sequential and isinstance(convs[0][-1], nn.Conv2d):  # deep stem: its last conv
+        convs[0][-1] = fold_conv_bn(convs[0][-1], bn)
+    elif isinstance(convs[0], nn.Conv2d):
+        setattr(module, names[0], fold_conv_bn(convs[0], bn))
     else:
         return
-    setattr(model, bn_name, nn.Identity())
+    setattr(module, bn_name, nn.Identity())
 
 
 def _fold_sequentials(module: nn.Module) -> None:
@@ -449,8 +470,9 @@ def optimize(model: nn.Module, memory_format: Union[str, torch.memory_format, No
     finally:
         model.train(was_training)
     fused.requires_grad_(False)
-    for conv_name, bn_name in getattr(type(fused), 'fusion_stems', ()):  # what the model class declares
-        _fold_stem(fused, conv_name, bn_name)
+    for m in list(fused.modules()):  # the (conv, BN) pairs each module class declares
+        for conv_names, bn_name in getattr(type(m), 'fusion_pairs', ()):
+            _fold_pair(m, conv_names, bn_name)
     _fold_sequentials(fused)
     _replace_blocks(fused, fold_gate)
     for m in fused.modules():  # stems, shortcuts, heads, kept modules: packed weights, same forward

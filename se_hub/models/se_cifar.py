@@ -169,7 +169,7 @@ class SECifarResNet(StagedNet):
     have no final norm (``norm`` is an identity).
     """
     final_is_norm = True
-    fusion_stems = (('conv1', 'bn1'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
+    fusion_pairs = (('conv1', 'bn1'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(
             self,

@@ -187,7 +187,7 @@ class EfficientNet(StagedNet):
     """
     classifier_name = 'classifier'
     final_in_head = True
-    fusion_stems = (('conv_stem', 'bn1'), ('conv_head', 'bn2'))  # (conv, BN) pairs se_hub.deploy.optimize folds
+    fusion_pairs = (('conv_stem', 'bn1'), ('conv_head', 'bn2'))  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(
             self,

@@ -46,6 +46,7 @@ MOBILENET_V1_STAGES: Tuple[Tuple[Tuple[int, int], ...], ...] = (
 
 class DepthwiseSeparableBlock(AttentionSlot):
     """3x3 depthwise conv -> BN -> act -> 1x1 pointwise conv -> BN -> act -> SE."""
+    fusion_pairs = (('conv_dw', 'bn1'), ('conv_pw', 'bn2'))  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, act_layer: Callable[..., nn.Module],
                  attn_layer: Optional[Callable[[int], nn.Module]]):
@@ -65,6 +66,7 @@ class DepthwiseSeparableBlock(AttentionSlot):
 
 class SEMobileNet(StagedNet):
     """MobileNet v1 with an SE unit ending each depthwise-separable block."""
+    fusion_pairs = (('conv_stem', 'bn1'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
     classifier_name = 'classifier'
 
     def __init__(
@@ -123,6 +125,7 @@ class ShuffleUnit(AttentionSlot):
     """ShuffleNet unit (Zhang et al., Fig. 2 b/c): 1x1 group conv -> BN -> ReLU -> channel shuffle
     -> 3x3 depthwise conv (stride) -> BN -> 1x1 group conv -> BN -> SE; then add the identity
     (stride 1) or concatenate a 3x3/2 average-pooled shortcut (stride 2), then ReLU."""
+    fusion_pairs = (('conv1', 'bn1'), ('conv_dw', 'bn2'), ('conv2', 'bn3'))  # (conv, BN) pairs optimize folds
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, groups: int, first_groups: int,
                  attn_layer: Optional[Callable[[int], nn.Module]]):
@@ -157,6 +160,7 @@ class ShuffleUnit(AttentionSlot):
 class SEShuffleNet(StagedNet):
     """ShuffleNet v1: 3x3/2 conv (24) -> 3x3/2 max-pool -> stages 2-4 of ShuffleNet units -> pool -> FC.
     Feature levels: the stem output (stride 2, before the max-pool) and stages 2-4."""
+    fusion_pairs = (('conv1', 'bn1'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(
             self,

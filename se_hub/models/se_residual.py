@@ -191,7 +191,7 @@ class SEResNet(StagedNet):
     """SE-ResNet / SE-ResNeXt / SENet family (module names follow timm's ResNet: conv1, bn1,
     act1, maxpool, layer1-4, fc), so timm-layout checkpoints load as they are. Feature level 0 is
     the stem output (before the max-pool), 1-4 the outputs of layer1-4."""
-    fusion_stems = (('conv1', 'bn1'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
+    fusion_pairs = (('conv1', 'bn1'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(
             self,

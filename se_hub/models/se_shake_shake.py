@@ -71,6 +71,7 @@ class ShakeShake(nn.Module):
 
 class ShakeBranch(AttentionSlot):
     """ReLU -> 3x3 conv (stride) -> BN -> ReLU -> 3x3 conv -> BN -> SE."""
+    fusion_pairs = (('conv1', 'bn1'), ('conv2', 'bn2'))  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, attn_layer):
         super().__init__()
@@ -90,6 +91,7 @@ class ShakeBranch(AttentionSlot):
 class ShakeShortcut(nn.Module):
     """Gastaldi's shortcut where the width changes: ReLU, then [strided input -> 1x1 conv] and
     [input shifted by one pixel -> strided -> 1x1 conv], each to half the output width, concatenated, BN."""
+    fusion_pairs = ((('conv1', 'conv2'), 'bn'),)  # BN of the two convs' concatenated outputs: folded per half
 
     def __init__(self, in_chs: int, out_chs: int, stride: int):
         super().__init__()
@@ -123,6 +125,7 @@ class ShakeBlock(nn.Module):
 class SEShakeShake(StagedNet):
     """Shake-Shake for 32x32 inputs: stem (conv1, bn1), stages.0-2, final ReLU, head (fc).
     Feature levels: the stem output and the three stages."""
+    fusion_pairs = (('conv1', 'bn1'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(
             self,

@@ -14,6 +14,7 @@ features have 4096 channels on a 1x1 map and fc8 is the classifier; the feature 
 ReLU (+ SE) outputs before each max-pool, at strides 1-16.
 """
 import re
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -25,7 +26,7 @@ from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layou
 from .catalog import Family, arch
 from .staged import StagedNet, build_on, init_conv_weights, stage_paths
 
-__all__ = ['SEVGG', 'VGG16_STAGES']
+__all__ = ['SEVGG', 'VGG16_STAGES', 'adaptive_avg_pool_matmul']
 
 # VGG-16 (configuration "D" of Simonyan & Zisserman): output channels of the convs of each stage.
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -33,6 +34,7 @@ VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 
 class ConvBnReluSE(AttentionSlot):
     """3x3 conv (with bias, as torchvision's VGG) -> BN -> ReLU -> SE."""
+    fusion_pairs = (('conv', 'bn'),)  # (conv, BN) pairs se_hub.deploy.optimize folds
 
     def __init__(self, in_chs: int, out_chs: int, attn_layer):
         super().__init__()
@@ -45,6 +47,25 @@ class ConvBnReluSE(AttentionSlot):
         return self._attend(self.act(self.bn(self.conv(x))))
 
 
+def _bin_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in): row i averages input positions floor(i * n_in / n_out) to ceil((i + 1) * n_in / n_out) - 1,
+    the bins of adaptive average pooling. Built from Python numbers: a constant in a traced graph."""
+    rows = []
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -(-(i + 1) * n_in // n_out)
+        rows.append([1.0 / (end - start) if start <= j < end else 0.0 for j in range(n_in)])
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+
+
+def adaptive_avg_pool_matmul(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` as two matrix products (bins along H, then W): ONNX exports
+    adaptive pooling only where the map is a multiple of ``size``; this form exports at any size."""
+    with warnings.catch_warnings():  # the tracer's notes that the matrices are constants: they are
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        rows, cols = _bin_matrix(int(x.shape[-2]), size, x), _bin_matrix(int(x.shape[-1]), size, x)
+    return rows @ x @ cols.t()
+
+
 class VGGClassifierMLP(nn.Module):
     """fc6 / fc7 of VGG: max-pool -> adaptive avg-pool to ``pool`` -> fc6 (as a conv over the whole
     pooled map) -> ReLU -> dropout -> fc7 (1x1 conv) -> ReLU -> dropout."""
@@ -52,6 +73,7 @@ class VGGClassifierMLP(nn.Module):
     def __init__(self, in_chs: int, hidden: int = 4096, pool: int = 7, drop_rate: float = 0.5):
         super().__init__()
         self.pool = nn.MaxPool2d(2, 2)
+        self.pool_size = pool
         self.avgpool = nn.AdaptiveAvgPool2d(pool)
         self.fc6 = nn.Conv2d(in_chs, hidden, pool)
         self.act6 = nn.ReLU(inplace=True)
@@ -61,9 +83,16 @@ class VGGClassifierMLP(nn.Module):
         self.drop7 = nn.Dropout(drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.pool(x))
+        x = self.pool(x)
+        x = self.avgpool(x) if torch.jit.is_scripting() else self._avgpool_exportable(x)
         x = self.drop6(self.act6(self.fc6(x)))
         return self.drop7(self.act7(self.fc7(x)))
+
+    @torch.jit.unused
+    def _avgpool_exportable(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export() and (x.shape[-2] % self.pool_size or x.shape[-1] % self.pool_size):
+            return adaptive_avg_pool_matmul(x, self.pool_size)  # the same average, in a form ONNX has
+        return self.avgpool(x)
 
 
 class SEVGG(StagedNet):
