@@ -5,6 +5,7 @@ moved over the old one with ``os.replace`` (atomic on POSIX and Windows). A fail
 import errno
 import hashlib
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -50,16 +51,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_RUST_DISK_FULL = re.compile(rf'os error {errno.ENOSPC}\)|Os {{ code: {errno.ENOSPC}, |kind: StorageFull\b')
+
+
 def _disk_full(error: BaseException) -> bool:
     """Whether ``error`` or one it was raised from is a full disk. torch's zip writer reports one as
     ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``, raised while handling the
-    OSError of the write; safetensors (Rust) as an error saying ``os error 28`` and no path."""
+    OSError of the write; safetensors (Rust) as an error naming no path, which says ``(os error 28)`` in the
+    newest safetensors and ``IoError(Os { code: 28, kind: StorageFull, ...})`` in 0.4.0."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
             return True
-        if not isinstance(error, OSError) and f'os error {errno.ENOSPC})' in str(error):
+        if not isinstance(error, OSError) and _RUST_DISK_FULL.search(str(error)):
             return True
         error = error.__cause__ or error.__context__
     return False

@@ -465,7 +465,7 @@ def allow_downloads(monkeypatch) -> None:
 
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
     monkeypatch.setattr(constants, 'HF_HUB_DISABLE_TELEMETRY', True)
-    _allow_requests_sessions(monkeypatch)
+    fresh_request_sessions(monkeypatch)
     try:
         detect_agent = importlib.import_module('huggingface_hub.utils._detect_agent')
     except ImportError:  # older huggingface_hub: no agent detection
@@ -475,9 +475,10 @@ def allow_downloads(monkeypatch) -> None:
         monkeypatch.setattr(detect_agent, '_registry', empty, raising=False)
 
 
-def _allow_requests_sessions(monkeypatch) -> None:
-    # huggingface_hub < 1.0 (requests): a session built while offline refuses every request, and
-    # sessions are cached per thread; a fresh cache for this test, the offline one back afterwards.
+def fresh_request_sessions(monkeypatch) -> None:
+    """huggingface_hub < 1.0 (requests) decides offline or online when it builds a session, and caches
+    sessions per thread: after switching ``HF_HUB_OFFLINE`` a test needs a fresh cache (the previous one
+    comes back afterwards). huggingface_hub >= 1.0 checks the constant on each request: nothing to do."""
     http = importlib.import_module('huggingface_hub.utils._http')
     cached = getattr(http, '_get_session_from_cache', None)
     if hasattr(cached, 'cache_clear') and hasattr(cached, '__wrapped__'):

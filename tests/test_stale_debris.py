@@ -58,6 +58,19 @@ def _kill(proc):
     proc.wait(timeout=30)
 
 
+def _locked(lock_file: Path) -> bool:
+    from filelock import FileLock, Timeout
+    if not lock_file.exists():
+        return False
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def _finish(proc):
     try:
         out, err = proc.communicate(timeout=120)
@@ -80,9 +93,17 @@ def test_killed_hub_download_is_cleaned_by_the_next_not_a_live_one(hub):
     [stale] = _wait_for(partial, killed, 'a partial download')
     _kill(killed)
     assert stale.exists(), 'SIGKILL leaves the partial file'
-    live = _download(source)  # the next run: removes the stale file, then hangs in its own download
-    [current] = _wait_for(lambda: [p for p in partial() if p != stale] if not stale.exists() else [], live,
-                          'the stale file removed and a new partial download')
+    etag = stale.name.split('.')[0]
+    live = _download(source)
+    if stale.name == f'{etag}.incomplete':
+        # huggingface_hub < 1.0 names the file after the etag alone and the next download appends to it (a
+        # resume, not debris): it is kept, and is the live download's file once that download holds the lock
+        _wait_for(lambda: _locked(folder.parent / '.locks' / folder.name / f'{etag}.lock'), live,
+                  'a download holding the lock')
+        current = stale
+    else:  # huggingface_hub >= 1.0: a new name per download; the next run removes the stale file, then hangs
+        [current] = _wait_for(lambda: [p for p in partial() if p != stale] if not stale.exists() else [], live,
+                              'the stale file removed and a new partial download')
     remove_stale_hub_downloads(folder)  # a third process looking while the live download is under way
     assert current.exists(), "a live download's file was removed"
     hub.release_stalls()
