@@ -66,7 +66,9 @@ def saved_for_backward_bytes(model, x):
         ptr = t.untyped_storage().data_ptr()
         if ptr not in exclude:
             saved[ptr] = t.untyped_storage().nbytes()
-        return t  # keeping t alive keeps its address from being reused within the forward
+        # keeping t alive keeps its address from being reused within the forward; detached, because a layer's
+        # saved output held with its graph would hold that graph (a cycle that outlives the forward)
+        return t.detach()
 
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -15,6 +15,8 @@ Where each API appeared (read from timm's release tags and huggingface_hub's whe
 - ``huggingface_hub.errors.LocalEntryNotFoundError``: huggingface_hub 0.24
   (``huggingface_hub.utils`` has it in every release).
 - ``torch.serialization.safe_globals`` (a scoped allow-list for ``weights_only`` loads): torch 2.5.
+- ``torch._C._autograd._top_saved_tensors_default_hooks`` (the active saved-tensor hooks; private in
+  every release): torch 2.8.
 """
 import argparse
 import inspect
@@ -172,3 +174,14 @@ def not_a_tensor_file(where: Any, error: BaseException) -> str:
 
 __all__ = ['LOCAL_DIR', 'TIMM_HAS_LOCAL_DIR', 'LocalEntryNotFoundError', 'create_classifier', 'create_model',
            'feature_take_indices', 'get_device_dtype', 'load_tensors_only', 'not_a_tensor_file', 'save_for_hf']
+
+
+def innermost_saved_tensors_hooks() -> Tuple[bool, Optional[Tuple[Any, Any]]]:
+    """``(known, hooks)``: ``hooks`` is the ``(pack, unpack)`` pair of the innermost active
+    ``torch.autograd.graph.saved_tensors_hooks`` (None when none is active); ``known`` is False where
+    torch cannot tell (before 2.8, which added ``_top_saved_tensors_default_hooks``, private in every
+    release)."""
+    top = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
+    if top is None:
+        return False, None
+    return True, top(False)

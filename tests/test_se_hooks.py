@@ -21,6 +21,7 @@ MODELS = {
     'se_efficientnet_b0': 32,  # MBConv and depthwise-separable blocks
     'se_bn_inception': 32, 'se_inception_v3': 75, 'se_inception_resnet_v2': 75,
     'se_resnet20_cifar': 16, 'se_resnet164_cifar': 16, 'se_wrn16_8_cifar': 16,  # post- and pre-activation
+    'se_mobilenet': 32, 'se_shufflenet': 32, 'se_vgg16': 32, 'se_shake_shake26_2x96d_cifar': 16,
 }
 
 

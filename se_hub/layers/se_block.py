@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from timm.layers import create_act_layer, make_divisible
 from torch import nn
 
+from .recomputed_scale import scale
+
 SQUEEZE_TYPES = ('avg', 'max', 'none')
 
 
@@ -123,14 +125,28 @@ class AttentionSlot(nn.Module):
     flag, not an isinstance() in forward, which TorchScript resolves wrongly for specialised copies of
     one module class; as a TorchScript constant it leaves only the branch taken to compile."""
     se_gates: Final[bool]
+    # True where the block's SE product goes through recomputed_scale (``_attend`` or ``scaled_residual``):
+    # the network opens ``recomputed_scales()`` for such blocks only (a block with a BatchNorm-statistics
+    # tail, se_tail.py, needs no saved-tensor hooks, whose calls cost time on small networks)
+    recomputes_products: bool
 
-    def _init_attention(self, attention: Optional[nn.Module]) -> None:
+    def _init_attention(self, attention: Optional[nn.Module], recomputes_products: bool = True) -> None:
         self.se = attention
         self.se_gates = isinstance(attention, SqueezeExcite)
+        self.recomputes_products = self.se_gates and recomputes_products
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         if self.se_gates:
-            return x * self.se(x)
+            if torch.jit.is_scripting():
+                return x * self.se(x)
+            return self._scale(x, self.se(x))
         if self.se is not None:
             return self.se(x)
         return x
+
+    @torch.jit.unused
+    def _scale(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        # x * gate; a layer that saves it for backward keeps x and the gate instead (recomputed_scale.py)
+        if torch.compiler.is_compiling():
+            return x * gate
+        return scale(x, gate)

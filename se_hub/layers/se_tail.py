@@ -1,4 +1,4 @@
-"""The tail of an SE residual block, ``bn(z) * g + shortcut``, without its memory cost.
+"""The tail of an SE block, ``bn(z) * g`` (+ a shortcut), without its memory cost.
 
 Autograd keeps ``bn(z)`` alive for the backward of the multiplication by ``g``: one extra
 activation the size of the block output in every block, about a quarter more saved memory for
@@ -16,6 +16,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
+
+from .recomputed_scale import plain_requested, scale
 
 # Autograd nodes of training-mode batch norm whose saved result1 / result2 are the batch mean and
 # inverse standard deviation (cuDNN's "savedInvVariance"), and whose saved input is the BN input.
@@ -51,8 +53,8 @@ class _ScaleAdd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gate, shortcut, z, weight, bias, mean, invstd):
         ctx.save_for_backward(gate, z, weight, bias, mean, invstd)
-        ctx.shortcut_dtype = shortcut.dtype
-        return torch.addcmul(shortcut, x, gate)
+        ctx.shortcut_dtype = None if shortcut is None else shortcut.dtype
+        return x * gate if shortcut is None else torch.addcmul(shortcut, x, gate)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -77,15 +79,17 @@ class _ScaleAdd(torch.autograd.Function):
                 x = x + bias.view(shape)
             grad_gate = grad * x
         grad_gate = grad_gate.to(gate.dtype)
-        return grad_x, grad_gate, grad.to(ctx.shortcut_dtype), None, None, None, None, None
+        grad_shortcut = None if ctx.shortcut_dtype is None else grad.to(ctx.shortcut_dtype)
+        return grad_x, grad_gate, grad_shortcut, None, None, None, None, None
 
 
-def scale_add(
-        x: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor, z: torch.Tensor, bn: nn.Module) -> torch.Tensor:
-    """``x * gate + shortcut`` for ``x = bn(z)``; when ``x`` is training-mode BatchNorm's output,
-    autograd keeps ``z`` (which BatchNorm keeps anyway) and the gate, not ``x``."""
-    stats = batch_norm_saved_stats(x, z, bn) if torch.is_grad_enabled() else None
+def scale_add(x: torch.Tensor, gate: torch.Tensor, shortcut: Optional[torch.Tensor], z: torch.Tensor,
+              bn: nn.Module) -> torch.Tensor:
+    """``x * gate + shortcut`` (``x * gate`` without a shortcut) for ``x = bn(z)``; when ``x`` is
+    training-mode BatchNorm's output, autograd keeps ``z`` (which BatchNorm keeps anyway) and the gate,
+    not ``x``."""
+    stats = batch_norm_saved_stats(x, z, bn) if torch.is_grad_enabled() and not plain_requested() else None
     if stats is None:
-        return torch.addcmul(shortcut, x, gate)
+        return scale(x, gate) if shortcut is None else torch.addcmul(shortcut, x, gate)
     mean, invstd = stats
     return _ScaleAdd.apply(x, gate, shortcut, z.detach(), bn.weight, bn.bias, mean.detach(), invstd.detach())

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, DropPath
 from torch import nn
 
-from ..layers import AttentionSlot, SeLayer, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer, scaled_residual
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import Family, arch
 from .se_residual import BasicBlock
@@ -82,7 +82,8 @@ class PreActBlock(AttentionSlot):
     fusion = 'preact_residual'  # how se_hub.deploy.optimize rebuilds it
 
     def _init_tail(self, outplanes: int, downsample: Optional[nn.Module], attn_layer, drop_path_rate: float):
-        self._init_attention(attn_layer(outplanes) if attn_layer is not None else None)
+        # the product meets only the shortcut addition: scaled_residual, no recomputed_scales() needed
+        self._init_attention(attn_layer(outplanes) if attn_layer is not None else None, recomputes_products=False)
         self.downsample = downsample
         self.shortcut_preact = isinstance(downsample, nn.Conv2d)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else None
@@ -99,10 +100,22 @@ class PreActBlock(AttentionSlot):
             shortcut = self.downsample(x_pre)
         else:
             shortcut = self.downsample(x)
-        out = self._attend(self.residual(x_pre))
+        out = self.residual(x_pre)
+        if self.se_gates and self.drop_path is None and not torch.jit.is_scripting():
+            return self._scaled_tail(out, shortcut, x_pre)
+        out = self._attend(out)
         if self.drop_path is not None:
             out = self.drop_path(out)
         return out + shortcut
+
+    @torch.jit.unused
+    def _scaled_tail(self, branch: torch.Tensor, shortcut: torch.Tensor, x_pre: torch.Tensor) -> torch.Tensor:
+        # branch * gate + shortcut, keeping for backward only what the SE-free block keeps (recomputed_scale.py)
+        gate = self.se(branch)
+        if torch.compiler.is_compiling():
+            return branch * gate + shortcut
+        projection = (self.downsample, x_pre) if self.shortcut_preact else None
+        return scaled_residual(branch, gate, shortcut, 1.0, None, projection)
 
 
 class PreActBasicBlock(PreActBlock):

@@ -25,7 +25,7 @@ from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath
 from torch import nn
 
-from ..layers import AttentionSlot, SeLayer, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer, scaled_residual
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import Family, arch
 from .staged import StagedNet, build_on, init_conv_weights
@@ -107,7 +107,9 @@ class InceptionBlock(AttentionSlot):
         else:
             self.conv2d = None
             self.out_chs = cat_chs
-        self._init_attention(attn_layer(self.out_chs) if attn_layer is not None and se else None)
+        # a residual block's product meets only the shortcut addition: scaled_residual needs no recomputed_scales()
+        self._init_attention(attn_layer(self.out_chs) if attn_layer is not None and se else None,
+                             recomputes_products=not residual)
         # stochastic depth drops the (scaled) residual branch; a plain block has none to drop
         self.drop_path = DropPath(drop_path_rate) if residual and drop_path_rate > 0. else None
         self.act = nn.ReLU() if act else None
@@ -121,6 +123,8 @@ class InceptionBlock(AttentionSlot):
         out = torch.cat(outs, 1)
         if self.conv2d is not None:
             out = self.conv2d(out)
+        if self.residual and self.se_gates and self.drop_path is None and not torch.jit.is_scripting():
+            return self._scaled_tail(out, x)
         out = self._attend(out)
         if self.residual:
             out = out * self.scale
@@ -130,6 +134,16 @@ class InceptionBlock(AttentionSlot):
         if self.act is not None:
             out = self.act(out)
         return out
+
+    @torch.jit.unused
+    def _scaled_tail(self, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # act(branch * gate * scale + x), keeping for backward only what the SE-free block keeps
+        # (recomputed_scale.py); the same operations in the same order as forward's plain path
+        gate = self.se(branch)
+        if torch.compiler.is_compiling():
+            out = branch * gate * self.scale + x
+            return out if self.act is None else self.act(out)
+        return scaled_residual(branch, gate, x, self.scale, self.act)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,9 +428,10 @@ _MAX3S2 = ('max', 3, 2, 0, False)
 
 def _bn_inception(c1x1: int, c3x3_reduce: int, c3x3: int, dbl_reduce: int, dbl: int, pool: str, pool_proj: int):
     """A BN-Inception module (Ioffe & Szegedy 2015, Figure 5): 1x1 | 1x1-3x3 | 1x1-3x3-3x3 | pool-1x1.
-    Average pools count the padding (Caffe); the max-pool of inception_5b is 3x3/1."""
+    Average pools count the padding (Caffe); the max-pool of inception_5b is 3x3/1. No ReLU after
+    the SE scale (the prototxt has none; every branch ends in one)."""
     pool_op = ('avg', 3, 1, 1, True) if pool == 'avg' else ('max', 3, 1, 1, True)
-    return dict(branches=(
+    return dict(act=False, branches=(
         (_conv(c1x1),),
         (_conv(c3x3_reduce), _conv(c3x3, 3, 1, 1)),
         (_conv(dbl_reduce), _conv(dbl, 3, 1, 1), _conv(dbl, 3, 1, 1)),
@@ -426,7 +441,7 @@ def _bn_inception(c1x1: int, c3x3_reduce: int, c3x3: int, dbl_reduce: int, dbl: 
 
 def _bn_inception_reduction(c3x3_reduce: int, c3x3: int, dbl_reduce: int, dbl: int):
     """A stride-2 BN-Inception module: 1x1-3x3/2 | 1x1-3x3-3x3/2 | max 3x3/2 (ceil mode), no 1x1 branch."""
-    return dict(branches=(
+    return dict(act=False, branches=(
         (_conv(c3x3_reduce), _conv(c3x3, 3, 2, 1)),
         (_conv(dbl_reduce), _conv(dbl, 3, 1, 1), _conv(dbl, 3, 2, 1)),
         (('max', 3, 2, 0, True),),

@@ -26,7 +26,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_act_layer
 from torch import nn
 
-from ..layers import AttentionSlot, SeLayer, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer, scale_add
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import Family, arch
 from .staged import StagedNet, build_on, init_conv_weights, stage_paths
@@ -143,7 +143,7 @@ class ShuffleUnit(AttentionSlot):
         self.bn2 = nn.BatchNorm2d(mid_chs)
         self.conv2 = nn.Conv2d(mid_chs, branch_chs, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(branch_chs)
-        self._init_attention(attn_layer(branch_chs) if attn_layer is not None else None)
+        self._init_attention(attn_layer(branch_chs) if attn_layer is not None else None, recomputes_products=False)
         self.pool = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
         self.act_out = nn.ReLU(inplace=True)
 
@@ -151,10 +151,21 @@ class ShuffleUnit(AttentionSlot):
         y = self.act1(self.bn1(self.conv1(x)))
         if self.groups > 1:
             y = channel_shuffle(y, self.groups)
-        y = self._attend(self.bn3(self.conv2(self.bn2(self.conv_dw(y)))))
+        z = self.conv2(self.bn2(self.conv_dw(y)))
+        y = self.bn3(z)
+        if self.se_gates and not torch.jit.is_scripting():
+            # SE scale (+ identity) in one step that keeps bn3's input, not y, for backward (se_tail.py)
+            if self.stride == 2:
+                return self.act_out(torch.cat([self.pool(x), self._scale_bn3(y, z, None)], dim=1))
+            return self.act_out(self._scale_bn3(y, z, x))
+        y = self._attend(y)
         if self.stride == 2:
             return self.act_out(torch.cat([self.pool(x), y], dim=1))
         return self.act_out(x + y)
+
+    @torch.jit.unused
+    def _scale_bn3(self, y: torch.Tensor, z: torch.Tensor, shortcut: Optional[torch.Tensor]) -> torch.Tensor:
+        return scale_add(y, self.se(y), shortcut, z, self.bn3)
 
 
 class SEShuffleNet(StagedNet):

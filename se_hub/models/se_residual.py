@@ -51,7 +51,9 @@ class ResidualBlock(AttentionSlot):
             raise ValueError(f"se_placement={se_placement!r} is not one of {SE_PLACEMENTS}")
         self.se_placement = se_placement
         se_channels = {'pre': inplanes, '3x3': width}.get(se_placement, outplanes)
-        self._init_attention(attn_layer(se_channels) if attn_layer is not None else None)
+        # the standard placement scales through the BatchNorm-statistics tail (se_tail.py)
+        self._init_attention(attn_layer(se_channels) if attn_layer is not None else None,
+                             recomputes_products=se_placement != 'standard')
         self.pre_se_act = nn.ReLU(inplace=True) if pre_se_act else nn.Identity()
         self.act_out = nn.ReLU(inplace=True)
         self.downsample = downsample

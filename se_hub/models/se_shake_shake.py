@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from timm.models import register_notrace_module
 from torch import nn
 
-from ..layers import AttentionSlot, SeLayer, resolve_se_layer
+from ..layers import AttentionSlot, SeLayer, resolve_se_layer, scale_add
 from ..weights.checkpoint import checkpoint_filter_fn
 from .catalog import Family, arch
 from .se_cifar import CIFAR10_MEAN, CIFAR10_STD
@@ -81,11 +81,19 @@ class ShakeBranch(AttentionSlot):
         self.act2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_chs)
-        self._init_attention(attn_layer(out_chs) if attn_layer is not None else None)
+        self._init_attention(attn_layer(out_chs) if attn_layer is not None else None, recomputes_products=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act2(self.bn1(self.conv1(self.act1(x))))
-        return self._attend(self.bn2(self.conv2(x)))
+        z = self.conv2(self.act2(self.bn1(self.conv1(self.act1(x)))))
+        x = self.bn2(z)
+        if self.se_gates and not torch.jit.is_scripting():
+            return self._scale_bn2(x, z)
+        return self._attend(x)
+
+    @torch.jit.unused
+    def _scale_bn2(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        # the SE scale keeps bn2's input, not its output, for backward (se_tail.py)
+        return scale_add(x, self.se(x), None, z, self.bn2)
 
 
 class ShakeShortcut(nn.Module):

@@ -17,6 +17,7 @@ from timm.models import checkpoint, checkpoint_seq
 from torch import nn
 
 from .._compat import feature_take_indices
+from ..layers.recomputed_scale import recomputed_scales
 from .classifier_head import ClassifierHeadMixin
 
 
@@ -88,6 +89,18 @@ class StagedNet(ClassifierHeadMixin, nn.Module):
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """The outputs at ``feature_info``'s levels; the final output is ``forward_features``' (unless
         ``stop_early`` stopped before the last level)."""
+        with self._lean_scales(x):
+            return self._intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
+
+    def _intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]],
+            norm: bool,
+            stop_early: bool,
+            output_fmt: str,
+            intermediates_only: bool,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         if output_fmt != 'NCHW':
             raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' is supported")
         num_levels = len(self.feature_info)
@@ -148,8 +161,11 @@ class StagedNet(ClassifierHeadMixin, nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return self._checkpointed_features(x)
+        if not torch.jit.is_scripting() and (self.training or self.grad_checkpointing):
+            return self._unscripted_features(x)
+        return self._features(x)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         # children in registration order (TorchScript runs a loop over them, not over paths)
         for name, module in self.named_children():
             if name in self.trunk_names:
@@ -157,11 +173,23 @@ class StagedNet(ClassifierHeadMixin, nn.Module):
         return x
 
     @torch.jit.unused
-    def _checkpointed_features(self, x: torch.Tensor) -> torch.Tensor:
-        for step in self.stem_steps + self.stage_steps:
-            module = self.get_submodule(step)
-            x = self._run_stage(module, x) if step in self.stage_steps else module(x)
-        return self._final(x)
+    def _unscripted_features(self, x: torch.Tensor) -> torch.Tensor:
+        with self._lean_scales(x):
+            if not self.grad_checkpointing:
+                return self._features(x)
+            for step in self.stem_steps + self.stage_steps:
+                module = self.get_submodule(step)
+                x = self._run_stage(module, x) if step in self.stage_steps else module(x)
+            return self._final(x)
+
+    @torch.jit.unused
+    def _lean_scales(self, x: torch.Tensor):
+        """In training, SE products that a later layer saves are kept as their factors
+        (``layers/recomputed_scale.py``): the memory of the SE-free network."""
+        if (torch.compiler.is_compiling() or not self.training or not isinstance(x, torch.Tensor)
+                or not any(getattr(m, 'recomputes_products', False) for m in self.modules())):
+            return nullcontext()
+        return recomputed_scales()
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)

@@ -2,11 +2,14 @@
 FeaturePyramidNetwork, in torchvision's Faster R-CNN, RetinaNet or Mask R-CNN (see the package docstring)."""
 import warnings
 from collections import OrderedDict
+from contextlib import nullcontext
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+
+from ...layers import recomputed_scales
 
 KINDS = ('fasterrcnn', 'retinanet', 'maskrcnn')
 
@@ -76,7 +79,10 @@ class SEBackboneWithFPN(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> 'OrderedDict[str, torch.Tensor]':
-        return self.fpn(OrderedDict(zip(self.feature_names, self.body(x))))
+        # timm's features_only wrapper runs the stages itself: the SE products that the next stage or
+        # the FPN keeps are kept as their factors here (what se_hub's models do in forward_features)
+        with recomputed_scales() if self.training else nullcontext():
+            return self.fpn(OrderedDict(zip(self.feature_names, self.body(x))))
 
 
 def create_backbone(backbone: str, pretrained: bool = True, trainable_layers: Optional[int] = None,

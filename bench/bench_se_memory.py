@@ -1,0 +1,154 @@
+"""SE's memory cost in training, every family: what autograd keeps for backward and the train step.
+
+For one model per family (the paper's placements; MBConv in both paddings; the CIFAR networks in both
+block kinds) this prints, next to its SE-free twin (``se_layer='none'``):
+
+* the memory autograd keeps for backward in one training forward at batch 4 and 8 (unique non-parameter
+  storages, as ``bench_se_overhead.py`` counts them), for se_hub's SE and for the same model under
+  ``se_hub.layers.plain_se_backward()`` (SE products kept as PyTorch keeps ``x * g``: what se_hub kept
+  before the recomputed products, and what a plain implementation keeps), and for timm's
+  same-function model where timm has one;
+* the train step at batch 4 (forward, backward, SGD step; median over rounds, the variants of a model
+  timed round-robin in the same run, a visit disturbed by other processes re-run).
+
+The memory figures need torch >= 2.8 (on older torch se_hub keeps SE products as PyTorch does).
+
+Train steps on a 2-core CPU move by 10% and more between runs with the allocation pattern (glibc returns
+large freed blocks to the system, and the next step faults their pages in again): the results file was made
+with glibc's thresholds raised, as ``docs/benchmarks.md`` explains for eager inference.
+
+Run (from the repository root):
+    MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=268435456 \
+        PYTHONPATH=. python bench/bench_se_memory.py --rounds 5      # the results file
+    PYTHONPATH=. python bench/bench_se_memory.py                     # every family, several minutes
+    PYTHONPATH=. python bench/bench_se_memory.py --quick             # smoke check
+    PYTHONPATH=. python bench/bench_se_memory.py --models se_efficientnet_b0,se_mobilenet --rounds 5
+"""
+import argparse
+import contextlib
+import gc
+import os
+import shlex
+import statistics
+import sys
+
+import record  # bench/record.py: --results writes the output to bench/results/
+import timm
+import torch
+import torch.nn.functional as F
+from bench_se_overhead import CORES, pct, saved_for_backward_bytes, timed
+
+import se_hub
+from se_hub.layers import plain_se_backward
+
+# model -> (input size, timm's same-function model or None)
+FAMILIES = {
+    'se_resnet50b': (224, 'seresnet50'),
+    'se_resnet164_cifar': (32, None),
+    'se_wrn16_8_cifar': (32, None),
+    'se_resnet56_cifar': (32, None),
+    'se_efficientnet_b0': (224, 'efficientnet_b0'),
+    'se_tf_efficientnet_b0': (224, 'tf_efficientnet_b0'),
+    'se_bn_inception': (224, None),
+    'se_inception_v3': (299, None),
+    'se_inception_resnet_v2': (299, None),
+    'se_mobilenet': (224, None),
+    'se_shufflenet': (224, None),
+    'se_vgg16': (224, None),
+    'se_shake_shake26_2x96d_cifar': (32, None),
+}
+MEMORY_BATCHES, STEP_BATCH, MIB = (4, 8), 4, 2 ** 20
+# glibc hands large freed blocks back to the system by default, and an eager train step then pays page faults
+# for every activation again, differently for every allocation pattern: raised, timings compare what is computed
+MALLOC_SETTINGS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')
+VARIANTS = ('SE-free', 'SE', 'plain SE', 'timm')
+
+
+def build(name, variant):
+    if variant == 'timm':
+        return timm.create_model(FAMILIES[name][1])
+    return timm.create_model(name, **({'se_layer': 'none'} if variant == 'SE-free' else {}))
+
+
+def context(variant):
+    return plain_se_backward() if variant == 'plain SE' else contextlib.nullcontext()
+
+
+def train_step(model, variant, size):
+    x, y = torch.randn(STEP_BATCH, 3, size, size), torch.randint(0, 10, (STEP_BATCH,))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with context(variant):
+            F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--rounds', type=int, default=3, help='interleaved rounds of train steps over all variants')
+    p.add_argument('--runs', type=int, default=1, help='timed train steps per visit (after one warm-up)')
+    p.add_argument('--threads', type=int, default=CORES, help='torch.set_num_threads (default: CPU cores)')
+    p.add_argument('--retries', type=int, default=3, help='re-runs of a visit disturbed by other processes')
+    p.add_argument('--quick', action='store_true', help='smoke check: two small models, 1 round, no retries')
+    p.add_argument('--models', default=','.join(FAMILIES), help=f'comma-separated subset of: {", ".join(FAMILIES)}')
+    record.add_option(p)
+    args = p.parse_args()
+    with record.recording(args.results, 'se_memory'):
+        names = [m.strip() for m in args.models.split(',') if m.strip()]
+        if args.quick:
+            names, args.rounds, args.retries = ['se_resnet56_cifar', 'se_shake_shake26_2x96d_cifar'], 1, 0
+        if not names or any(n not in FAMILIES for n in names):
+            p.error(f'--models: choose from {list(FAMILIES)}')
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        print(f'# torch {torch.__version__} | timm {timm.__version__} | se_hub {se_hub.__version__} | python '
+              f'{sys.version.split()[0]} | {CORES} cores | threads {torch.get_num_threads()} | rounds {args.rounds} '
+              f'x runs {args.runs} | OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "(unset)")} | glibc '
+              + ' '.join(f'{k}={os.environ.get(k, "(unset)")}' for k in MALLOC_SETTINGS))
+        print(f'# command: {shlex.join([sys.executable, *sys.argv])}  (cwd {os.getcwd()})\n')
+
+        saved, step_ms, stats = {}, {}, dict(rerun=0, contended=0, visits=0)
+        for n in names:  # one family at a time: all of them at once do not fit in 24 GiB
+            size = FAMILIES[n][0]
+            models = {v: build(n, v) for v in VARIANTS if v != 'timm' or FAMILIES[n][1]}
+            for v, model in models.items():
+                for b in MEMORY_BATCHES:
+                    with context(v):
+                        saved[n, v, b] = saved_for_backward_bytes(model, torch.randn(b, 3, size, size)) / MIB
+            steps = {v: train_step(model, v, size) for v, model in models.items()}
+            samples = {v: [] for v in steps}
+            order = list(steps)
+            for r in range(args.rounds):
+                for v in order[r % len(order):] + order[:r % len(order)]:
+                    samples[v] += timed(steps[v], args.runs, args.retries, stats)
+                    stats['visits'] += 1
+            step_ms.update({(n, v): statistics.median(t) * 1e3 for v, t in samples.items()})
+            del models, steps
+            gc.collect()
+            print(f'# {n} done', file=sys.stderr, flush=True)
+
+        b4, b8 = MEMORY_BATCHES
+        print(f'| model | input | saved b{b4}, SE-free (MiB) | SE b{b4} | SE overhead b{b4} | SE overhead b{b8} | '
+              f'plain SE overhead b{b8} | timm same model b{b8} (MiB) | se_hub vs timm b{b8} | '
+              f'train step b{STEP_BATCH}, SE-free (ms) | SE | plain SE | SE step vs plain SE | SE step vs SE-free |')
+        print('|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|')
+        for n in names:
+            size, timm_name = FAMILIES[n]
+            timm_mem = f'{saved[n, "timm", b8]:.1f} ({timm_name})' if timm_name else '-'
+            vs_timm = pct(saved[n, 'SE', b8], saved[n, 'timm', b8]) if timm_name else '-'
+            print(f'| {n} | {size} | {saved[n, "SE-free", b4]:.1f} | {saved[n, "SE", b4]:.1f} | '
+                  f'{pct(saved[n, "SE", b4], saved[n, "SE-free", b4])} | '
+                  f'{pct(saved[n, "SE", b8], saved[n, "SE-free", b8])} | '
+                  f'{pct(saved[n, "plain SE", b8], saved[n, "SE-free", b8])} | {timm_mem} | {vs_timm} | '
+                  f'{step_ms[n, "SE-free"]:.0f} | {step_ms[n, "SE"]:.0f} | {step_ms[n, "plain SE"]:.0f} | '
+                  f'{pct(step_ms[n, "SE"], step_ms[n, "plain SE"])} | {pct(step_ms[n, "SE"], step_ms[n, "SE-free"])} |')
+        print(f'\n# {stats["visits"]} timed visits (variants of a model round-robin): {stats["rerun"]} re-run after '
+              f'other processes used the CPU, {stats["contended"]} kept although still disturbed')
+
+
+if __name__ == '__main__':
+    main()
