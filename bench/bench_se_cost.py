@@ -13,12 +13,16 @@ Two measurements, each against the same-layout SE-free twin:
   so the ops the SE graph adds (and the layout reorders they cause) show by name; INT8 also with the
   gates left as ``QLinearMul`` (``quantize_onnx``'s default), and the INT8 latencies of SE-free,
   SE and SE with ``QLinearMul`` timed round-robin (batch-1 files).
+* OpenVINO bf16 and INT8 (``--openvino``; bf16 only where the CPU has it): time per executed layer from
+  OpenVINO's own performance counters (``PERF_COUNT``), by layer type and kernel, the SE units' layers
+  (squeeze, FCs, gate) summed apart, for SE and the SE-free twin, and their latencies timed round-robin.
 
-    python bench/bench_se_cost.py [--model se_resnet50b] [--rounds 20] [--ort] [--no-eager]
+    python bench/bench_se_cost.py [--model se_resnet50b] [--rounds 20] [--ort] [--openvino] [--no-eager]
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from collections import Counter, defaultdict
@@ -188,6 +192,76 @@ def ort_table(threads, rounds, block):
                   f'({plain_calls.get(op, 0)}) |')
 
 
+def openvino_profiles(paths, precision, threads, runs=30):
+    """{label: {(part, '<layer type> (<kernel>)'): median ms per run}} of each IR in ``paths`` ({label: xml}),
+    from OpenVINO's performance counters, the IRs run alternately; part is 'SE gate' for the layers of
+    ``optimize``'s gate modules (``gate_from_input``: squeeze, FCs, gate), else 'rest' (the SE scale, which
+    OpenVINO cannot fuse into a convolution as the SE-free twin's shortcut addition, runs as a ``Subgraph``)."""
+    import numpy as np
+
+    from se_hub.deploy.openvino_runner import INFERENCE_PRECISION, ov_core
+    config = {'INFERENCE_PRECISION_HINT': INFERENCE_PRECISION[precision], 'PERFORMANCE_HINT': 'LATENCY',
+              'INFERENCE_NUM_THREADS': threads, 'PERF_COUNT': True}
+    requests = {label: ov_core().compile_model(xml, 'CPU', config).create_infer_request()
+                for label, xml in paths.items()}
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    samples = {label: defaultdict(list) for label in paths}
+    for i in range(runs + 3):
+        for label, request in requests.items():
+            request.infer({0: x})
+            if i < 3:
+                continue
+            per_kind = defaultdict(float)
+            for info in request.profiling_info:
+                part = 'SE gate' if '/gate_from_input/' in info.node_name else 'rest'
+                per_kind[(part, f'{info.node_type} ({info.exec_type})')] += info.real_time.total_seconds() * 1000
+            for key, ms in per_kind.items():
+                samples[label][key].append(ms)
+    return {label: {key: statistics.median(v) for key, v in kinds.items()} for label, kinds in samples.items()}
+
+
+def openvino_table(threads, rounds, block):
+    from bench_deploy import measure as timed_rounds
+
+    from se_hub.deploy.benchmark import cpu_features, default_calibration
+    from se_hub.deploy.openvino_backend import export_openvino
+    from se_hub.deploy.openvino_runner import OpenVINORunner
+    precisions = ['int8'] + (['bf16'] if cpu_features()['bf16'] else [])
+    calibration = default_calibration()
+    with tempfile.TemporaryDirectory() as work:
+        files = {}
+        for label, kwargs in (('SE', {}), ('SE-free', dict(se_layer='none'))):
+            model = randomize_bn(timm.create_model('se_resnet50b', **kwargs))
+            for precision in precisions:
+                files[label, precision] = path = os.path.join(work, f'{label}-{precision}.xml')
+                export_openvino(model, path, precision, calibration=calibration if precision == 'int8' else None)
+        def runner(path, precision):
+            run = OpenVINORunner(path, precision, threads=threads)
+            return lambda x: run(x.numpy())
+
+        runners = {f'{label} {precision}': runner(path, precision) for (label, precision), path in files.items()}
+        medians, times = timed_rounds(runners, 1, rounds, block=block, with_times=True)
+        print(f'\nOpenVINO latency, bs1, {rounds} rounds x {block} calls round-robin, {threads} threads')
+        print('| IR | ms | SE overhead (quartiles over rounds) |\n|---|---|---|')
+        for label, t in medians.items():
+            twin = label.replace('SE ', 'SE-free ', 1) if label.startswith('SE ') else label
+            overhead = format_overhead(overhead_quartiles(times, label, twin, block)) if twin != label else ''
+            print(f'| {label} | {1000 * t:.2f} | {overhead} |')
+        for precision in precisions:
+            profiles = openvino_profiles({label: files[label, precision] for label in ('SE', 'SE-free')}, precision,
+                                         threads)
+            se, plain = profiles['SE'], profiles['SE-free']
+            print(f'\nOpenVINO {precision}, ms per run by layer type (kernel), from PERF_COUNT (medians, the two IRs '
+                  f'alternately), {threads} threads')
+            for part in ('SE gate', 'rest'):
+                print(f'{part}: SE {sum(v for k, v in se.items() if k[0] == part):.2f} ms, SE-free '
+                      f'{sum(v for k, v in plain.items() if k[0] == part):.2f} ms')
+            print('| part | layer (kernel) | SE ms | SE-free ms |\n|---|---|---|---|')
+            for key in sorted(set(se) | set(plain), key=lambda k: -(se.get(k, 0) - plain.get(k, 0))):
+                if max(se.get(key, 0), plain.get(key, 0)) >= 0.01:
+                    print(f'| {key[0]} | {key[1]} | {se.get(key, 0):.2f} | {plain.get(key, 0):.2f} |')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--model', default='se_resnet50b',
@@ -198,6 +272,8 @@ def main():
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--memory-format', choices=['channels_last', 'contiguous'], default='channels_last')
     parser.add_argument('--ort', action='store_true', help='also profile onnxruntime fp32 and INT8 by operator')
+    parser.add_argument('--openvino', action='store_true',
+                        help='also profile OpenVINO bf16 and INT8 by layer (performance counters)')
     parser.add_argument('--no-eager', dest='eager', action='store_false', help='skip the eager gate variants')
     record.add_option(parser)
     args = parser.parse_args()
@@ -208,6 +284,8 @@ def main():
             eager_table(args.model, args.rounds, args.block, fmt, args.memory_format)
         if args.ort:
             ort_table(args.threads, args.rounds, args.block)
+        if args.openvino:
+            openvino_table(args.threads, args.rounds, args.block)
 
 
 if __name__ == '__main__':
