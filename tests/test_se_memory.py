@@ -111,14 +111,9 @@ def train_step_grads(model, x, params=None):
     return out.detach(), grads
 
 
-@pytest.mark.parametrize('name,size,kwargs', cases({**FAMILIES, **GRADIENT_ONLY}))
-def test_training_gradients_equal_a_plain_se(name, size, kwargs):
-    """float64, training mode: se_hub's SE (the lean backward where it applies) and a plain PyTorch SE with
-    the same weights give the same output, parameter and input gradients, and BatchNorm statistics."""
-    torch.manual_seed(0)
-    model = randomize_batchnorm(timm.create_model(name, **kwargs)).double()
-    ref = with_plain_se(name, kwargs, model)
-    # batch statistics over few values amplify rounding (fused scale + add vs two steps): tolerances of 1e-7
+def assert_same_training_step(model, ref, size):
+    """The same output, parameter and input gradients from ``model`` and ``ref`` (float64, training mode).
+    Batch statistics over few values amplify rounding (a fused scale + add against two steps): 1e-7."""
     x = torch.randn(3, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     out, grads = train_step_grads(model, x)
     ref_out, ref_grads = train_step_grads(ref, x)
@@ -126,6 +121,16 @@ def test_training_gradients_equal_a_plain_se(name, size, kwargs):
     scale = max(g.abs().max().item() for g in ref_grads.values())
     for key, grad in ref_grads.items():
         torch.testing.assert_close(grads[key], grad, rtol=1e-6, atol=1e-9 * scale, msg=key)
+
+
+@pytest.mark.parametrize('name,size,kwargs', cases({**FAMILIES, **GRADIENT_ONLY}))
+def test_training_gradients_equal_a_plain_se(name, size, kwargs):
+    """float64, training mode: se_hub's SE (the lean backward where it applies) and a plain PyTorch SE with
+    the same weights give the same output, parameter and input gradients, and BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(timm.create_model(name, **kwargs)).double()
+    ref = with_plain_se(name, kwargs, model)
+    assert_same_training_step(model, ref, size)
     torch.testing.assert_close(model.state_dict(), ref.state_dict(), rtol=1e-7, atol=1e-9)
 
 
@@ -308,13 +313,7 @@ def test_hooks_that_change_outputs_in_training_keep_the_plain_gradients(name, si
     ref = with_plain_se(name, kwargs, model)
     for m in (model, ref):
         m.get_submodule(hooked).register_forward_hook(lambda mod, inputs, out: _double(out))
-    x = torch.randn(3, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    out, grads = train_step_grads(model, x)
-    ref_out, ref_grads = train_step_grads(ref, x)
-    torch.testing.assert_close(out, ref_out, rtol=1e-7, atol=1e-9)
-    scale = max(g.abs().max().item() for g in ref_grads.values())
-    for key, grad in ref_grads.items():
-        torch.testing.assert_close(grads[key], grad, rtol=1e-6, atol=1e-9 * scale, msg=key)
+    assert_same_training_step(model, ref, size)
 
 
 @needs_hooks

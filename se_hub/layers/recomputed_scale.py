@@ -145,7 +145,7 @@ def scale(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``x * gate``; inside ``recomputed_scales()``, a layer that saves the product keeps the factors."""
     y = x * gate
     recorder = getattr(_local, 'recorder', None)
-    if recorder is not None and y.requires_grad:
+    if recorder is not None and isinstance(y, torch.Tensor) and y.requires_grad:
         recorder.note(y, x, gate)
     return y
 
@@ -229,7 +229,8 @@ def scaled_residual(branch: torch.Tensor, gate: torch.Tensor, shortcut: torch.Te
     unless the shortcut is far larger than the scaled branch); half precision keeps ``branch``, as do
     the cases ``recomputed_scales`` leaves alone. Saved-tensor hooks are added only around the
     multiplication: no context is needed."""
-    usable, outer = _hooks_usable() if torch.is_grad_enabled() else (False, None)
+    # (torch.fx traces with proxies: the plain operations)
+    usable, outer = _hooks_usable() if isinstance(branch, torch.Tensor) and torch.is_grad_enabled() else (False, None)
     residue = None
     if usable and branch.dtype in (torch.float32, torch.float64) and gate.dtype == shortcut.dtype == branch.dtype:
         residue = _Residue(branch)
