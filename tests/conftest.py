@@ -4,9 +4,7 @@ import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
 
-import ipaddress  # noqa: E402
-import socket  # noqa: E402
-
+import local_only  # noqa: E402  (tests/local_only.py)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -24,37 +22,9 @@ if os.environ.get('SE_HUB_CRASH_LOG'):
     faulthandler.enable(_crash_log, all_threads=True)
 
 
-class InternetAccessError(RuntimeError):
-    """A test tried to open a connection to something other than this machine."""
-
-
-def _is_local(address) -> bool:
-    if not isinstance(address, tuple):  # AF_UNIX path
-        return True
-    host = address[0]
-    if host == 'localhost':
-        return True
-    try:
-        return ipaddress.ip_address(host.split('%')[0]).is_loopback
-    except ValueError:  # a host name: only loopback is allowed, and names are not resolved here
-        return False
-
-
-_socket_connect, _socket_connect_ex = socket.socket.connect, socket.socket.connect_ex
-
-
-def _guarded(connect):
-    def guarded_connect(self, address):
-        if not _is_local(address):
-            raise InternetAccessError(f'tests never reach the internet: connection to {address!r} refused '
-                                      '(use the local_hub fixture, tests/hub_server.py, or HF_HUB_OFFLINE=1)')
-        return connect(self, address)
-    return guarded_connect
-
-
-# every in-process connection is checked; subprocesses run with HF_HUB_OFFLINE=1
-socket.socket.connect = _guarded(_socket_connect)
-socket.socket.connect_ex = _guarded(_socket_connect_ex)
+# every in-process connection is checked; subprocesses run with HF_HUB_OFFLINE=1, and those that talk
+# to the local hub install the same guard
+local_only.install()
 
 
 @pytest.fixture

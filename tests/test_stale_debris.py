@@ -32,13 +32,29 @@ def hub(local_hub, monkeypatch, tmp_path):
     local_hub.release_stalls()
 
 
+def _local_only_env() -> dict:
+    """The test's environment (the hub fixture's endpoint included) for a subprocess that imports
+    tests/local_only.py: loopback connections only, as in this process."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]))
+
+
+def test_download_subprocesses_cannot_reach_the_internet():
+    code = ('import socket, local_only\nlocal_only.install()\n'
+            'try:\n    socket.create_connection(("203.0.113.1", 80), timeout=5)\n'
+            'except local_only.InternetAccessError:\n    print("refused")\n')
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=_local_only_env(),
+                         timeout=60)
+    assert run.stdout.strip() == 'refused', run.stderr[-2000:]
+
+
 def _download(source: dict) -> subprocess.Popen:
-    code = ('import sys, json\nfrom se_hub.weights.sources import resolve_weight_file\n'
+    code = ('import sys, json\nimport local_only\nlocal_only.install()\n'
+            'from se_hub.weights.sources import resolve_weight_file\n'
             'resolve_weight_file(dict(model="m", tag="t", sha256=None, sources=[json.loads(sys.argv[1])]), '
             'progress=False)\n')
     import json
     return subprocess.Popen([sys.executable, '-c', code, json.dumps(source)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                            stderr=subprocess.PIPE, env=_local_only_env())
 
 
 def _wait_for(find, proc, what: str):
