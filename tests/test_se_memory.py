@@ -22,6 +22,7 @@ import se_hub  # noqa: F401  (registers the models)
 from _helpers import randomize_batchnorm
 from se_hub._compat import innermost_saved_tensors_hooks
 from se_hub.layers import SqueezeExcite, plain_se_backward, recomputed_scales
+from se_hub.layers.se_block import squeeze_average
 
 HOOKS_VISIBLE = innermost_saved_tensors_hooks()[0]  # torch >= 2.8
 needs_hooks = pytest.mark.skipif(not HOOKS_VISIBLE, reason=f'torch {torch.__version__} < 2.8 cannot show se_hub '
@@ -57,8 +58,9 @@ def marks(how):
     return [needs_hooks] if how == 'hooks' else []
 
 
-def cases(table):
-    return [pytest.param(name, size, kwargs, marks=marks(how), id=name) for name, (size, kwargs, how) in table.items()]
+def cases(table, skip_without_hooks=True):
+    return [pytest.param(name, size, kwargs, marks=marks(how) if skip_without_hooks else [], id=name)
+            for name, (size, kwargs, how) in table.items()]
 
 
 class PlainSE(nn.Module):
@@ -123,15 +125,35 @@ def assert_same_training_step(model, ref, size):
         torch.testing.assert_close(grads[key], grad, rtol=1e-6, atol=1e-9 * scale, msg=key)
 
 
-@pytest.mark.parametrize('name,size,kwargs', cases({**FAMILIES, **GRADIENT_ONLY}))
+@pytest.mark.parametrize('name,size,kwargs', cases({**FAMILIES, **GRADIENT_ONLY}, skip_without_hooks=False))
 def test_training_gradients_equal_a_plain_se(name, size, kwargs):
-    """float64, training mode: se_hub's SE (the lean backward where it applies) and a plain PyTorch SE with
-    the same weights give the same output, parameter and input gradients, and BatchNorm statistics."""
+    """float64, training mode: se_hub's SE (the lean backward where it applies; on torch < 2.8 the plain
+    product outside the BatchNorm tails) and a plain PyTorch SE with the same weights give the same output,
+    parameter and input gradients, and BatchNorm statistics."""
     torch.manual_seed(0)
     model = randomize_batchnorm(timm.create_model(name, **kwargs)).double()
     ref = with_plain_se(name, kwargs, model)
     assert_same_training_step(model, ref, size)
     torch.testing.assert_close(model.state_dict(), ref.state_dict(), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_the_squeeze_hands_its_gradient_over_without_writing_it_out(dtype):
+    """In training, the squeeze is torch's mean to the bit on the CPU (which computes a mean as sum / n)
+    and has its gradient, but hands it over as a broadcast (N, C, 1, 1) view: mean's backward writes a
+    full-size tensor per SE unit, which ``plain_se_backward()`` keeps."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 7, 5, dtype=dtype, requires_grad=True)
+    grad_s = torch.randn(3, 8, 1, 1, dtype=dtype)
+    s = squeeze_average(x)
+    assert torch.equal(s, x.mean((2, 3), keepdim=True))
+    (grad,) = torch.autograd.grad(s, x, grad_s)
+    (ref,) = torch.autograd.grad(x.mean((2, 3), keepdim=True), x, grad_s)
+    assert torch.equal(grad, ref)
+    assert grad.untyped_storage().nbytes() == grad_s.nbytes  # a view of the (N, C, 1, 1) gradient
+    with plain_se_backward():
+        (plain,) = torch.autograd.grad(squeeze_average(x), x, grad_s)
+    assert plain.untyped_storage().nbytes() == x.nbytes
 
 
 def saved_storages(model, x, context=nullcontext):
@@ -258,6 +280,51 @@ def test_features_only_model_saves_the_memory_inside_the_context():
     model = timm.create_model('se_mobilenet', features_only=True)
     assert activation_sized(saved_storages(model, x) - twin)  # timm's wrapper: no context, plain SE
     assert not activation_sized(saved_storages(model, x, recomputed_scales) - twin)
+
+
+@needs_hooks
+@pytest.mark.parametrize('gate', ['tanh', 'sigmoid'])
+def test_a_gate_of_exactly_zero_still_learns(gate):
+    """A zero-initialised last FC makes a tanh gate exactly 0, where the scaled residual tail cannot
+    rebuild its branch (``branch * 0``) and tanh's slope is 1: the branch is kept, and the gradients are
+    PyTorch's own (float64); a sigmoid gate is never 0 there and keeps the lean tail."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(timm.create_model('se_resnet164_cifar', layers=(1, 1, 1), se_args=dict(gate=gate)))
+    model = model.double()
+    for module in model.modules():
+        if isinstance(module, SqueezeExcite):
+            nn.init.zeros_(module.fc2.weight)
+            nn.init.zeros_(module.fc2.bias)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    _, lean = train_step_grads(model, x)
+    with plain_se_backward():
+        _, plain = train_step_grads(model, x)
+    torch.testing.assert_close(lean, plain, rtol=1e-7, atol=1e-12)
+    assert all(lean[k].abs().sum() > 0 for k in lean if k.endswith('se.fc2.weight'))
+
+
+@needs_hooks
+@pytest.mark.parametrize('name,size,kwargs', [('se_mobilenet', 32, {}),  # recomputed products
+                                              ('se_resnet164_cifar', 16, dict(layers=(1, 1, 1)))])  # rebuilt branch
+def test_a_gradient_penalty_through_the_lean_backward_gets_pytorchs_gradients(name, size, kwargs):
+    """Double backward (a gradient penalty, meta-learning): the recomputed and rebuilt tensors take the
+    autograd place of the ones they stand for, so second-order gradients are PyTorch's own (float64)."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(timm.create_model(name, num_classes=5, **kwargs)).double().train()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+
+    def penalty_grads():
+        model.zero_grad(set_to_none=True)
+        inputs = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(model(inputs).sum(), inputs, create_graph=True)
+        grad.pow(2).sum().backward()
+        return {k: p.grad for k, p in model.named_parameters()}
+
+    lean = penalty_grads()
+    with plain_se_backward():
+        plain = penalty_grads()
+    assert all(plain[k] is not None for k in plain if k.endswith('se.fc1.weight'))
+    torch.testing.assert_close(lean, plain, rtol=1e-7, atol=1e-12)
 
 
 @needs_hooks

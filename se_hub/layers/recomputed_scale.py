@@ -124,6 +124,8 @@ class _Recorder:
 
     def pack(self, t: torch.Tensor) -> Any:
         entry = self.scaled.get(id(t))
+        if entry is None and self.outer is None:  # most tensors: _keep's case, inlined (called per tensor)
+            return t.detach(), t._version
         if entry is not None and entry[0]() is t and t._version == entry[1]:
             recipe = self.recipes.get(id(t))
             if recipe is None:
@@ -197,22 +199,25 @@ class _Residue:
         conv = None
         if isinstance(shortcut, tuple):
             conv, shortcut = shortcut
-        # detached: no graph, no reference cycle; the outer hooks keep them as they keep the rest
-        self.out, self.shortcut, self.gate = (_factor(t.detach(), outer) for t in (out, shortcut, gate))
+        # detached (_Saved): no graph, no reference cycle; the outer hooks keep them as they keep the rest
+        self.out, self.shortcut, self.gate = _factor(out, outer), _factor(shortcut, outer), _factor(gate, outer)
         self.scale, self.conv, self.branch = scale, conv, None
 
     def unpack(self) -> torch.Tensor:
         if self.branch is not None:  # the tail was not the one expected: branch was kept as it is
             return self.branch.unpack('an SE residual branch')
-        out, shortcut, gate = (t.unpack('an SE residual tail') for t in (self.out, self.shortcut, self.gate))
+        what = 'an SE residual tail'
+        out, shortcut, gate = self.out.unpack(what), self.shortcut.unpack(what), self.gate.unpack(what)
         conv = self.conv
         if conv is not None:  # the projection shortcut, from its input (the convolution keeps it)
             shortcut = F.conv2d(shortcut, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         # out = act(shortcut + scale * branch * gate). Where the ReLU passed, this is branch; where it did
         # not, or where the gate is 0 (and branch is lost), it is a finite stand-in that the multiplication's
         # backward meets with a zero gradient (ReLU's, or the gate's own slope at 0 for a sigmoid)
-        safe_gate = torch.where(gate == 0, torch.ones_like(gate), gate)  # (N, C, 1, 1): cheap
-        return (out - shortcut).div_(safe_gate * self.scale)
+        divisor = gate.masked_fill(gate == 0, 1.)  # (N, C, 1, 1): cheap
+        if self.scale != 1.:
+            divisor = divisor * self.scale
+        return (out - shortcut).div_(divisor)
 
 
 def scaled_residual(branch: torch.Tensor, gate: torch.Tensor, shortcut: torch.Tensor, scale: float,
@@ -232,7 +237,8 @@ def scaled_residual(branch: torch.Tensor, gate: torch.Tensor, shortcut: torch.Te
     # (torch.fx traces with proxies: the plain operations)
     usable, outer = _hooks_usable() if isinstance(branch, torch.Tensor) and torch.is_grad_enabled() else (False, None)
     residue = None
-    if usable and branch.dtype in (torch.float32, torch.float64) and gate.dtype == shortcut.dtype == branch.dtype:
+    if (usable and branch.dtype in (torch.float32, torch.float64) and gate.dtype == shortcut.dtype == branch.dtype
+            and _flat_where_zero(gate.grad_fn)):
         residue = _Residue(branch)
 
         def pack(t: torch.Tensor) -> Any:
@@ -259,6 +265,23 @@ def scaled_residual(branch: torch.Tensor, gate: torch.Tensor, shortcut: torch.Te
         else:
             residue.keep_branch(outer)
     return out
+
+
+# gate activations whose slope is zero wherever their output is exactly zero
+_FLAT_AT_ZERO = ('SigmoidBackward0', 'HardsigmoidBackward0', 'ReluBackward0')
+
+
+def _flat_where_zero(node: Any) -> bool:
+    """The gate (made by autograd ``node``) passes no gradient back where it is exactly 0: there the branch
+    cannot be rebuilt from the output (``branch * 0``), and the stand-in must meet a zero gradient. True for
+    sigmoid, hard sigmoid and ReLU gates, also times a factor without gradient (``2 * sigmoid``, a mask);
+    a tanh gate (slope 1 at 0: a zero-initialised last FC gives a gate of exactly 0) keeps the branch."""
+    while node is not None and type(node).__name__ == 'MulBackward0':
+        inputs = [n for n, _ in node.next_functions if n is not None]
+        if len(inputs) != 1:
+            return False
+        node = inputs[0]
+    return node is None or type(node).__name__ in _FLAT_AT_ZERO
 
 
 def _convolution_of(shortcut: torch.Tensor, conv: nn.Module, inp: torch.Tensor) -> bool:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import create_act_layer, make_divisible
 from torch import nn
 
-from .recomputed_scale import scale
+from .recomputed_scale import plain_requested, scale
 
 SQUEEZE_TYPES = ('avg', 'max', 'none')
 
@@ -49,6 +49,20 @@ def reduced_channels(channels: int, rd_ratio: float, rd_divisor: int = 1) -> int
     if rd_divisor <= 1:
         return max(1, int(channels * rd_ratio))
     return make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.)
+
+
+def squeeze_average(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean((2, 3), keepdim=True)``. In training (float32 / float64, eager) it is computed as the
+    sum divided by ``H * W``, which on the CPU is how ``mean`` computes it (the same bits): the
+    backward of ``mean`` writes its gradient out at full size, divided, before autograd adds it to the
+    scale's gradient, that of a sum hands over a broadcast view and divides only the (N, C, 1, 1)
+    gradient. One full-size pass less per SE unit, which pays for the recomputed product
+    (``recomputed_scale.py``); ``plain_se_backward()`` keeps ``mean``."""
+    if (not isinstance(x, torch.Tensor) or not x.requires_grad or not torch.is_grad_enabled()
+            or x.dtype not in (torch.float32, torch.float64) or plain_requested()
+            or torch.jit.is_tracing() or torch.compiler.is_compiling()):  # exporters see the mean
+        return x.mean((2, 3), keepdim=True)
+    return x.sum((2, 3), keepdim=True) / (x.shape[2] * x.shape[3])
 
 
 class ExcitationConv(nn.Conv2d):
@@ -107,7 +121,7 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel (or, for squeeze='none', per-position) scale for ``x``."""
         if self.squeeze == 'avg':
-            s = x.mean((2, 3), keepdim=True)
+            s = x.mean((2, 3), keepdim=True) if torch.jit.is_scripting() else squeeze_average(x)
         elif self.squeeze == 'max':
             s = x.amax((2, 3), keepdim=True)
         else:
