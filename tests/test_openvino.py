@@ -116,3 +116,30 @@ def test_openvino_precision_hint_and_bad_input(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install -e '\.\[openvino\]'"):
         require_openvino()
 
+
+
+def test_a_dynamic_batch_ir_runs_each_batch_shape_compiled_for_it(tmp_path):
+    """A dynamic-batch IR runs each batch in a copy compiled for its shape (OpenVINO's dynamic-shape kernels are
+    slower): the same logits as the dynamic model and as eager PyTorch, the last STATIC_SHAPES shapes kept; a
+    static file has none; a shape the model does not take still gets OpenVINO's own error."""
+    from se_hub.deploy.openvino_runner import OpenVINORunner
+    torch.manual_seed(0)
+    model = randomize_batchnorm(timm.create_model('se_mobilenet', num_classes=7)).eval()
+    export_openvino(model, str(tmp_path / 'dyn.xml'), 'f32', img_size=64, dynamic_batch=True)
+    runner = OpenVINORunner(str(tmp_path / 'dyn.xml'))
+    assert runner.dynamic_batch
+    shapes = [(n, 3, 64, 64) for n in (1, 2, 3, 4, 5)]
+    for shape in shapes:
+        x = torch.randn(shape)
+        out = runner(x.numpy())
+        runner.request.infer({0: x.numpy()})  # the dynamic model itself
+        assert abs(out - runner.request.get_output_tensor(0).data).max() <= 1e-5
+        with torch.inference_mode():
+            assert abs(out - model(x).numpy()).max() <= 1e-4
+    assert runner.static_shapes == shapes[-runner.STATIC_SHAPES:]
+    with pytest.raises(RuntimeError):
+        runner(torch.randn(1, 4, 64, 64).numpy())
+    export_openvino(model, str(tmp_path / 'static.xml'), 'f32', img_size=64)
+    static = OpenVINORunner(str(tmp_path / 'static.xml'))
+    static(torch.randn(1, 3, 64, 64).numpy())
+    assert not static.dynamic_batch and static.static_shapes == []

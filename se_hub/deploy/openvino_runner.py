@@ -3,7 +3,7 @@ from the export half (``openvino_backend``) so that ``export.ExportedModel`` can
 import circle. OpenVINO is an optional dependency, imported only when used."""
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -47,7 +47,12 @@ class OpenVINORunner:
     ``precision``: 'f32', 'bf16' or 'int8' (the precision the file was exported for); None: the ``precision``
     recorded in the JSON stored under ``metadata_key`` in the IR's runtime info (f32 if none). OpenVINO's CPU
     plugin runs float layers in bf16 by default wherever the CPU has bf16 instructions, so the hint is always set
-    explicitly: an f32 file runs in f32. ``threads``: OpenVINO's inference threads (default: all cores)."""
+    explicitly: an f32 file runs in f32. ``threads``: OpenVINO's inference threads (default: all cores).
+
+    A file with a dynamic batch runs each batch shape in a copy compiled for that shape (the last
+    ``STATIC_SHAPES`` kept; ``static_shapes`` lists them): OpenVINO's CPU kernels for a dynamic shape are
+    slower (docs/deployment.md, "OpenVINO"). The first call at a new shape pays its compilation."""
+    STATIC_SHAPES = 4
 
     def __init__(self, path: str, precision: Optional[str] = None, threads: Optional[int] = None,
                  metadata_key: Optional[str] = None):
@@ -69,8 +74,11 @@ class OpenVINORunner:
         config = {'INFERENCE_PRECISION_HINT': INFERENCE_PRECISION[precision], 'PERFORMANCE_HINT': 'LATENCY'}
         if threads:
             config['INFERENCE_NUM_THREADS'] = int(threads)
+        self.config = config
         self.compiled = core.compile_model(self.model, 'CPU', config)
         self.request = self.compiled.create_infer_request()
+        self._dynamic_batch = self.model.input(0).get_partial_shape()[0].is_dynamic
+        self._static: Dict[Tuple[int, ...], Any] = {}  # input shape -> infer request of a copy compiled for it
 
     def rt_info(self, key: str) -> Optional[str]:
         """The string stored under ``key`` in the IR's runtime info, None if absent."""
@@ -78,8 +86,31 @@ class OpenVINORunner:
 
     @property
     def dynamic_batch(self) -> bool:
-        return self.model.input(0).get_partial_shape()[0].is_dynamic
+        return self._dynamic_batch
+
+    @property
+    def static_shapes(self) -> List[Tuple[int, ...]]:
+        """The input shapes a dynamic-batch file has copies compiled for (oldest first)."""
+        return list(self._static)
+
+    def _request_for(self, shape: Tuple[int, ...]):
+        if not self._dynamic_batch:
+            return self.request
+        request = self._static.get(shape)
+        if request is None:
+            model = self.model.clone()
+            try:
+                model.reshape({model.input(0): list(shape)})
+                request = ov_core().compile_model(model, 'CPU', self.config).create_infer_request()
+            except RuntimeError:  # a shape the model does not take: the dynamic model says why
+                return self.request
+            if len(self._static) >= self.STATIC_SHAPES:
+                self._static.pop(next(iter(self._static)))
+            self._static[shape] = request
+        return request
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return self.request.get_output_tensor(0).data.copy()
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        request = self._request_for(batch.shape)
+        request.infer({0: batch})
+        return request.get_output_tensor(0).data.copy()
