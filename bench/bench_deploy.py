@@ -4,7 +4,8 @@ Paths: eager PyTorch, ``se_hub.deploy.optimize``, ``torch.compile`` (inductor, f
 onnxruntime fp32, onnxruntime INT8 (static QDQ, per-channel, SE gate path in fp32 for se_hub;
 timm's graphs quantized the same way, their ReduceMean squeeze as exported; the onnxruntime-only gate
 folding on), OpenVINO f32, bf16 (where the CPU has bf16) and INT8 (the ONNX files as exported, run with
-OpenVINO's inference-precision hint; INT8: the QDQ file both runtimes load). Models: se_resnet50b
+OpenVINO's inference-precision hint; INT8: the QDQ file both runtimes load; se_hub's runner compiles the
+dynamic-batch IR once per batch shape, as it does for users). Models: se_resnet50b
 and its SE-free twin, timm's seresnet50 and resnet50, the same four for SE-ResNeXt-50 (32x4d),
 se_efficientnet_b0 and its SE-free twin.
 Columns: batch-1 latency (median), batch-16 throughput, each with the weight bytes the path reads per
@@ -152,8 +153,14 @@ def build(args, work, formats, weights, macs, wanted):
             runners[(row, 'optimize')] = torch_runner(fast)
             weights[(row, 'optimize')] = module_weight_bytes(fast)
         if args.compile and wanted(row, 'compile'):
+            import torch._dynamo.config as dynamo_config
             import torch._inductor.config as inductor_config
             inductor_config.freezing = True
+            # se_hub's models share one forward (StagedNet's), whose compiled entries (one per model and batch
+            # shape) pass dynamo's limit of 8 in this table: past it a model would run eager, under its name
+            for limit in ('recompile_limit', 'cache_size_limit'):  # (the older name)
+                if hasattr(dynamo_config, limit):
+                    setattr(dynamo_config, limit, 64)
             # channels-last: inductor's layout for CPU convolutions (the SE gate as an activation multiply)
             target = (optimize(model, fold_gate=False, memory_format=torch.channels_last) if is_se_hub
                       else copy.deepcopy(model).to(memory_format=torch.channels_last))  # eager stays NCHW

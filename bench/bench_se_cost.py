@@ -18,6 +18,7 @@ Two measurements, each against the same-layout SE-free twin:
   (squeeze, FCs, gate) summed apart, for SE and the SE-free twin, and their latencies timed round-robin.
 
     python bench/bench_se_cost.py [--model se_resnet50b] [--rounds 20] [--ort] [--openvino] [--no-eager]
+    python bench/bench_se_cost.py --model se_efficientnet_b0 --openvino --no-eager   # MBConv in OpenVINO
 """
 import argparse
 import json
@@ -192,11 +193,12 @@ def ort_table(threads, rounds, block):
                   f'({plain_calls.get(op, 0)}) |')
 
 
-def openvino_profiles(paths, precision, threads, runs=30):
+def openvino_profiles(paths, precision, threads, size, runs=30):
     """{label: {(part, '<layer type> (<kernel>)'): median ms per run}} of each IR in ``paths`` ({label: xml}),
     from OpenVINO's performance counters, the IRs run alternately; part is 'SE gate' for the layers of
-    ``optimize``'s gate modules (``gate_from_input``: squeeze, FCs, gate), else 'rest' (the SE scale, which
-    OpenVINO cannot fuse into a convolution as the SE-free twin's shortcut addition, runs as a ``Subgraph``)."""
+    ``optimize``'s gate modules (``gate_from_input``; MBConv's ``gate``: squeeze, FCs, gate) or SE modules, else
+    'rest' (the SE scale, which OpenVINO cannot fuse into a convolution as the SE-free twin's shortcut addition,
+    runs as a ``Subgraph``)."""
     import numpy as np
 
     from se_hub.deploy.openvino_runner import INFERENCE_PRECISION, ov_core
@@ -204,7 +206,7 @@ def openvino_profiles(paths, precision, threads, runs=30):
               'INFERENCE_NUM_THREADS': threads, 'PERF_COUNT': True}
     requests = {label: ov_core().compile_model(xml, 'CPU', config).create_infer_request()
                 for label, xml in paths.items()}
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
     samples = {label: defaultdict(list) for label in paths}
     for i in range(runs + 3):
         for label, request in requests.items():
@@ -213,14 +215,15 @@ def openvino_profiles(paths, precision, threads, runs=30):
                 continue
             per_kind = defaultdict(float)
             for info in request.profiling_info:
-                part = 'SE gate' if '/gate_from_input/' in info.node_name else 'rest'
+                gate = any(f'/{name}/' in info.node_name for name in ('gate_from_input', 'gate', 'se'))
+                part = 'SE gate' if gate else 'rest'
                 per_kind[(part, f'{info.node_type} ({info.exec_type})')] += info.real_time.total_seconds() * 1000
             for key, ms in per_kind.items():
                 samples[label][key].append(ms)
     return {label: {key: statistics.median(v) for key, v in kinds.items()} for label, kinds in samples.items()}
 
 
-def openvino_table(threads, rounds, block):
+def openvino_table(model_name, threads, rounds, block):
     from bench_deploy import measure as timed_rounds
 
     from se_hub.deploy.benchmark import cpu_features, default_calibration
@@ -231,7 +234,7 @@ def openvino_table(threads, rounds, block):
     with tempfile.TemporaryDirectory() as work:
         files = {}
         for label, kwargs in (('SE', {}), ('SE-free', dict(se_layer='none'))):
-            model = randomize_bn(timm.create_model('se_resnet50b', **kwargs))
+            model = randomize_bn(timm.create_model(model_name, **kwargs))
             for precision in precisions:
                 files[label, precision] = path = os.path.join(work, f'{label}-{precision}.xml')
                 export_openvino(model, path, precision, calibration=calibration if precision == 'int8' else None)
@@ -241,7 +244,9 @@ def openvino_table(threads, rounds, block):
 
         runners = {f'{label} {precision}': runner(path, precision) for (label, precision), path in files.items()}
         medians, times = timed_rounds(runners, 1, rounds, block=block, with_times=True)
-        print(f'\nOpenVINO latency, bs1, {rounds} rounds x {block} calls round-robin, {threads} threads')
+        size = model.pretrained_cfg['input_size'][-1]
+        print(f'\nOpenVINO latency, {model_name} and its SE-free twin, bs1 {size}x{size}, {rounds} rounds x {block} '
+              f'calls round-robin, {threads} threads')
         print('| IR | ms | SE overhead (quartiles over rounds) |\n|---|---|---|')
         for label, t in medians.items():
             twin = label.replace('SE ', 'SE-free ', 1) if label.startswith('SE ') else label
@@ -249,7 +254,7 @@ def openvino_table(threads, rounds, block):
             print(f'| {label} | {1000 * t:.2f} | {overhead} |')
         for precision in precisions:
             profiles = openvino_profiles({label: files[label, precision] for label in ('SE', 'SE-free')}, precision,
-                                         threads)
+                                         threads, size)
             se, plain = profiles['SE'], profiles['SE-free']
             print(f'\nOpenVINO {precision}, ms per run by layer type (kernel), from PERF_COUNT (medians, the two IRs '
                   f'alternately), {threads} threads')
@@ -265,8 +270,9 @@ def openvino_table(threads, rounds, block):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--model', default='se_resnet50b',
-                        help='an se_hub model with an se_layer=none twin, for the eager table '
-                             '(e.g. se_efficientnet_b0)')
+                        help='an se_hub model with an se_layer=none twin, for the eager and OpenVINO tables '
+                             '(e.g. se_efficientnet_b0; results files of other models than the default are '
+                             'named after them)')
     parser.add_argument('--rounds', type=int, default=20)
     parser.add_argument('--block', type=int, default=3)
     parser.add_argument('--threads', type=int, default=2)
@@ -277,7 +283,10 @@ def main():
     parser.add_argument('--no-eager', dest='eager', action='store_false', help='skip the eager gate variants')
     record.add_option(parser)
     args = parser.parse_args()
-    with record.recording(args.results, 'se_cost'):
+    if args.ort and args.model != 'se_resnet50b':
+        parser.error('--ort profiles se_resnet50b only (its gate-folding variants are the bottleneck\'s)')
+    what = 'se_cost' if args.model == 'se_resnet50b' else f'se_cost-{args.model}'
+    with record.recording(args.results, what):
         torch.set_num_threads(args.threads)
         fmt = torch.channels_last if args.memory_format == 'channels_last' else torch.contiguous_format
         if args.eager:
@@ -285,7 +294,7 @@ def main():
         if args.ort:
             ort_table(args.threads, args.rounds, args.block)
         if args.openvino:
-            openvino_table(args.threads, args.rounds, args.block)
+            openvino_table(args.model, args.threads, args.rounds, args.block)
 
 
 if __name__ == '__main__':
