@@ -1,8 +1,12 @@
 """Tests never reach the internet: ``install()`` makes every socket connection to anything but this
 machine raise. conftest installs it in the test process; a test's Python subprocess that talks to the local
-hub (tests/hub_server.py) installs it too (``import local_only; local_only.install()``)."""
+hub (tests/hub_server.py) runs with ``subprocess_env(...)``, which installs it there at start-up."""
 import ipaddress
+import os
 import socket
+from pathlib import Path
+
+GUARD = Path(__file__).resolve().parent / 'subprocess_guard'  # its sitecustomize.py calls install()
 
 
 class InternetAccessError(RuntimeError):
@@ -35,3 +39,11 @@ def install() -> None:
     if not getattr(socket.socket.connect, 'se_hub_guard', False):
         socket.socket.connect = _guarded(socket.socket.connect)
         socket.socket.connect_ex = _guarded(socket.socket.connect_ex)
+
+
+def subprocess_env(pythonpath=(), **overrides) -> dict:
+    """This process's environment with ``overrides``, for a Python subprocess that installs the guard before
+    its own code runs: PYTHONPATH is the guard's folder, then ``pythonpath`` (no other entry is kept)."""
+    env = dict(os.environ, **overrides)
+    env['PYTHONPATH'] = os.pathsep.join([str(GUARD), *map(str, pythonpath)])
+    return env

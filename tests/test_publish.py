@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import local_only
 import pytest
 import timm
 import torch
@@ -179,9 +180,9 @@ def test_as_timm_exports_load_without_se_hub(hub, tmp_path):
         '        out[repo] = (type(m).__name__, m(x))\n'
         "assert not [k for k in sys.modules if k.startswith('se_hub')], 'se_hub was imported'\n"
         f'torch.save(out, {str(tmp_path / "out.pt")!r})\n')
-    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH',)}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(tmp_path / 'child-cache'), HF_HUB_OFFLINE='0',
-               HF_HUB_DISABLE_TELEMETRY='1')
+    # no repository on the path (plain timm), the loopback-only guard (tests/local_only.py)
+    env = local_only.subprocess_env(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(tmp_path / 'child-cache'),
+                                    HF_HUB_OFFLINE='0', HF_HUB_DISABLE_TELEMETRY='1')
     result = subprocess.run([sys.executable, '-c', code], env=env, cwd=tmp_path, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

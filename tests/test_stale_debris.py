@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import local_only
 import pytest
 import timm
 import torch
@@ -33,22 +34,22 @@ def hub(local_hub, monkeypatch, tmp_path):
 
 
 def _local_only_env() -> dict:
-    """The test's environment (the hub fixture's endpoint included) for a subprocess that imports
-    tests/local_only.py: loopback connections only, as in this process."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / 'tests')]))
+    """The test's environment (the hub fixture's endpoint included) for a subprocess that installs
+    tests/local_only.py's guard at start-up: loopback connections only, as in this process."""
+    return local_only.subprocess_env([REPO])
 
 
 def test_download_subprocesses_cannot_reach_the_internet():
-    code = ('import socket, local_only\nlocal_only.install()\n'
+    code = ('import socket\n'
             'try:\n    socket.create_connection(("203.0.113.1", 80), timeout=5)\n'
-            'except local_only.InternetAccessError:\n    print("refused")\n')
+            'except RuntimeError as e:\n    print(type(e).__name__)\n')
     run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=_local_only_env(),
                          timeout=60)
-    assert run.stdout.strip() == 'refused', run.stderr[-2000:]
+    assert run.stdout.strip() == 'InternetAccessError', run.stderr[-2000:]
 
 
 def _download(source: dict) -> subprocess.Popen:
-    code = ('import sys, json\nimport local_only\nlocal_only.install()\n'
+    code = ('import sys, json\n'
             'from se_hub.weights.sources import resolve_weight_file\n'
             'resolve_weight_file(dict(model="m", tag="t", sha256=None, sources=[json.loads(sys.argv[1])]), '
             'progress=False)\n')

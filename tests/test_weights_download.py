@@ -5,11 +5,11 @@ missing repos / revisions / files, URL sources with hash prefixes, two processes
 publishing and reloading."""
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import local_only
 import pytest
 import timm
 import torch
@@ -160,9 +160,9 @@ def test_url_source_checks_the_hash_prefix(hub, tmp_path):
 
 
 def _env(hub):
-    env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(hub.cache), HF_HUB_OFFLINE='0',
-               HF_HUB_DISABLE_TELEMETRY='1', PYTHONPATH=str(REPO))
-    return env
+    """For a subprocess that downloads from the local hub, with the loopback-only guard (tests/local_only.py)."""
+    return local_only.subprocess_env([REPO], HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(hub.cache), HF_HUB_OFFLINE='0',
+                                     HF_HUB_DISABLE_TELEMETRY='1')
 
 
 def test_two_processes_fetch_the_same_file(hub, upstream):
