@@ -129,6 +129,8 @@ def test_a_dynamic_batch_ir_runs_each_batch_shape_compiled_for_it(tmp_path):
     runner = OpenVINORunner(str(tmp_path / 'dyn.xml'))
     assert runner.dynamic_batch
     shapes = [(n, 3, 64, 64) for n in (1, 2, 3, 4, 5)]
+    runner(torch.randn(shapes[0]).numpy())
+    assert 'compiled' not in vars(runner)  # the dynamic model is compiled only when something uses it
     for shape in shapes:
         x = torch.randn(shape)
         out = runner(x.numpy())
@@ -141,5 +143,6 @@ def test_a_dynamic_batch_ir_runs_each_batch_shape_compiled_for_it(tmp_path):
         runner(torch.randn(1, 4, 64, 64).numpy())
     export_openvino(model, str(tmp_path / 'static.xml'), 'f32', img_size=64)
     static = OpenVINORunner(str(tmp_path / 'static.xml'))
+    assert 'compiled' in vars(static)  # a static file is compiled by the constructor
     static(torch.randn(1, 3, 64, 64).numpy())
     assert not static.dynamic_batch and static.static_shapes == []

@@ -2,6 +2,7 @@
 from the export half (``openvino_backend``) so that ``export.ExportedModel`` can dispatch here without an
 import circle. OpenVINO is an optional dependency, imported only when used."""
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -51,7 +52,8 @@ class OpenVINORunner:
 
     A file with a dynamic batch runs each batch shape in a copy compiled for that shape (the last
     ``STATIC_SHAPES`` kept; ``static_shapes`` lists them): OpenVINO's CPU kernels for a dynamic shape are
-    slower (docs/deployment.md, "OpenVINO"). The first call at a new shape pays its compilation."""
+    slower (docs/deployment.md, "OpenVINO"). The first call at a new shape pays its compilation; the dynamic
+    model itself (``compiled``, ``request``) is compiled only if used (a shape the copies cannot take)."""
     STATIC_SHAPES = 4
 
     def __init__(self, path: str, precision: Optional[str] = None, threads: Optional[int] = None,
@@ -75,10 +77,19 @@ class OpenVINORunner:
         if threads:
             config['INFERENCE_NUM_THREADS'] = int(threads)
         self.config = config
-        self.compiled = core.compile_model(self.model, 'CPU', config)
-        self.request = self.compiled.create_infer_request()
         self._dynamic_batch = self.model.input(0).get_partial_shape()[0].is_dynamic
         self._static: Dict[Tuple[int, ...], Any] = {}  # input shape -> infer request of a copy compiled for it
+        if not self._dynamic_batch:
+            _ = self.request  # a static file is compiled now: its errors belong to the construction
+
+    @cached_property
+    def compiled(self):
+        """The file's model compiled as it is (for a dynamic batch: on first use)."""
+        return ov_core().compile_model(self.model, 'CPU', self.config)
+
+    @cached_property
+    def request(self):
+        return self.compiled.create_infer_request()
 
     def rt_info(self, key: str) -> Optional[str]:
         """The string stored under ``key`` in the IR's runtime info, None if absent."""

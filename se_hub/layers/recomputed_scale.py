@@ -3,7 +3,10 @@
 The layer that consumes ``y`` (MBConv's 1x1 projection, the next block's convolutions and pools) keeps
 ``y`` for its backward, and the multiplication keeps ``x`` and ``g`` for its own: one activation more
 than the SE-free network keeps, a tenth to a quarter more saved memory (the article's second shortcoming
-of SE). Inside ``recomputed_scales()`` (se_hub's models open it in training), ``scale(x, g)`` notes every
+of SE). Where ``x`` comes from an activation that keeps its input (MBConv's SiLU), nothing else keeps it,
+and ``scale`` keeps ``y`` in its place (``_GateDividedScale``: the gate's gradient divided out of
+``sum(grad * y)``), with no hooks and no extra pass. Where ``x`` is kept anyway (a ReLU keeps its output),
+inside ``recomputed_scales()`` (se_hub's models open it in training), ``scale(x, g)`` notes every
 ``y`` it makes; when autograd saves such a ``y``, it keeps ``(x, g)`` instead (``x`` is kept for the
 multiplication anyway) and the backward recomputes ``y`` with the same multiplication, once for all the
 layers that saved it: the same bits, so the same gradients. ``scaled_residual`` does the same for tails
@@ -143,8 +146,51 @@ def _hooks_usable() -> Tuple[bool, Hooks]:
     return usable, outer
 
 
+# activations whose autograd node keeps their input, not their output: after one of them the SE input is
+# kept by nobody but the multiplication, which can keep its product instead (``_GateDividedScale``)
+KEEPS_ITS_INPUT = (nn.SiLU, nn.Hardswish, nn.GELU, nn.Mish)
+_KEEPS_ITS_INPUT_NODES = ('SiluBackward0', 'HardswishBackward0', 'GeluBackward0', 'MishBackward0')
+
+
+class _GateDividedScale(torch.autograd.Function):
+    """``y = x * gate`` that keeps ``y`` and the gate for its backward, not ``x``: the gate's gradient
+    ``sum(grad * x)`` is ``sum(grad * y) / gate``, divided after the reduction (per channel), so the backward
+    costs what PyTorch's does and the layer after, which keeps ``y`` anyway, holds the only activation.
+    Where the gate is exactly 0 (``y`` lost ``x``) the quotient is a finite stand-in that the gate's own zero
+    slope meets (``_flat_where_zero``). The backward is made of differentiable operations on the saved
+    output, so double backward gets PyTorch's second-order gradients."""
+
+    @staticmethod
+    def forward(ctx, x, gate):
+        y = x * gate
+        ctx.save_for_backward(y, gate)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, gate = ctx.saved_tensors
+        grad_x = grad * gate if ctx.needs_input_grad[0] else None
+        grad_gate = None
+        if ctx.needs_input_grad[1]:
+            grad_gate = (grad * y).sum_to_size(gate.shape) / gate.masked_fill(gate == 0, 1.)
+        return grad_x, grad_gate
+
+
+def _divided(x: torch.Tensor, gate: torch.Tensor) -> bool:
+    """``x * gate`` may keep its product instead of ``x``: ``x`` comes from an activation that keeps its input
+    (so nothing else keeps ``x``), in float32 / float64 eager training, with a gate flat where it is 0."""
+    node = x.grad_fn
+    return (node is not None and type(node).__name__ in _KEEPS_ITS_INPUT_NODES and torch.is_grad_enabled()
+            and x.dtype in (torch.float32, torch.float64) and gate.dtype == x.dtype
+            and not plain_requested() and _flat_where_zero(gate.grad_fn)
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
 def scale(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``x * gate``; inside ``recomputed_scales()``, a layer that saves the product keeps the factors."""
+    """``x * gate``. After an activation that keeps its input (MBConv's SiLU) the product is kept in place of
+    ``x``; otherwise, inside ``recomputed_scales()``, a layer that saves the product keeps the factors."""
+    if isinstance(x, torch.Tensor) and _divided(x, gate):  # no recomputation: better where it applies
+        return _GateDividedScale.apply(x, gate)
     y = x * gate
     recorder = getattr(_local, 'recorder', None)
     if recorder is not None and isinstance(y, torch.Tensor) and y.requires_grad:

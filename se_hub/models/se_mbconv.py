@@ -28,7 +28,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCE
 from timm.layers import DropPath, create_act_layer, create_conv2d, get_act_layer
 from torch import nn
 
-from ..layers import AttentionSlot, SeLayer, SqueezeExcite, reduced_channels, resolve_se_layer
+from ..layers import KEEPS_ITS_INPUT, AttentionSlot, SeLayer, SqueezeExcite, reduced_channels, resolve_se_layer
 from ..weights.checkpoint import StateDict, checkpoint_filter_fn, register_layout
 from .catalog import Family, arch
 from .staged import StagedNet, build_on, init_conv_weights, stage_paths
@@ -91,9 +91,12 @@ class _MBBlock(AttentionSlot):
     fusion = 'inverted_residual'  # how se_hub.deploy.optimize rebuilds it
 
     def _init_common(self, in_chs: int, out_chs: int, mid_chs: int, stride: int,
-                     se_factory: Optional[SeFactory], drop_path_rate: float) -> None:
+                     se_factory: Optional[SeFactory], drop_path_rate: float, act: nn.Module) -> None:
         self.has_skip = stride == 1 and in_chs == out_chs
-        self._init_attention(se_factory(mid_chs, in_chs) if se_factory is not None else None)
+        # after SiLU (which keeps its input) the SE product is kept in place of its input (recomputed_scale.py):
+        # no saved-tensor hooks; after an activation that keeps its output, recomputed in the backward
+        self._init_attention(se_factory(mid_chs, in_chs) if se_factory is not None else None,
+                             recomputes_products=not isinstance(act, KEEPS_ITS_INPUT))
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. and self.has_skip else nn.Identity()
 
     def _shortcut(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
@@ -114,7 +117,7 @@ class DepthwiseSeparable(_MBBlock):
         self.conv_dw = _conv(in_chs, in_chs, kernel, stride, groups=in_chs, pad_type=pad_type)
         self.bn1 = nn.BatchNorm2d(in_chs, eps=bn_eps)
         self.act1 = create_act_layer(act_layer, inplace=True)
-        self._init_common(in_chs, out_chs, in_chs, stride, se_factory, drop_path_rate)
+        self._init_common(in_chs, out_chs, in_chs, stride, se_factory, drop_path_rate, self.act1)
         self.conv_pw = _conv(in_chs, out_chs, 1, pad_type=pad_type)
         self.bn2 = nn.BatchNorm2d(out_chs, eps=bn_eps)
 
@@ -139,7 +142,7 @@ class MBConv(_MBBlock):
         self.conv_dw = _conv(mid_chs, mid_chs, kernel, stride, groups=mid_chs, pad_type=pad_type)
         self.bn2 = nn.BatchNorm2d(mid_chs, eps=bn_eps)
         self.act2 = create_act_layer(act_layer, inplace=True)
-        self._init_common(in_chs, out_chs, mid_chs, stride, se_factory, drop_path_rate)
+        self._init_common(in_chs, out_chs, mid_chs, stride, se_factory, drop_path_rate, self.act2)
         self.conv_pwl = _conv(mid_chs, out_chs, 1, pad_type=pad_type)
         self.bn3 = nn.BatchNorm2d(out_chs, eps=bn_eps)
 

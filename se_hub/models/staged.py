@@ -186,10 +186,19 @@ class StagedNet(ClassifierHeadMixin, nn.Module):
     def _lean_scales(self, x: torch.Tensor):
         """In training, SE products that a later layer saves are kept as their factors
         (``layers/recomputed_scale.py``): the memory of the SE-free network."""
-        if (torch.compiler.is_compiling() or not self.training or not isinstance(x, torch.Tensor)
-                or not any(getattr(m, 'recomputes_products', False) for m in self.modules())):
+        if torch.compiler.is_compiling() or not self.training or not isinstance(x, torch.Tensor):
             return nullcontext()
-        return recomputed_scales()
+        recomputing = self.__dict__.get('_recomputing_blocks')
+        if recomputing is None:
+            # whether any block needs the context: a scan of every module, 1 ms a forward in a network of
+            # 800 modules (ResNet-164), so kept until the next train() call, which sees blocks swapped since
+            recomputing = any(m.__dict__.get('recomputes_products', False) for m in self.modules())
+            self.__dict__['_recomputing_blocks'] = recomputing
+        return recomputed_scales() if recomputing else nullcontext()
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop('_recomputing_blocks', None)
+        return super().train(mode)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
