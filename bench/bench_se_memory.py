@@ -185,8 +185,8 @@ def main():
     p.add_argument('--retries', type=int, default=3, help='re-runs of a visit disturbed by other processes')
     p.add_argument('--quick', action='store_true', help='smoke check: two small models, 1 round, no retries')
     p.add_argument('--models', default=','.join(FAMILIES), help=f'comma-separated subset of: {", ".join(FAMILIES)}')
-    p.add_argument('--baseline', metavar='REV', help="also time SE's step at this git revision of se_hub (in a "
-                   "second process, visited in the same rounds): the column 'SE step vs REV'")
+    p.add_argument('--baseline', metavar='REV', help="also time SE's step at this git revision of se_hub against "
+                   "the working tree's, each in a process of its own visited in the same rounds: 'SE step vs REV'")
     record.add_option(p)
     args = p.parse_args()
     with record.recording(args.results, 'se_memory'):

@@ -228,10 +228,12 @@ def test_torchscript_training_gradients_equal_eager(name):
     scripted_loss.backward()
     scripted_params = dict(scripted.named_parameters())
     assert set(scripted_params) == {k for k, _ in eager.named_parameters()}
+    # measured against the largest gradient: a BatchNorm bias ahead of another BatchNorm has a gradient that is 0
+    # in exact arithmetic, rounding only (eager MBConv divides its gate's gradient out of the kept product)
+    scale = max(p.grad.abs().max().item() for p in eager.parameters())
     for key, p in eager.named_parameters():
         assert p.grad is not None and p.grad.abs().max() > 0, key
-        torch.testing.assert_close(scripted_params[key].grad, p.grad, rtol=1e-6, atol=1e-9 * p.grad.abs().max().item(),
-                                   msg=key)
+        torch.testing.assert_close(scripted_params[key].grad, p.grad, rtol=1e-6, atol=1e-15 * scale, msg=key)
     scripted_state = scripted.state_dict()
     for key, value in eager.state_dict().items():
         torch.testing.assert_close(scripted_state[key], value, msg=key)
