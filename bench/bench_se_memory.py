@@ -20,7 +20,9 @@ block kinds) this prints, next to its SE-free twin (``se_layer='none'``):
   but the revision; this process, which holds four models and has measured memory, is not compared with
   them (a long-lived process and a fresh one need not run the same code at the same speed).
 
-The memory figures need torch >= 2.8 (on older torch se_hub keeps SE products as PyTorch does).
+The memory figures of the families with recomputed products or rebuilt residual branches need torch >= 2.8
+(on older torch se_hub keeps their SE products as PyTorch does); the BatchNorm-statistics tails and MBConv's
+kept products work on any torch.
 
 Train steps on a 2-core CPU move by 10% and more between runs with the allocation pattern (glibc returns
 large freed blocks to the system, and the next step faults their pages in again): the results file was made
