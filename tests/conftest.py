@@ -1,10 +1,15 @@
 import os
 
-# Tests never reach the internet; set before anything imports huggingface_hub or timm.
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
+# Tests never reach the internet; set before anything imports huggingface_hub or timm. Forced, not defaulted:
+# a developer's HF_HUB_OFFLINE=0 must not reach a test (those that talk to the local hub set it themselves).
+os.environ['HF_HUB_OFFLINE'] = '1'
 os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
 
 import local_only  # noqa: E402  (tests/local_only.py)
+
+# every Python subprocess a test starts with this environment (or a copy that keeps PYTHONPATH's entries)
+# installs the loopback-only guard before its own code runs, not only those built with subprocess_env
+os.environ['PYTHONPATH'] = os.pathsep.join([str(local_only.GUARD), *filter(None, [os.environ.get('PYTHONPATH')])])
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -22,8 +27,7 @@ if os.environ.get('SE_HUB_CRASH_LOG'):
     faulthandler.enable(_crash_log, all_threads=True)
 
 
-# every in-process connection is checked; subprocesses run with HF_HUB_OFFLINE=1, and those that talk
-# to the local hub install the same guard
+# every in-process connection is checked, and (PYTHONPATH above) every subprocess's
 local_only.install()
 
 

@@ -39,13 +39,19 @@ def _local_only_env() -> dict:
     return local_only.subprocess_env([REPO])
 
 
-def test_download_subprocesses_cannot_reach_the_internet():
-    code = ('import socket\n'
+@pytest.mark.parametrize('how', ['subprocess_env', 'inherited'])
+def test_download_subprocesses_cannot_reach_the_internet(how):
+    """A child built with ``subprocess_env``, and one that merely inherits the test's environment (conftest
+    puts the guard on PYTHONPATH and forces HF_HUB_OFFLINE=1), is refused a non-local connection."""
+    code = ('import os, socket\n'
+            'print(os.environ["HF_HUB_OFFLINE"])\n'
             'try:\n    socket.create_connection(("203.0.113.1", 80), timeout=5)\n'
             'except RuntimeError as e:\n    print(type(e).__name__)\n')
-    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=_local_only_env(),
-                         timeout=60)
-    assert run.stdout.strip() == 'InternetAccessError', run.stderr[-2000:]
+    env = _local_only_env() if how == 'subprocess_env' else None
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=60)
+    assert run.stdout.split()[-1] == 'InternetAccessError', run.stderr[-2000:]
+    if how == 'inherited':
+        assert run.stdout.split()[0] == '1'
 
 
 def _download(source: dict) -> subprocess.Popen:
