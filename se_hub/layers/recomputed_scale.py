@@ -176,14 +176,19 @@ class _GateDividedScale(torch.autograd.Function):
         return grad_x, grad_gate
 
 
+def lean_backward_applies(x: torch.Tensor) -> bool:
+    """se_hub's SE training path may change what autograd keeps for ``x``: float32 / float64 eager training
+    with gradients, outside ``plain_se_backward()`` (tracing and torch.compile see the plain graph)."""
+    return (x.requires_grad and torch.is_grad_enabled() and x.dtype in (torch.float32, torch.float64)
+            and not plain_requested() and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
 def _divided(x: torch.Tensor, gate: torch.Tensor) -> bool:
     """``x * gate`` may keep its product instead of ``x``: ``x`` comes from an activation that keeps its input
-    (so nothing else keeps ``x``), in float32 / float64 eager training, with a gate flat where it is 0."""
+    (so nothing else keeps ``x``), in the lean training path, with a gate flat where it is 0."""
     node = x.grad_fn
-    return (node is not None and type(node).__name__ in _KEEPS_ITS_INPUT_NODES and torch.is_grad_enabled()
-            and x.dtype in (torch.float32, torch.float64) and gate.dtype == x.dtype
-            and not plain_requested() and _flat_where_zero(gate.grad_fn)
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+    return (node is not None and type(node).__name__ in _KEEPS_ITS_INPUT_NODES and gate.dtype == x.dtype
+            and lean_backward_applies(x) and _flat_where_zero(gate.grad_fn))
 
 
 def scale(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import create_act_layer, make_divisible
 from torch import nn
 
-from .recomputed_scale import plain_requested, scale
+from .recomputed_scale import lean_backward_applies, scale
 
 SQUEEZE_TYPES = ('avg', 'max', 'none')
 
@@ -58,9 +58,7 @@ def squeeze_average(x: torch.Tensor) -> torch.Tensor:
     scale's gradient, that of a sum hands over a broadcast view and divides only the (N, C, 1, 1)
     gradient. One full-size pass less per SE unit, which pays for the recomputed product
     (``recomputed_scale.py``); ``plain_se_backward()`` keeps ``mean``."""
-    if (not isinstance(x, torch.Tensor) or not x.requires_grad or not torch.is_grad_enabled()
-            or x.dtype not in (torch.float32, torch.float64) or plain_requested()
-            or torch.jit.is_tracing() or torch.compiler.is_compiling()):  # exporters see the mean
+    if not isinstance(x, torch.Tensor) or not lean_backward_applies(x):  # exporters see the mean
         return x.mean((2, 3), keepdim=True)
     return x.sum((2, 3), keepdim=True) / (x.shape[2] * x.shape[3])
 
