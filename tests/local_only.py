@@ -41,6 +41,18 @@ def install() -> None:
         socket.socket.connect_ex = _guarded(socket.socket.connect_ex)
 
 
+def registry_env() -> dict:
+    """This process's environment without the guard on PYTHONPATH, for pip: the package registry is the one
+    network the tests may use (test_timm_suite fetches timm's own tests from it)."""
+    env = dict(os.environ)
+    kept = [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p and Path(p).resolve() != GUARD]
+    if kept:
+        env['PYTHONPATH'] = os.pathsep.join(kept)
+    else:
+        env.pop('PYTHONPATH', None)
+    return env
+
+
 def subprocess_env(pythonpath=(), **overrides) -> dict:
     """This process's environment with ``overrides``, for a Python subprocess that installs the guard before
     its own code runs: PYTHONPATH is the guard's folder, then ``pythonpath`` (no other entry is kept)."""

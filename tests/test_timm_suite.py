@@ -8,10 +8,10 @@ backward on one model per code path (CODE_PATHS); TorchScript on one model per f
 139 px minimum).
 
 The file comes from the package registry: the test fetches it into .ci/cache/timm-tests/ when it is
-missing or another timm's (pip, in a subprocess: the registry is the only network the tests use). If
-that fails, collection fails and says why; set SE_HUB_TIMM_TESTS to a copy of the file, or
-SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly (then every one of its tests is reported as skipped,
-with the reason).
+missing or another timm's (pip, in a subprocess without the loopback-only guard: the registry is the only
+network the tests use). If that fails, collection fails and says why; set SE_HUB_TIMM_TESTS to a copy of
+the file, or SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly (then every one of its tests is reported as
+skipped, with the reason).
 """
 import importlib.util
 import os
@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import local_only
 import pytest
 import timm
 import torch
@@ -38,7 +39,7 @@ def fetch_suite(dest_dir: Path = CACHE) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, '-m', 'pip', 'download', '-q', '--disable-pip-version-check', '--no-deps',
                         '--no-binary', ':all:', f'timm=={timm.__version__}', '-d', tmp],
-                       check=True, capture_output=True, text=True, timeout=600)
+                       check=True, capture_output=True, text=True, timeout=600, env=local_only.registry_env())
         sdist = next(Path(tmp).glob('timm-*.tar.gz'))
         with tarfile.open(sdist) as tar:
             member = tar.getmember(f'timm-{timm.__version__}/tests/test_models.py')
