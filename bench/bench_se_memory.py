@@ -18,7 +18,9 @@ block kinds) this prints, next to its SE-free twin (``se_layer='none'``):
   REV's (``git archive`` into a temporary folder) each run in a process of their own holding only that
   model, which times its own steps when its turn in the round comes. The two processes differ in nothing
   but the revision; this process, which holds four models and has measured memory, is not compared with
-  them (a long-lived process and a fresh one need not run the same code at the same speed).
+  them (a long-lived process and a fresh one need not run the same code at the same speed). Two
+  processes running the same code can differ by several percent for their whole life, so the rounds are
+  shared among ``--pairs`` successive pairs of fresh processes.
 
 The memory figures of the families with recomputed products or rebuilt residual branches need torch >= 2.8
 (on older torch se_hub keeps their SE products as PyTorch does); the BatchNorm-statistics tails and MBConv's
@@ -30,7 +32,7 @@ with glibc's thresholds raised, as ``docs/benchmarks.md`` explains for eager inf
 
 Run (from the repository root):
     MALLOC_MMAP_THRESHOLD_=67108864 MALLOC_TRIM_THRESHOLD_=268435456 \
-        PYTHONPATH=. python bench/bench_se_memory.py --rounds 15 --baseline dba4a4e --results   # the results file
+        PYTHONPATH=. python bench/bench_se_memory.py --rounds 21 --pairs 3 --baseline dba4a4e --results  # results
     PYTHONPATH=. python bench/bench_se_memory.py                     # every family, several minutes
     PYTHONPATH=. python bench/bench_se_memory.py --quick             # smoke check
     PYTHONPATH=. python bench/bench_se_memory.py --models se_efficientnet_b0,se_mobilenet --rounds 5
@@ -189,6 +191,9 @@ def main():
     p.add_argument('--models', default=','.join(FAMILIES), help=f'comma-separated subset of: {", ".join(FAMILIES)}')
     p.add_argument('--baseline', metavar='REV', help="also time SE's step at this git revision of se_hub against "
                    "the working tree's, each in a process of its own visited in the same rounds: 'SE step vs REV'")
+    p.add_argument('--pairs', type=int, default=3, help='--baseline: the rounds are shared among this many '
+                   'successive pairs of fresh processes (two processes running the same code can differ by a '
+                   'few percent)')
     record.add_option(p)
     args = p.parse_args()
     with record.recording(args.results, 'se_memory'):
@@ -197,6 +202,9 @@ def main():
             names, args.rounds, args.retries = ['se_resnet56_cifar', 'se_shake_shake26_2x96d_cifar'], 1, 0
         if not names or any(n not in FAMILIES for n in names):
             p.error(f'--models: choose from {list(FAMILIES)}')
+        if args.pairs < 1:
+            p.error(f'--pairs {args.pairs}: at least 1')
+        rounds_per_pair = -(-args.rounds // min(args.pairs, args.rounds))
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
         print(f'# torch {torch.__version__} | timm {timm.__version__} | se_hub {se_hub.__version__} | python '
@@ -217,7 +225,8 @@ def main():
             base_tree = revision_tree(root, args.baseline, trees.enter_context(
                 tempfile.TemporaryDirectory(prefix='se_hub-baseline-')))
             print(f"# '{baseline}': se_hub of git revision {args.baseline} ({rev.stdout.strip()}), and '{own}': this "
-                  'working tree, each timed in a process of its own holding only that model\n')
+                  f'working tree, each timed in a process of its own holding only that model, a fresh pair every '
+                  f'{rounds_per_pair} rounds\n')
         saved, step_ms, step_ratio, stats = {}, {}, {}, dict(rerun=0, contended=0, visits=0)
         for n in names:  # one family at a time: all of them at once do not fit in 24 GiB
             size = FAMILIES[n][0]
@@ -230,16 +239,22 @@ def main():
             # one visit: the median of its timed steps
             visits = {v: lambda step=step: statistics.median(timed(step, args.runs, args.retries, stats))
                       for v, step in steps.items()}
-            with contextlib.ExitStack() as stack:
-                for label, tree in ((own, root), (baseline, base_tree)) if baseline else ():
-                    process = stack.enter_context(SEProcess(tree, label, n, size, args.threads))
-                    visits[label] = lambda process=process: process.visit(args.runs)
-                samples = {v: [] for v in visits}  # per round
-                order = list(visits)
+            labels = (own, baseline) if baseline else ()
+            samples = {v: [] for v in (*visits, *labels)}  # per round
+            order = list(samples)
+            pair = contextlib.ExitStack()
+            try:
                 for r in range(args.rounds):
+                    if baseline and r % rounds_per_pair == 0:  # a fresh pair of processes
+                        pair.close()
+                        for label, tree in ((own, root), (baseline, base_tree)):
+                            process = pair.enter_context(SEProcess(tree, label, n, size, args.threads))
+                            visits[label] = lambda process=process: process.visit(args.runs)
                     for v in order[r % len(order):] + order[:r % len(order)]:
                         samples[v].append(visits[v]())
                         stats['visits'] += 1
+            finally:
+                pair.close()
             step_ms.update({(n, v): statistics.median(t) * 1e3 for v, t in samples.items()})
             for base in ('plain SE', 'SE-free'):
                 step_ratio[n, base] = [se / b for se, b in zip(samples['SE'], samples[base])]
