@@ -204,7 +204,7 @@ def main():
             p.error(f'--models: choose from {list(FAMILIES)}')
         if args.pairs < 1:
             p.error(f'--pairs {args.pairs}: at least 1')
-        rounds_per_pair = -(-args.rounds // min(args.pairs, args.rounds))
+        rounds_per_pair = -(-args.rounds // min(args.pairs, max(args.rounds, 1)))
         torch.set_num_threads(args.threads)
         torch.manual_seed(0)
         print(f'# torch {torch.__version__} | timm {timm.__version__} | se_hub {se_hub.__version__} | python '

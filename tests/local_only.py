@@ -1,6 +1,7 @@
 """Tests never reach the internet: ``install()`` makes every socket connection to anything but this
 machine raise. conftest installs it in the test process; a test's Python subprocess that talks to the local
-hub (tests/hub_server.py) runs with ``subprocess_env(...)``, which installs it there at start-up."""
+hub (tests/hub_server.py) runs with ``subprocess_env(...)``, which installs it there at start-up; pip's fetch
+from the package registry, the one network the tests use, runs with ``registry_env()``, which does not."""
 import ipaddress
 import os
 import socket
