@@ -1,7 +1,6 @@
 """Tests never reach the internet: ``install()`` makes every socket connection to anything but this
 machine raise. conftest installs it in the test process; a test's Python subprocess that talks to the local
-hub (tests/hub_server.py) runs with ``subprocess_env(...)``, which installs it there at start-up; pip's fetch
-from the package registry, the one network the tests use, runs with ``registry_env()``, which does not."""
+hub (tests/hub_server.py) runs with ``subprocess_env(...)``, which installs it there at start-up."""
 import ipaddress
 import os
 import socket
@@ -40,18 +39,6 @@ def install() -> None:
     if not getattr(socket.socket.connect, 'se_hub_guard', False):
         socket.socket.connect = _guarded(socket.socket.connect)
         socket.socket.connect_ex = _guarded(socket.socket.connect_ex)
-
-
-def registry_env() -> dict:
-    """This process's environment without the guard on PYTHONPATH, for pip: the package registry is the one
-    network the tests may use (test_timm_suite fetches timm's own tests from it)."""
-    env = dict(os.environ)
-    kept = [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p and Path(p).resolve() != GUARD]
-    if kept:
-        env['PYTHONPATH'] = os.pathsep.join(kept)
-    else:
-        env.pop('PYTHONPATH', None)
-    return env
 
 
 def subprocess_env(pythonpath=(), **overrides) -> dict:

@@ -7,21 +7,17 @@ backward on one model per code path (CODE_PATHS); TorchScript on one model per f
 (SCRIPT_MODELS). Inputs are capped at 64 px (timm's own size knobs; the Inception stems take their
 139 px minimum).
 
-The file comes from the package registry: the test fetches it into .ci/cache/timm-tests/ when it is
-missing or another timm's (pip, in a subprocess without the loopback-only guard: the registry is the only
-network the tests use). If that fails, collection fails and says why; set SE_HUB_TIMM_TESTS to a copy of
-the file, or SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly (then every one of its tests is reported as
-skipped, with the reason).
+The file comes from the package registry, fetched before the tests by .ci/fetch_timm_tests.py into
+.ci/cache/timm-tests/ (.ci/run does it; the tests themselves never reach the network). When it is missing
+or another timm's, collection fails and says how to get it; set SE_HUB_TIMM_TESTS to a copy of the file, or
+SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly (then every one of its tests is reported as skipped, with the
+reason).
 """
 import importlib.util
 import os
-import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
-import local_only
 import pytest
 import timm
 import torch
@@ -32,24 +28,6 @@ from se_hub.models.catalog import MODELS
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / '.ci' / 'cache' / 'timm-tests'
 SUITE = Path(os.environ.get('SE_HUB_TIMM_TESTS', CACHE / 'test_models.py'))
-
-
-def fetch_suite(dest_dir: Path = CACHE) -> Path:
-    """tests/test_models.py from the sdist of the installed timm, as .ci/run gets it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, '-m', 'pip', 'download', '-q', '--disable-pip-version-check', '--no-deps',
-                        '--no-binary', ':all:', f'timm=={timm.__version__}', '-d', tmp],
-                       check=True, capture_output=True, text=True, timeout=600, env=local_only.registry_env())
-        sdist = next(Path(tmp).glob('timm-*.tar.gz'))
-        with tarfile.open(sdist) as tar:
-            member = tar.getmember(f'timm-{timm.__version__}/tests/test_models.py')
-            data = tar.extractfile(member).read()
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    part = dest_dir / 'test_models.py.part'
-    part.write_bytes(data)
-    part.replace(dest_dir / 'test_models.py')  # atomic: never a half-written suite
-    (dest_dir / 'VERSION').write_text(timm.__version__ + '\n')
-    return dest_dir / 'test_models.py'
 
 
 def _cached_version() -> str:
@@ -65,14 +43,10 @@ if os.environ.get('SE_HUB_SKIP_TIMM_SUITE'):
 elif 'SE_HUB_TIMM_TESTS' in os.environ and not SUITE.is_file():
     raise RuntimeError(f'SE_HUB_TIMM_TESTS={SUITE} does not exist')
 elif 'SE_HUB_TIMM_TESTS' not in os.environ and _cached_version() != timm.__version__:  # missing, or another timm's
-    try:
-        SUITE = fetch_suite()
-    except (subprocess.SubprocessError, OSError, StopIteration, KeyError) as e:
-        detail = getattr(e, 'stderr', '') or e
-        raise RuntimeError(
-            f"timm {timm.__version__}'s tests/test_models.py is not at {SUITE} and could not be fetched from the "
-            f'package registry (pip download timm=={timm.__version__} --no-binary :all:): {detail}. Set '
-            'SE_HUB_TIMM_TESTS to a copy of the file, or set SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly') from e
+    raise RuntimeError(
+        f"timm {timm.__version__}'s tests/test_models.py is not at {SUITE}: run `{sys.executable} "
+        f".ci/fetch_timm_tests.py` (pip fetches it from the package registry; .ci/run does this), set "
+        'SE_HUB_TIMM_TESTS to a copy of the file, or set SE_HUB_SKIP_TIMM_SUITE=1 to skip it knowingly')
 if SKIP_REASON:
     pytest.skip(SKIP_REASON, allow_module_level=True)
 
