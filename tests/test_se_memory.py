@@ -99,6 +99,12 @@ def with_plain_se(name, kwargs, model):
     return ref
 
 
+def largest(grads) -> float:
+    """The largest gradient entry: the scale for an absolute tolerance where entries that are 0 in exact
+    arithmetic carry rounding."""
+    return max(g.abs().max().item() for g in grads.values() if g is not None)
+
+
 def train_step_grads(model, x, params=None):
     """Output and gradients (parameters and input) of a weighted sum of ``model(x)`` in training mode;
     ``model`` may be a function of the input, then ``params`` is the module holding the parameters."""
@@ -121,7 +127,7 @@ def assert_same_training_step(model, ref, size):
     out, grads = train_step_grads(model, x)
     ref_out, ref_grads = train_step_grads(ref, x)
     torch.testing.assert_close(out, ref_out, rtol=1e-7, atol=1e-9)
-    scale = max(g.abs().max().item() for g in ref_grads.values())
+    scale = largest(ref_grads)
     for key, grad in ref_grads.items():
         torch.testing.assert_close(grads[key], grad, rtol=1e-6, atol=1e-9 * scale, msg=key)
 
@@ -244,7 +250,7 @@ def test_checkpointing_and_retained_graphs_give_the_same_gradients(name):
     with plain_se_backward():
         _, plain = train_step_grads(model, x)
     _, expected = train_step_grads(model, x)
-    scale = max(g.abs().max().item() for g in plain.values())
+    scale = largest(plain)
     for key, grad in plain.items():
         torch.testing.assert_close(expected[key], grad, rtol=1e-10, atol=1e-13 * scale, msg=key)
     # the whole model under non-reentrant checkpointing (its hooks outside ours)
@@ -327,7 +333,7 @@ def test_a_gate_of_exactly_zero_still_learns(name, kwargs, gate):
     _, lean = train_step_grads(model, x)
     with plain_se_backward():
         _, plain = train_step_grads(model, x)
-    scale = max(g.abs().max().item() for g in plain.values())  # (entries that are 0 carry rounding)
+    scale = largest(plain)
     torch.testing.assert_close(lean, plain, rtol=1e-7, atol=1e-12 * scale)
     if gate != 'relu':  # (a ReLU gate at 0 passes no gradient back in plain PyTorch either)
         assert all(lean[k].abs().sum() > 0 for k in lean if k.endswith('se.fc2.weight'))
@@ -357,7 +363,7 @@ def test_a_gradient_penalty_through_the_lean_backward_gets_pytorchs_gradients(na
     assert all(plain[k] is not None for k in plain if k.endswith('se.fc1.weight'))
     # (BatchNorm over a 2-image batch of small maps makes these gradients reach 1e27; entries that are 0 in
     # exact arithmetic then carry rounding, measured against the largest)
-    scale = max(g.abs().max().item() for g in plain.values() if g is not None)
+    scale = largest(plain)
     torch.testing.assert_close(lean, plain, rtol=1e-7, atol=1e-12 * scale)
 
 

@@ -138,12 +138,17 @@ class _Recorder:
         return _keep(t, self.outer)
 
 
+def _lean_training() -> bool:
+    """Eager training with gradients outside ``plain_se_backward()``: where se_hub's SE backward may keep other
+    tensors than PyTorch's (tracing and torch.compile see the plain graph)."""
+    return (torch.is_grad_enabled() and not plain_requested() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
+
+
 def _hooks_usable() -> Tuple[bool, Hooks]:
     """(whether se_hub may add saved-tensor hooks here, the hooks already active)."""
     known, outer = innermost_saved_tensors_hooks()
-    usable = (known and not plain_requested() and torch.is_grad_enabled() and not torch.jit.is_scripting()
-              and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
-    return usable, outer
+    return known and not torch.jit.is_scripting() and _lean_training(), outer
 
 
 # activations whose autograd node keeps their input, not their output: after one of them the SE input is
@@ -177,10 +182,9 @@ class _GateDividedScale(torch.autograd.Function):
 
 
 def lean_backward_applies(x: torch.Tensor) -> bool:
-    """se_hub's SE training path may change what autograd keeps for ``x``: float32 / float64 eager training
-    with gradients, outside ``plain_se_backward()`` (tracing and torch.compile see the plain graph)."""
-    return (x.requires_grad and torch.is_grad_enabled() and x.dtype in (torch.float32, torch.float64)
-            and not plain_requested() and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+    """se_hub's SE training path may change what autograd keeps for ``x``: a float32 / float64 tensor that
+    requires grad, in ``_lean_training()``."""
+    return x.requires_grad and x.dtype in (torch.float32, torch.float64) and _lean_training()
 
 
 def _divided(x: torch.Tensor, gate: torch.Tensor) -> bool:
